@@ -1,0 +1,123 @@
+"""The AvatarSigner servicer: validate -> derive key -> sign -> respond.
+
+Handlers hold no state of their own. Every error a caller can cause is a `ServiceError`,
+turned into a gRPC status by `_handled` in one place; anything unexpected is logged (type
+only) and answered INTERNAL without details, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TypeVar
+
+import grpc
+from avatarsigner.v1 import avatar_signer_pb2 as pb
+from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
+from google.protobuf import timestamp_pb2
+
+from . import observability, validation
+from .errors import ServiceError, abort_with
+from .keys import KeyPolicy
+from .signers import DownloadSigner, UploadSigner
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AvatarSigner"].full_name
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[["AvatarSignerService", Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def _handled(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    @functools.wraps(handler)
+    async def wrapper(
+        self: AvatarSignerService, request: Req, context: grpc.aio.ServicerContext
+    ) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except ServiceError as error:
+            await abort_with(context, error)
+            raise  # unreachable: abort raises
+        except Exception:
+            observability.log.exception("unexpected error in %s", handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            raise
+
+    return wrapper
+
+
+def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(moment)
+    return ts
+
+
+class AvatarSignerService(pb_grpc.AvatarSignerServicer):
+    def __init__(
+        self,
+        limits: validation.Limits,
+        keys: KeyPolicy,
+        uploads: UploadSigner,
+        downloads: DownloadSigner,
+    ) -> None:
+        self._limits = limits
+        self._keys = keys
+        self._uploads = uploads
+        self._downloads = downloads
+
+    @_handled
+    async def CreateUploadUrl(
+        self, request: pb.CreateUploadUrlRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateUploadUrlResponse:
+        upload = validation.upload(request, self._limits)
+        key = self._keys.key_for(upload.user_id)
+        signed = self._uploads.sign(
+            key,
+            content_type=upload.content_type,
+            content_length=upload.content_length,
+            checksum_sha256=upload.checksum_sha256,
+            ttl_seconds=upload.ttl_seconds,
+        )
+        observability.signed_url("CreateUploadUrl", upload.user_id, key, signed.expires_at)
+        return pb.CreateUploadUrlResponse(
+            url=signed.url,
+            method=UploadSigner.METHOD,
+            headers=dict(signed.headers),
+            expires_at=_timestamp(signed.expires_at),
+            key=key,
+        )
+
+    @_handled
+    async def CreateDownloadUrl(
+        self, request: pb.CreateDownloadUrlRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateDownloadUrlResponse:
+        (url,) = self._sign_downloads("CreateDownloadUrl", validation.download(request, self._limits))
+        return pb.CreateDownloadUrlResponse(url=url.url, expires_at=url.expires_at, key=url.key)
+
+    @_handled
+    async def BatchCreateDownloadUrls(
+        self, request: pb.BatchCreateDownloadUrlsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BatchCreateDownloadUrlsResponse:
+        download = validation.batch_download(request, self._limits)
+        return pb.BatchCreateDownloadUrlsResponse(
+            urls=self._sign_downloads("BatchCreateDownloadUrls", download)
+        )
+
+    def _sign_downloads(
+        self, operation: str, download: validation.Download
+    ) -> list[pb.DownloadUrl]:
+        results = []
+        for user_id in download.user_ids:
+            key = self._keys.key_for(user_id)
+            signed = self._downloads.sign(key, ttl_seconds=download.ttl_seconds)
+            observability.signed_url(operation, user_id, key, signed.expires_at)
+            results.append(
+                pb.DownloadUrl(
+                    user_id=user_id,
+                    url=signed.url,
+                    expires_at=_timestamp(signed.expires_at),
+                    key=key,
+                )
+            )
+        return results

@@ -1,0 +1,148 @@
+"""The two signers. Each holds one identity's credentials and can sign one method.
+
+`UploadSigner` is built from the uploader's credential source and only produces PUT URLs;
+`DownloadSigner` is built from the reader's and only produces GET URLs. Neither takes a
+method parameter, so no code path can ask one for the other's method. Both sign with
+`sigv4.presign`: pure computation, no network call.
+
+URLs address the bucket on the regional virtual-hosted endpoint
+(`https://<bucket>.s3.<region>.amazonaws.com/<key>`), never the global one, or path-style
+on S3_ENDPOINT_URL for S3-compatible servers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+from . import sigv4
+from .credentials import CredentialSource
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class SignedUrl:
+    """A presigned URL, when it stops working, and the headers the request must carry."""
+
+    url: str
+    expires_at: datetime
+    headers: Mapping[str, str]
+    access_key_id: str
+
+
+class BucketEndpoint:
+    """Where the bucket's objects live: origin, Host header and path for a key."""
+
+    def __init__(self, bucket: str, region: str, endpoint_url: str | None = None) -> None:
+        if endpoint_url:
+            self.origin = endpoint_url.rstrip("/")
+            self._path_prefix = f"/{bucket}/"
+        else:
+            self.origin = f"https://{bucket}.s3.{region}.amazonaws.com"
+            self._path_prefix = "/"
+        parts = urlsplit(self.origin)
+        self.host = sigv4.host_header(parts.scheme, parts.hostname or "", parts.port)
+
+    def path(self, key: str) -> str:
+        return self._path_prefix + sigv4.encode_key_path(key)
+
+
+class _Presigner:
+    """Shared mechanics; private so that only the two signers below choose a method."""
+
+    def __init__(
+        self,
+        credentials: CredentialSource,
+        endpoint: BucketEndpoint,
+        region: str,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._credentials = credentials
+        self._endpoint = endpoint
+        self._region = region
+        self._clock = clock
+
+    def presign(
+        self,
+        method: str,
+        key: str,
+        ttl_seconds: int,
+        headers: Mapping[str, str] | None = None,
+        query: tuple[tuple[str, str], ...] = (),
+    ) -> SignedUrl:
+        signed_at = self._clock().replace(microsecond=0)
+        expires_at = signed_at + timedelta(seconds=ttl_seconds)
+        creds = self._credentials.get(expires_at)
+        url = sigv4.presign(
+            method=method,
+            origin=self._endpoint.origin,
+            host=self._endpoint.host,
+            path=self._endpoint.path(key),
+            access_key_id=creds.access_key_id,
+            secret_access_key=creds.secret_access_key,
+            session_token=creds.session_token,
+            region=self._region,
+            signed_at=signed_at,
+            expires_in=ttl_seconds,
+            headers=headers,
+            query=query,
+        )
+        return SignedUrl(url, expires_at, {}, creds.access_key_id)
+
+
+class UploadSigner:
+    """PUT URLs with the uploader's credentials, bound to type, length and checksum."""
+
+    METHOD = "PUT"
+
+    def __init__(
+        self,
+        credentials: CredentialSource,
+        endpoint: BucketEndpoint,
+        region: str,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._presigner = _Presigner(credentials, endpoint, region, clock)
+
+    def sign(
+        self,
+        key: str,
+        *,
+        content_type: str,
+        content_length: int,
+        checksum_sha256: str | None,
+        ttl_seconds: int,
+    ) -> SignedUrl:
+        """A PUT URL for key; the returned headers are exactly what the uploader sends."""
+        send = {"Content-Type": content_type, "Content-Length": str(content_length)}
+        if checksum_sha256:
+            send["x-amz-checksum-sha256"] = checksum_sha256
+        signed = self._presigner.presign(
+            self.METHOD, key, ttl_seconds, {name.lower(): v for name, v in send.items()}
+        )
+        return SignedUrl(signed.url, signed.expires_at, send, signed.access_key_id)
+
+
+class DownloadSigner:
+    """GET URLs with the reader's credentials."""
+
+    METHOD = "GET"
+
+    def __init__(
+        self,
+        credentials: CredentialSource,
+        endpoint: BucketEndpoint,
+        region: str,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._presigner = _Presigner(credentials, endpoint, region, clock)
+
+    def sign(self, key: str, *, ttl_seconds: int) -> SignedUrl:
+        return self._presigner.presign(self.METHOD, key, ttl_seconds)
