@@ -1,0 +1,39 @@
+# avatar-signer. `make run` starts the service with a local S3; `make test` runs the suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint protos bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml client/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ./client -e '.[dev]'
+	@if [ -f examples/node/package-lock.json ]; then cd examples/node && npm ci --no-audit --no-fund --loglevel=error; fi
+	touch $(STAMP)
+
+run: install  ## start SeaweedFS + the service on 127.0.0.1:50051 and print commands to try
+	$(PY) dev/run.py
+
+test: install  ## the whole suite (starts its own SeaweedFS and servers on 127.0.0.1)
+	$(PY) -m pytest
+
+lint: install  ## ruff, mypy --strict, buf lint + breaking, hadolint, kubernetes-validate
+	$(BIN)/ruff check server client tests dev
+	$(BIN)/mypy
+	$(BIN)/buf lint
+	$(BIN)/buf breaking --against protos/baseline/avatar_signer.binpb
+
+protos: install  ## regenerate the committed stubs after changing the .proto
+	$(PY) dev/gen_protos.py client
+
+bench: install  ## benchmarks (not tests): prints one table of ratios
+	$(PY) bench/run.py
+
+clean:
+	rm -rf .run build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

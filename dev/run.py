@@ -1,0 +1,167 @@
+"""`make run`: a local S3 (SeaweedFS), the service against it, and commands to try.
+
+Starts SeaweedFS on 127.0.0.1 with the bucket and the two identities (the seed's exact IAM
+policies), starts `avatar-signer serve` with those credentials, waits until it is SERVING,
+then prints commands that work as pasted. Ctrl-C (or SIGTERM) stops both cleanly.
+
+    python dev/run.py [--port 50051] [--workdir .run] [--print-only-once]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import seaweed_s3
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SERVICE = "avatarsigner.v1.AvatarSigner"
+
+
+def sample_png(width: int = 48, height: int = 48) -> bytes:
+    """A small valid RGB PNG (a gradient), so the tour uploads a real image."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(
+        b"\x00" + b"".join(bytes((x * 5 % 256, y * 5 % 256, 160)) for x in range(width))
+        for y in range(height)
+    )
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def wait_serving(target: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise SystemExit(f"avatar-signer exited with status {process.returncode}")
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise SystemExit(f"avatar-signer did not become SERVING on {target} within {timeout:.0f}s")
+
+
+def tour(target: str, sample: Path, size: int) -> str:
+    """The commands printed for a person to paste, one block per step."""
+    grpcurl = shlex.quote(str(BIN / "grpcurl"))
+    client = shlex.quote(str(BIN / "avatar-signer-client"))
+    python = shlex.quote(str(BIN / "python"))
+    url_of = f"{python} -c 'import json,sys; print(json.load(sys.stdin)[\"url\"])'"
+    upload_body = shlex.quote(
+        f'{{"user_id": "alice", "content_type": "image/png", "content_length": {size}}}'
+    )
+    download_body = shlex.quote('{"user_id": "alice"}')
+    file = shlex.quote(str(sample))
+    return f"""
+# 1. What the server offers (reflection), and its health:
+{grpcurl} -plaintext {target} list
+{grpcurl} -plaintext {target} grpc.health.v1.Health/Check
+
+# 2. Ask for an upload URL for alice's avatar, a {size}-byte PNG (see url, headers, expires_at):
+{grpcurl} -plaintext -d {upload_body} {target} {SERVICE}/CreateUploadUrl
+
+# 3. Upload: keep the URL, then PUT the raw bytes with exactly the returned headers:
+UPLOAD_URL=$({grpcurl} -plaintext -d {upload_body} {target} {SERVICE}/CreateUploadUrl | {url_of})
+curl -fsS -X PUT -H 'Content-Type: image/png' -H 'Content-Length: {size}' --data-binary @{file} "$UPLOAD_URL" && echo uploaded
+
+# 4. Download it back and compare:
+DOWNLOAD_URL=$({grpcurl} -plaintext -d {download_body} {target} {SERVICE}/CreateDownloadUrl | {url_of})
+curl -fsS -o /tmp/alice-avatar.png "$DOWNLOAD_URL" && cmp /tmp/alice-avatar.png {file} && echo "same bytes"
+
+# 5. The same upload with the Python client (detects the type, signs the SHA-256 too):
+{client} --target {target} upload {file} --user bob
+{client} --target {target} download-url --user bob
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRPC_PORT", "50051")))
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".run")
+    args = parser.parse_args()
+
+    workdir: Path = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    sample = workdir / "sample-avatar.png"
+    data = sample_png()
+    sample.write_bytes(data)
+    target = f"127.0.0.1:{args.port}"
+
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    print("starting a local S3 (SeaweedFS) on 127.0.0.1 ...", file=sys.stderr, flush=True)
+    s3, uploader, reader = seaweed_s3.start_with_identities(workdir / "seaweedfs")
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        env = dict(os.environ) | {
+            "S3_ENDPOINT_URL": s3.endpoint_url,
+            "AWS_REGION": s3.region,
+            "S3_BUCKET": s3.bucket,
+            "S3_UPLOAD_KEY": uploader.access_key_id,
+            "S3_UPLOAD_SECRET": uploader.secret_access_key,
+            "S3_READ_KEY": reader.access_key_id,
+            "S3_READ_SECRET": reader.secret_access_key,
+            "GRPC_HOST": "127.0.0.1",
+            "GRPC_PORT": str(args.port),
+        }
+        server = subprocess.Popen(
+            [str(BIN / "avatar-signer"), "serve"], env=env, start_new_session=True
+        )
+        wait_serving(target, server)
+        print(
+            f"\navatar-signer is SERVING on {target}; S3 at {s3.endpoint_url}, bucket "
+            f"{s3.bucket!r}.\nPaste these in another terminal (Ctrl-C here stops both):",
+            flush=True,
+        )
+        print(tour(target, sample, len(data)), flush=True)
+        while not stopping and server.poll() is None:
+            time.sleep(0.2)
+    finally:
+        if server is not None and server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        print("stopping the local S3 ...", file=sys.stderr, flush=True)
+        s3.stop()
+    code = server.returncode if server is not None else 1
+    print(f"stopped (avatar-signer exit status {code})", file=sys.stderr)
+    return 0 if stopping and code == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Settings: every bad or missing variable stops start-up with one line naming it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from avatarsigner_server import config
+from servers import FAKE_ENV
+
+MISSING = object()
+
+# (id, variable to change, new value or MISSING, the variable the error must name)
+BAD_SETTINGS = [
+    ("upload-key-missing", "S3_UPLOAD_KEY", MISSING, "S3_UPLOAD_KEY"),
+    ("upload-secret-missing", "S3_UPLOAD_SECRET", MISSING, "S3_UPLOAD_SECRET"),
+    ("read-key-missing", "S3_READ_KEY", MISSING, "S3_READ_KEY"),
+    ("read-secret-missing", "S3_READ_SECRET", MISSING, "S3_READ_SECRET"),
+    ("region-missing", "AWS_REGION", MISSING, "AWS_REGION"),
+    ("bucket-missing", "S3_BUCKET", MISSING, "S3_BUCKET"),
+    ("upload-key-blank", "S3_UPLOAD_KEY", "   ", "S3_UPLOAD_KEY"),
+    ("upload-key-not-a-key-id", "S3_UPLOAD_KEY", "has spaces/and+slash", "S3_UPLOAD_KEY"),
+    ("read-secret-too-short", "S3_READ_SECRET", "short", "S3_READ_SECRET"),
+    ("upload-secret-with-space", "S3_UPLOAD_SECRET", "abc def ghi jkl", "S3_UPLOAD_SECRET"),
+    ("identical-keys", "S3_READ_KEY", FAKE_ENV["S3_UPLOAD_KEY"], "S3_READ_KEY"),
+    ("region-garbage", "AWS_REGION", "mars", "AWS_REGION"),
+    ("region-uppercase", "AWS_REGION", "EU-WEST-1", "AWS_REGION"),
+    ("bucket-uppercase", "S3_BUCKET", "Avatars", "S3_BUCKET"),
+    ("bucket-too-short", "S3_BUCKET", "ab", "S3_BUCKET"),
+    ("bucket-with-slash", "S3_BUCKET", "a/b", "S3_BUCKET"),
+    ("bucket-dots-virtual-hosted", "S3_BUCKET", "my.bucket", "S3_BUCKET"),
+    ("endpoint-no-scheme", "S3_ENDPOINT_URL", "127.0.0.1:8333", "S3_ENDPOINT_URL"),
+    ("endpoint-ftp", "S3_ENDPOINT_URL", "ftp://127.0.0.1", "S3_ENDPOINT_URL"),
+    ("endpoint-with-path", "S3_ENDPOINT_URL", "http://127.0.0.1:8333/bucket", "S3_ENDPOINT_URL"),
+    ("endpoint-bad-port", "S3_ENDPOINT_URL", "http://127.0.0.1:99999", "S3_ENDPOINT_URL"),
+    ("grpc-port-word", "GRPC_PORT", "fifty", "GRPC_PORT"),
+    ("grpc-port-too-big", "GRPC_PORT", "70000", "GRPC_PORT"),
+    ("grpc-port-negative", "GRPC_PORT", "-1", "GRPC_PORT"),
+    ("metrics-port-word", "METRICS_PORT", "x", "METRICS_PORT"),
+    ("upload-ttl-zero", "UPLOAD_TTL_SECONDS", "0", "UPLOAD_TTL_SECONDS"),
+    ("upload-ttl-float", "UPLOAD_TTL_SECONDS", "1.5", "UPLOAD_TTL_SECONDS"),
+    ("upload-ttl-over-max", "UPLOAD_TTL_SECONDS", "7200", "UPLOAD_TTL_SECONDS"),
+    ("upload-max-over-7-days", "UPLOAD_MAX_TTL_SECONDS", "604801", "UPLOAD_MAX_TTL_SECONDS"),
+    ("download-ttl-word", "DOWNLOAD_TTL_SECONDS", "five", "DOWNLOAD_TTL_SECONDS"),
+    ("download-ttl-over-max", "DOWNLOAD_TTL_SECONDS", "3601", "DOWNLOAD_TTL_SECONDS"),
+    ("download-max-zero", "DOWNLOAD_MAX_TTL_SECONDS", "0", "DOWNLOAD_MAX_TTL_SECONDS"),
+    ("max-upload-zero", "MAX_UPLOAD_BYTES", "0", "MAX_UPLOAD_BYTES"),
+    ("max-upload-over-5gib", "MAX_UPLOAD_BYTES", str(5 * 1024**3 + 1), "MAX_UPLOAD_BYTES"),
+    ("max-upload-suffix", "MAX_UPLOAD_BYTES", "5MB", "MAX_UPLOAD_BYTES"),
+    ("types-empty-list", "ALLOWED_CONTENT_TYPES", ",,", "ALLOWED_CONTENT_TYPES"),
+    ("types-not-image", "ALLOWED_CONTENT_TYPES", "image/png,text/html", "ALLOWED_CONTENT_TYPES"),
+    ("types-svg", "ALLOWED_CONTENT_TYPES", "image/svg+xml", "ALLOWED_CONTENT_TYPES"),
+    ("types-params", "ALLOWED_CONTENT_TYPES", "image/png; q=1", "ALLOWED_CONTENT_TYPES"),
+    ("types-uppercase", "ALLOWED_CONTENT_TYPES", "image/PNG", "ALLOWED_CONTENT_TYPES"),
+    ("prefix-absolute", "S3_KEY_PREFIX", "/profiles/", "S3_KEY_PREFIX"),
+    ("prefix-no-slash", "S3_KEY_PREFIX", "profiles", "S3_KEY_PREFIX"),
+    ("prefix-dot-dot", "S3_KEY_PREFIX", "../", "S3_KEY_PREFIX"),
+    ("grace-word", "SHUTDOWN_GRACE_SECONDS", "soon", "SHUTDOWN_GRACE_SECONDS"),
+    ("grace-negative", "SHUTDOWN_GRACE_SECONDS", "-1", "SHUTDOWN_GRACE_SECONDS"),
+    ("log-level-unknown", "LOG_LEVEL", "LOUD", "LOG_LEVEL"),
+]
+
+
+def _env_with(name: str, value: object) -> dict[str, str]:
+    env = dict(FAKE_ENV)
+    if value is MISSING:
+        env.pop(name, None)
+    else:
+        assert isinstance(value, str)
+        env[name] = value
+    return env
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "named"), [c[1:] for c in BAD_SETTINGS], ids=[c[0] for c in BAD_SETTINGS]
+)
+def test_bad_setting_is_refused_naming_the_variable(name: str, value: object, named: str) -> None:
+    with pytest.raises(config.SettingsError) as caught:
+        config.load(_env_with(name, value))
+    message = str(caught.value)
+    assert caught.value.name == named
+    assert message.startswith(f"{named}: ")
+    assert "\n" not in message
+
+
+def test_defaults_follow_the_design() -> None:
+    settings = config.load(FAKE_ENV | {"GRPC_PORT": "50051"})
+    assert settings.grpc_port == 50051
+    assert settings.metrics_port == 9464
+    assert (settings.upload_ttl.default, settings.download_ttl.default) == (600, 300)
+    assert settings.max_upload_bytes == 5 * 1024 * 1024
+    assert settings.allowed_content_types == ("image/jpeg", "image/png", "image/webp")
+    assert settings.key_prefix == "profiles/"
+    assert settings.endpoint_url is None
+    assert settings.shutdown_grace_seconds == 10.0
+
+
+def test_settings_repr_hides_secrets() -> None:
+    settings = config.load(FAKE_ENV)
+    text = repr(settings) + repr(settings.uploader) + repr(settings.reader)
+    assert FAKE_ENV["S3_UPLOAD_SECRET"] not in text
+    assert FAKE_ENV["S3_READ_SECRET"] not in text
+
+
+def test_endpoint_is_normalised_to_origin() -> None:
+    settings = config.load(FAKE_ENV | {"S3_ENDPOINT_URL": "http://127.0.0.1:8333/"})
+    assert settings.endpoint_url == "http://127.0.0.1:8333"
+
+
+def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in FAKE_ENV}
+    return subprocess.run(
+        [sys.executable, "-m", "avatarsigner_server.cli", "serve"],
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("S3_BUCKET", MISSING),
+        ("S3_READ_KEY", FAKE_ENV["S3_UPLOAD_KEY"]),
+        ("S3_UPLOAD_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+    ],
+    ids=["missing-bucket", "identical-keys", "secret-pasted-as-key"],
+)
+def test_serve_exits_2_with_one_line_and_no_secret(name: str, value: object) -> None:
+    env = _env_with(name, value)
+    result = _serve(env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert name in lines[0]
+    assert "Traceback" not in result.stderr
+    for secret in (env.get("S3_UPLOAD_SECRET"), env.get("S3_READ_SECRET"), value):
+        if isinstance(secret, str) and name != "S3_READ_KEY":
+            assert secret not in result.stderr

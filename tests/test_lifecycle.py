@@ -1,0 +1,148 @@
+"""Graceful shutdown: NOT_SERVING, new calls refused, in-flight calls finish, exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from avatarsigner.v1 import avatar_signer_pb2 as pb
+from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from servers import FAKE_ENV, ServerThread, settings_from
+
+
+class SlowDownloads(grpc.aio.ServerInterceptor):
+    """Holds CreateDownloadUrl calls for `delay` seconds, and says when one has started."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.started = threading.Event()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if not details.method.endswith("/CreateDownloadUrl"):
+            return handler
+        inner = handler.unary_unary
+
+        async def slow(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            self.started.set()
+            await asyncio.sleep(self.delay)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            slow,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def test_in_flight_call_finishes_while_new_calls_are_refused() -> None:
+    slow = SlowDownloads(delay=1.5)
+    server = ServerThread(settings_from(FAKE_ENV), interceptors=[slow])
+    channel = server.channel()
+    stub = pb_grpc.AvatarSignerStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+    in_flight = stub.CreateDownloadUrl.future(
+        pb.CreateDownloadUrlRequest(user_id="alice"), timeout=10
+    )
+    assert slow.started.wait(5)
+
+    done = server.shutdown_async(grace=10)
+    time.sleep(0.3)
+    # Health says NOT_SERVING (or the server is already refusing) during the drain.
+    try:
+        status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+    # A new call on a fresh connection is refused.
+    with grpc.insecure_channel(server.target) as fresh:
+        try:
+            pb_grpc.AvatarSignerStub(fresh).CreateUploadUrl(
+                pb.CreateUploadUrlRequest(
+                    user_id="bob", content_type="image/png", content_length=1
+                ),
+                timeout=2,
+            )
+            raise AssertionError("a new call was accepted during shutdown")
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+    response = in_flight.result(timeout=10)
+    assert response.key == "profiles/alice/avatar"
+    done.result(timeout=15)
+    channel.close()
+    server.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_serving(target: str, deadline: float) -> None:
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                response = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            assert time.monotonic() < deadline, "server did not become SERVING"
+            time.sleep(0.1)
+
+
+def test_sigterm_exits_0_and_logs_the_drain() -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in FAKE_ENV}
+    env |= FAKE_ENV | {"GRPC_PORT": str(port), "SHUTDOWN_GRACE_SECONDS": "3"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "avatarsigner_server.cli", "serve"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_serving(f"127.0.0.1:{port}", time.monotonic() + 20)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+        elapsed = time.monotonic() - started
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert elapsed < 3 + 2  # idle server: exits well within the grace
+    assert '"msg": "shutting down"' in stderr and '"msg": "stopped"' in stderr
+    assert "Traceback" not in stderr
+
+
+def test_port_in_use_is_one_line_naming_grpc_port() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k not in FAKE_ENV}
+        env |= FAKE_ENV | {"GRPC_PORT": str(port)}
+        result = subprocess.run(
+            [sys.executable, "-m", "avatarsigner_server.cli", "serve"],
+            env=env, capture_output=True, text=True, timeout=30,
+        )
+    assert result.returncode == 2
+    assert "GRPC_PORT" in result.stderr
+    assert "Traceback" not in result.stderr
