@@ -141,7 +141,10 @@ def test_port_in_use_is_one_line_naming_grpc_port() -> None:
         env |= FAKE_ENV | {"GRPC_PORT": str(port)}
         result = subprocess.run(
             [sys.executable, "-m", "avatarsigner_server.cli", "serve"],
-            env=env, capture_output=True, text=True, timeout=30,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     assert result.returncode == 2
     assert "GRPC_PORT" in result.stderr

@@ -26,7 +26,9 @@ def test_upload_url_is_sigv4_on_the_regional_virtual_hosted_endpoint(
     )
     parts = urlsplit(response.url)
     assert (parts.scheme, parts.netloc, parts.path) == (
-        "https", "avatars.s3.eu-west-1.amazonaws.com", "/profiles/alice/avatar"
+        "https",
+        "avatars.s3.eu-west-1.amazonaws.com",
+        "/profiles/alice/avatar",
     )
     query = _query(response.url)
     assert query["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
@@ -44,8 +46,12 @@ def test_no_sdk_default_checksum_parameters(stub: pb_grpc.AvatarSignerStub) -> N
     names = {name.lower() for name in _query(response.url)}
     assert not {n for n in names if "checksum" in n or "sdk" in n}
     assert set(names) == {
-        "x-amz-algorithm", "x-amz-credential", "x-amz-date",
-        "x-amz-expires", "x-amz-signedheaders", "x-amz-signature",
+        "x-amz-algorithm",
+        "x-amz-credential",
+        "x-amz-date",
+        "x-amz-expires",
+        "x-amz-signedheaders",
+        "x-amz-signature",
     }
 
 

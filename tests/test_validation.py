@@ -93,9 +93,7 @@ def _invalid(call: object) -> dict[str, str]:
 def test_hostile_user_id_is_refused_for_every_rpc(
     stub: pb_grpc.AvatarSignerStub, user_id: str
 ) -> None:
-    upload = pb.CreateUploadUrlRequest(
-        user_id=user_id, content_type="image/png", content_length=10
-    )
+    upload = pb.CreateUploadUrlRequest(user_id=user_id, content_type="image/png", content_length=10)
     assert list(_invalid(lambda: stub.CreateUploadUrl(upload))) == ["user_id"]
     download = pb.CreateDownloadUrlRequest(user_id=user_id)
     assert list(_invalid(lambda: stub.CreateDownloadUrl(download))) == ["user_id"]
@@ -112,7 +110,9 @@ def test_good_user_id_maps_to_its_own_key(stub: pb_grpc.AvatarSignerStub, user_i
 
 def _upload(**fields: object) -> pb.CreateUploadUrlRequest:
     values: dict[str, object] = {
-        "user_id": "alice", "content_type": "image/png", "content_length": 1000
+        "user_id": "alice",
+        "content_type": "image/png",
+        "content_length": 1000,
     }
     values.update(fields)
     return pb.CreateUploadUrlRequest(**values)  # type: ignore[arg-type]
@@ -163,7 +163,13 @@ def test_every_bad_field_is_reported_at_once(stub: pb_grpc.AvatarSignerStub) -> 
         ttl=duration_pb2.Duration(seconds=0),
     )
     violations = _invalid(lambda: stub.CreateUploadUrl(request))
-    assert set(violations) == {"user_id", "content_type", "content_length", "checksum_sha256", "ttl"}
+    assert set(violations) == {
+        "user_id",
+        "content_type",
+        "content_length",
+        "checksum_sha256",
+        "ttl",
+    }
 
 
 def test_ttl_over_max_is_an_error_not_a_clamp(stub: pb_grpc.AvatarSignerStub) -> None:

@@ -186,14 +186,17 @@ def load(environ: Mapping[str, str]) -> Settings:
         raise SettingsError("S3_BUCKET", "must be a valid S3 bucket name (3-63 of a-z 0-9 . -)")
     if endpoint_url is None and "." in bucket:
         raise SettingsError(
-            "S3_BUCKET", "must not contain dots: its virtual-hosted HTTPS name would not match "
-            "the S3 certificate"
+            "S3_BUCKET",
+            "must not contain dots: its virtual-hosted HTTPS name would not match "
+            "the S3 certificate",
         )
 
     prefix = env.raw("S3_KEY_PREFIX")
     key_prefix = "profiles/" if prefix is None else prefix
     if not is_valid_prefix(key_prefix):
-        raise SettingsError("S3_KEY_PREFIX", "must be segments of A-Z a-z 0-9 . _ - each ending in '/'")
+        raise SettingsError(
+            "S3_KEY_PREFIX", "must be segments of A-Z a-z 0-9 . _ - each ending in '/'"
+        )
 
     grpc_port = env.integer("GRPC_PORT", 50051, 0, 65535)
     metrics_port = env.integer("METRICS_PORT", 9464, 0, 65535)

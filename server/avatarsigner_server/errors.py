@@ -37,9 +37,7 @@ class ServiceError(Exception):
         return []
 
     def to_status(self) -> grpc.Status:
-        status = status_pb2.Status(
-            code=getattr(code_pb2, self.code.name), message=self.message
-        )
+        status = status_pb2.Status(code=getattr(code_pb2, self.code.name), message=self.message)
         status.details.extend(self.details())
         return rpc_status.to_status(status)
 

@@ -92,7 +92,9 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
     async def CreateDownloadUrl(
         self, request: pb.CreateDownloadUrlRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateDownloadUrlResponse:
-        (url,) = self._sign_downloads("CreateDownloadUrl", validation.download(request, self._limits))
+        (url,) = self._sign_downloads(
+            "CreateDownloadUrl", validation.download(request, self._limits)
+        )
         return pb.CreateDownloadUrlResponse(url=url.url, expires_at=url.expires_at, key=url.key)
 
     @_handled

@@ -73,9 +73,7 @@ def _user_id(violations: _Violations, field: str, user_id: str) -> None:
         violations.add(field, f"must match {USER_ID_RULE}")
 
 
-def _ttl(
-    violations: _Violations, has_ttl: bool, ttl: duration_pb2.Duration, rule: TtlRule
-) -> int:
+def _ttl(violations: _Violations, has_ttl: bool, ttl: duration_pb2.Duration, rule: TtlRule) -> int:
     if not has_ttl:
         return rule.default
     if ttl.nanos != 0:
@@ -108,9 +106,7 @@ def upload(request: pb.CreateUploadUrlRequest, limits: Limits) -> Upload:
     checksum = _checksum(v, request.checksum_sha256)
     ttl = _ttl(v, request.HasField("ttl"), request.ttl, limits.upload_ttl)
     v.raise_any()
-    return Upload(
-        request.user_id, request.content_type, request.content_length, checksum, ttl
-    )
+    return Upload(request.user_id, request.content_type, request.content_length, checksum, ttl)
 
 
 def download(request: pb.CreateDownloadUrlRequest, limits: Limits) -> Download:
