@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint protos bench clean
+.PHONY: install run test lint protos proto-baseline bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ lint: install  ## ruff, mypy --strict, buf lint + breaking, hadolint, kubernetes
 	$(BIN)/mypy
 	$(BIN)/buf lint
 	$(BIN)/buf breaking --against protos/baseline/avatar_signer.binpb
+	$(PY) dev/check_deploy.py
+
+proto-baseline: install  ## after a released, compatible proto change: move the buf breaking baseline
+	$(BIN)/buf build -o protos/baseline/avatar_signer.binpb
 
 protos: install  ## regenerate the committed stubs after changing the .proto
 	$(PY) dev/gen_protos.py client

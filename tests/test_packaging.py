@@ -1,0 +1,317 @@
+"""What ships agrees with the code: the Dockerfile and the Kubernetes manifests are checked
+against pyproject.toml, client/pyproject.toml and the server's own defaults.
+
+hadolint and kubernetes-validate (dev/check_deploy.py, `make lint`) judge each file alone;
+these tests catch the drift between files that no linter sees: a port changed in config.py
+but not in the probes, a distribution renamed in pyproject but not in the image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shlex
+import tomllib
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+from avatarsigner_server import cli
+from avatarsigner_server.app import HEALTH_SERVICES
+from avatarsigner_server.config import Settings
+from avatarsigner_server.service import SERVICE_NAME
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFESTS = ROOT / "deploy" / "kubernetes"
+CLIENT_DIR = "client"
+
+# --- the sources of truth -----------------------------------------------------------------
+
+
+def _pyproject(directory: Path) -> dict[str, Any]:
+    with (directory / "pyproject.toml").open("rb") as stream:
+        project: dict[str, Any] = tomllib.load(stream)["project"]
+    return project
+
+
+SERVER_PROJECT = _pyproject(ROOT)
+CLIENT_PROJECT = _pyproject(ROOT / CLIENT_DIR)
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
+GRPC_PORT = DEFAULTS["grpc_port"]
+METRICS_PORT = DEFAULTS["metrics_port"]
+
+
+# --- a small Dockerfile reader --------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Stage:
+    image: str
+    name: str | None
+    instructions: list[tuple[str, str]]  # (KEYWORD, arguments)
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for key, args in self.instructions if key == keyword]
+
+    def last(self, keyword: str) -> str:
+        found = self.all(keyword)
+        assert found, f"no {keyword} in the stage FROM {self.image}"
+        return found[-1]
+
+
+def _instructions(text: str) -> list[tuple[str, str]]:
+    """(KEYWORD, arguments) per instruction; continuations joined, comment lines dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in text.splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue  # comments (and parser directives) and blank lines, also mid-instruction
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        keyword, _, args = (pending + line).strip().partition(" ")
+        instructions.append((keyword.upper(), args.strip()))
+        pending = ""
+    assert not pending, "the Dockerfile ends inside a continued line"
+    return instructions
+
+
+def _stages(text: str) -> list[Stage]:
+    stages: list[Stage] = []
+    for keyword, args in _instructions(text):
+        if keyword == "FROM":
+            words = args.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(words[0], name, []))
+        else:
+            assert stages, f"{keyword} before the first FROM"
+            stages[-1].instructions.append((keyword, args))
+    return stages
+
+
+PIP_OPTIONS_WITH_VALUE = {
+    "-f", "--find-links", "-w", "--wheel-dir", "-i", "--index-url", "--extra-index-url",
+    "-c", "--constraint", "-r", "--requirement",
+}  # fmt: skip
+
+
+def _pip_commands(stage: Stage, subcommand: str) -> list[tuple[set[str], list[str]]]:
+    """(options, positional arguments) of each `pip SUBCOMMAND` run in this stage."""
+    commands: list[tuple[set[str], list[str]]] = []
+    for run in stage.all("RUN"):
+        for command in re.split(r"&&|;", run):
+            words = shlex.split(command)
+            while words and words[0].startswith("--mount"):
+                words = words[1:]  # RUN's own flags
+            if words[:3] == ["python", "-m", "pip"]:
+                words = ["pip", *words[3:]]
+            if words[:2] != ["pip", subcommand]:
+                continue
+            options: set[str] = set()
+            positional: list[str] = []
+            args = iter(words[2:])
+            for word in args:
+                if word.startswith("-"):
+                    option = word.split("=", 1)[0]
+                    options.add(option)
+                    if option in PIP_OPTIONS_WITH_VALUE and "=" not in word:
+                        next(args, None)
+                else:
+                    positional.append(word)
+            commands.append((options, positional))
+    return commands
+
+
+DOCKERFILE = _stages((ROOT / "Dockerfile").read_text(encoding="utf-8"))
+BUILDER, RUNTIME = DOCKERFILE[0], DOCKERFILE[-1]
+BASE_IMAGE = re.compile(
+    r"python:(?P<version>\d+\.\d+\.\d+)-slim(?:-[a-z]+)?(?:@sha256:[0-9a-f]{64})?"
+)
+
+
+# --- the image ----------------------------------------------------------------------------
+
+
+def test_image_is_built_in_two_stages_from_one_pinned_slim_python() -> None:
+    assert len(DOCKERFILE) >= 2, "multi-stage: the final image must not contain the build"
+    assert BASE_IMAGE.fullmatch(RUNTIME.image), f"unpinned or not slim: {RUNTIME.image}"
+    assert BUILDER.image == RUNTIME.image, "wheels must be built on the interpreter that runs them"
+
+
+@pytest.mark.parametrize("project", [SERVER_PROJECT, CLIENT_PROJECT], ids=["server", "client"])
+def test_image_python_satisfies_requires_python(project: dict[str, Any]) -> None:
+    match = BASE_IMAGE.fullmatch(RUNTIME.image)
+    assert match
+    python = Version(match["version"])
+    assert python in SpecifierSet(project["requires-python"]), (
+        f"{project['name']} requires Python {project['requires-python']}, the image has {python}"
+    )
+
+
+def test_builder_makes_wheels_from_exactly_the_two_local_projects() -> None:
+    local = [
+        positional
+        for options, positional in _pip_commands(BUILDER, "wheel")
+        if "--no-deps" in options
+    ]
+    assert len(local) == 1, "one `pip wheel --no-deps` of the local projects"
+    names = {canonicalize_name(_pyproject(ROOT / PurePosixPath(path))["name"]) for path in local[0]}
+    assert names == {
+        canonicalize_name(SERVER_PROJECT["name"]),
+        canonicalize_name(CLIENT_PROJECT["name"]),
+    }
+
+
+def test_image_installs_the_two_distributions_at_their_versions_and_nothing_else() -> None:
+    installs = _pip_commands(RUNTIME, "install")
+    assert len(installs) == 1, "one pip install in the final stage"
+    options, positional = installs[0]
+    assert "--no-index" in options, "install only the builder's wheels, never from an index"
+    assert not options & {"-r", "--requirement", "-e", "--editable"}
+    installed = {
+        canonicalize_name(req.name): str(req.specifier) for req in map(Requirement, positional)
+    }
+    assert installed == {
+        canonicalize_name(p["name"]): f"=={p['version']}" for p in (SERVER_PROJECT, CLIENT_PROJECT)
+    }
+
+
+def test_server_requires_the_client_version_the_image_installs() -> None:
+    pinned = {
+        canonicalize_name(req.name): req.specifier
+        for req in map(Requirement, SERVER_PROJECT["dependencies"])
+    }
+    client = canonicalize_name(CLIENT_PROJECT["name"])
+    assert client in pinned, "the server distribution depends on the client distribution"
+    assert CLIENT_PROJECT["version"] in pinned[client]
+
+
+def test_image_exposes_exactly_the_default_grpc_and_metrics_ports() -> None:
+    exposed = {int(port.split("/")[0]) for args in RUNTIME.all("EXPOSE") for port in args.split()}
+    assert exposed == {GRPC_PORT, METRICS_PORT}
+
+
+def test_image_entrypoint_is_the_server_console_script_serving() -> None:
+    entrypoint = json.loads(RUNTIME.last("ENTRYPOINT"))
+    assert entrypoint == ["avatar-signer"]
+    assert SERVER_PROJECT["scripts"]["avatar-signer"] == "avatarsigner_server.cli:main"
+    command = json.loads(RUNTIME.last("CMD"))
+    assert cli.build_parser().parse_args(command).command == "serve"
+
+
+def test_image_runs_as_a_numeric_non_root_user_the_deployment_expects() -> None:
+    uid = RUNTIME.last("USER").split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, "numeric, so runAsNonRoot can verify it"
+    pod = _pod_spec()
+    assert pod["securityContext"]["runAsUser"] == int(uid)
+    assert _container()["securityContext"]["runAsUser"] == int(uid)
+
+
+def test_image_bakes_in_no_settings_or_secrets() -> None:
+    env_names = {word.split("=", 1)[0] for args in RUNTIME.all("ENV") for word in shlex.split(args)}
+    assert not any(name.startswith(("S3_", "AWS_", "TLS_", "CALLERS")) for name in env_names)
+    assert not RUNTIME.all("ARG"), "build arguments end up in the image history"
+
+
+# --- the Kubernetes manifests -----------------------------------------------------------------
+
+
+def _manifest(name: str) -> list[dict[str, Any]]:
+    with (MANIFESTS / name).open(encoding="utf-8") as stream:
+        return [doc for doc in yaml.safe_load_all(stream) if doc]
+
+
+def _pod_spec() -> dict[str, Any]:
+    (deployment,) = _manifest("deployment.yaml")
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return spec
+
+
+def _container() -> dict[str, Any]:
+    (container,) = _pod_spec()["containers"]
+    return dict(container)
+
+
+def _env() -> dict[str, dict[str, Any]]:
+    return {entry["name"]: entry for entry in _container().get("env", [])}
+
+
+@pytest.mark.parametrize("probe", ["startupProbe", "livenessProbe", "readinessProbe"])
+def test_probe_asks_a_health_service_the_server_registers(probe: str) -> None:
+    grpc_probe = _container()[probe]["grpc"]
+    assert grpc_probe["port"] == GRPC_PORT
+    assert grpc_probe.get("service", "") in HEALTH_SERVICES
+
+
+def test_readiness_follows_the_avatar_signer_service_and_liveness_the_server() -> None:
+    assert _container()["readinessProbe"]["grpc"]["service"] == SERVICE_NAME
+    assert _container()["livenessProbe"]["grpc"].get("service", "") == ""
+
+
+def test_container_ports_are_the_config_defaults() -> None:
+    ports = {port["name"]: port["containerPort"] for port in _container()["ports"]}
+    assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
+    assert not {"GRPC_PORT", "METRICS_PORT"} & set(_env()), "ports come from the defaults"
+
+
+def test_services_and_network_policy_use_the_container_ports() -> None:
+    named = {port["name"] for port in _container()["ports"]}
+    for name in ("service.yaml", "service-headless.yaml"):
+        (service,) = _manifest(name)
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in named
+    (policy,) = _manifest("networkpolicy.yaml")
+    admitted = {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+    assert admitted == {GRPC_PORT, METRICS_PORT}
+
+
+def _prestop_seconds(prestop: dict[str, Any]) -> float:
+    if "sleep" in prestop:
+        return float(prestop["sleep"]["seconds"])
+    command = " ".join(prestop["exec"]["command"])
+    match = re.search(r"sleep\D*(\d+(?:\.\d+)?)", command)
+    assert match, f"cannot read the preStop wait from {command!r}"
+    return float(match[1])
+
+
+def test_termination_grace_outlasts_prestop_and_drain() -> None:
+    drain = float(
+        _env().get("SHUTDOWN_GRACE_SECONDS", {}).get("value", DEFAULTS["shutdown_grace_seconds"])
+    )
+    prestop = _prestop_seconds(
+        _container().get("lifecycle", {}).get("preStop", {"sleep": {"seconds": 0}})
+    )
+    assert _pod_spec()["terminationGracePeriodSeconds"] > prestop + drain
+
+
+def test_each_identity_reads_only_its_own_secret_from_files() -> None:
+    env = _env()
+    for plain in ("S3_UPLOAD_KEY", "S3_UPLOAD_SECRET", "S3_READ_KEY", "S3_READ_SECRET"):
+        assert plain not in env, f"{plain}: credentials as files, never in the environment"
+    mounts = {mount["mountPath"]: mount for mount in _container()["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in _pod_spec()["volumes"]}
+    examples = {secret["metadata"]["name"]: secret for secret in _manifest("secrets.example.yaml")}
+    for prefix, secret_name in (
+        ("S3_UPLOAD", "avatar-signer-uploader"),
+        ("S3_READ", "avatar-signer-reader"),
+    ):
+        for suffix in ("KEY_FILE", "SECRET_FILE"):
+            path = PurePosixPath(env[f"{prefix}_{suffix}"]["value"])
+            mount = mounts[str(path.parent)]
+            assert mount.get("readOnly") is True
+            secret = volumes[mount["name"]]["secret"]
+            assert secret["secretName"] == secret_name
+            (item,) = [i for i in secret["items"] if i["path"] == path.name]
+            assert item["key"] in examples[secret_name]["stringData"]
+
+
+def test_kustomization_lists_every_manifest_except_the_secrets_example() -> None:
+    (kustomization,) = _manifest("kustomization.yaml")
+    present = {p.name for p in MANIFESTS.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == present - {"secrets.example.yaml"}
