@@ -1,12 +1,12 @@
 """A throwaway local SeaweedFS S3 server for the tests and for ``make run``.
 
 ``start()`` launches ``weed mini`` (master, volume, filer and S3 gateway in one process)
-bound to 127.0.0.1 on freshly picked ports, with everything it writes kept inside
-``workdir``, and returns a :class:`LocalS3` once the S3 port is healthy and the bucket
-exists.  ``LocalS3.create_identity`` adds an IAM user with an inline policy and an access
-key through the IAM API that SeaweedFS serves on the S3 port, and returns only once the
-new key is accepted and its policy is in force.  ``start_with_identities`` does both for
-the seed's two users (uploader and reader).
+bound to 127.0.0.1 on freshly picked ports, with what it writes kept inside ``workdir``
+(but for the gRPC sockets noted below), and returns a :class:`LocalS3` once the S3 port
+is healthy and the bucket exists.  ``LocalS3.create_identity`` adds an IAM user with an
+inline policy and an access key through the IAM API that SeaweedFS serves on the S3
+port, and returns only once the new key is accepted and its policy is in force.
+``start_with_identities`` does both for the seed's two users (uploader and reader).
 
 As a script it is the S3 half of ``make run``::
 
@@ -20,8 +20,8 @@ Things about SeaweedFS 4.48 this module relies on or works around:
 * ``weed mini`` also opens WebDAV (7333), Iceberg (8181) and Lance (9101) listeners on
   fixed ports; they are switched off, otherwise two instances collide.
 * gRPC unix sockets are always ``/tmp/seaweedfs-<service>-grpc-<port>.sock`` whatever
-  ``TMPDIR`` says; weed removes them on a clean exit, :meth:`LocalS3.stop` removes them
-  after a SIGKILL.
+  ``TMPDIR`` says.  weed removes them on a clean exit and replaces stale ones at start;
+  :meth:`LocalS3.stop` removes those a crash or SIGKILL left behind.
 * The static admin identity comes from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` in
   weed's environment; ``-s3.iam.readOnly=false`` lets it call the IAM API.
 * IAM user policies are used rather than ``s3.json`` identities, whose coarse "Write"
@@ -52,7 +52,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -61,6 +60,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -82,12 +82,15 @@ READER_NAME = "avatar-reader"
 
 #: How long ``create_identity``/``put_user_policy`` wait for SeaweedFS to apply a change.
 IDENTITY_TIMEOUT = 20.0
-#: How long ``stop`` waits after SIGTERM before SIGKILL (weed takes 4-7 s to exit).
+#: How long ``stop`` waits after SIGTERM before SIGKILL (weed takes 2-7 s to exit).
 STOP_TIMEOUT = 15.0
 #: How often ``start`` retries when another process took one of the picked ports first.
 _PORT_RACE_ATTEMPTS = 3
 _POLL_INTERVAL = 0.05
 _LOG_TAIL_LINES = 40
+# How weed says that one of its ports was taken (its own pre-check, or a failed bind).
+_PORT_TAKEN = re.compile(r"Port allocation failed|address already in use")
+_GLOG_PROBLEM = re.compile(r"[WEF]\d{4} ")  # glog's warning, error and fatal lines
 
 # The --flag of every listener weed mini opens, in the order they are picked.
 _PORT_FLAGS = (
@@ -151,6 +154,9 @@ def reader_policy(bucket: str) -> dict[str, Any]:
 UPLOADER_POLICY: dict[str, Any] = uploader_policy("BUCKET")
 
 
+_SIMPLE_STATEMENT_KEYS = frozenset({"Sid", "Effect", "Action", "Resource"})
+
+
 def _policy_allows(policy: Mapping[str, Any], action: str, resource: str) -> bool | None:
     """Whether a simple identity policy allows ``action`` on ``resource``.
 
@@ -163,12 +169,7 @@ def _policy_allows(policy: Mapping[str, Any], action: str, resource: str) -> boo
         statements = [statements]
     allowed = False
     for statement in statements:
-        if not isinstance(statement, Mapping) or set(statement) - {
-            "Sid",
-            "Effect",
-            "Action",
-            "Resource",
-        }:
+        if not isinstance(statement, Mapping) or not set(statement) <= _SIMPLE_STATEMENT_KEYS:
             return None
         actions = _as_list(statement.get("Action"))
         resources = _as_list(statement.get("Resource"))
@@ -228,7 +229,8 @@ class _Probe:
 # --------------------------------------------------------------------------- the server
 
 
-_running: weakref.WeakSet[LocalS3] = weakref.WeakSet()
+# Servers not yet stopped; an interpreter exit stops them rather than orphan weed.
+_running: set[LocalS3] = set()
 
 
 @atexit.register
@@ -268,7 +270,7 @@ class LocalS3:
         self.log_file = log_file
         self._process = process
         self._ports = dict(ports)
-        self._session = boto3.session.Session()
+        self._session = _isolated_boto3_session()
         self._clients: dict[tuple[str, str], Any] = {}
         self._identities: dict[str, Identity] = {}
         self._lock = threading.Lock()
@@ -289,9 +291,10 @@ class LocalS3:
         return self._process.poll() is None
 
     def client(self, service: str = "s3", identity: Identity | None = None) -> Any:
-        """A boto3 client for this server: SigV4, path-style, no retries beyond botocore's.
+        """A boto3 client for this server (SigV4, path-style), cached per (service, key).
 
-        ``identity`` defaults to the admin.  Clients are cached per (service, key).
+        ``identity`` defaults to the admin.  The client ignores ``~/.aws`` and
+        ``AWS_PROFILE``, so a developer's AWS configuration cannot change it.
         """
         identity = identity or self.admin
         cache_key = (service, identity.access_key_id)
@@ -399,6 +402,8 @@ class LocalS3:
             time.sleep(_POLL_INTERVAL)
 
     def _probe(self, identity: Identity, method: str, key: str) -> _Probe:
+        if not self.running:
+            raise LocalS3Error(f"SeaweedFS exited; see {self.log_file}")
         s3 = self.client("s3", identity)
         if method == "GET":
             url = s3.generate_presigned_url(
@@ -433,12 +438,14 @@ class LocalS3:
                 process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 log.warning(
-                    "SeaweedFS pid %d ignored SIGTERM for %g s; killing it", self.pid, timeout
+                    "SeaweedFS pid %d still running %g s after SIGTERM; killing it",
+                    self.pid,
+                    timeout,
                 )
                 process.kill()
                 process.wait()
             log.debug("SeaweedFS pid %d stopped in %.1f s", self.pid, time.monotonic() - started)
-        _remove_grpc_sockets(self._ports)
+        _remove_stale_grpc_sockets(self._ports)
         with self._lock:
             for client in self._clients.values():
                 client.close()
@@ -506,7 +513,11 @@ def _start_once(
         secret_access_key=secrets.token_urlsafe(30),
     )
     command = weed_command(
-        data_dir=data_dir, tmp_dir=tmp_dir, ports=ports, bucket=bucket, weed=_weed_binary()
+        data_dir=data_dir,
+        socket_dir=tmp_dir.relative_to(workdir),
+        ports=ports,
+        bucket=bucket,
+        weed=_weed_binary(),
     )
     env = {
         "PATH": os.environ.get("PATH", os.defpath),
@@ -541,7 +552,7 @@ def _start_once(
     except BaseException as exc:
         server.stop()
         tail = _log_tail(log_file, log_offset)
-        if isinstance(exc, LocalS3Error) and "address already in use" in tail:
+        if isinstance(exc, LocalS3Error) and _PORT_TAKEN.search(tail):
             raise _PortTaken from exc
         if isinstance(exc, LocalS3Error):
             raise LocalS3Error(f"{exc}\n{tail}") from None
@@ -557,7 +568,7 @@ def _start_once(
 
 
 def weed_command(
-    *, data_dir: Path, tmp_dir: Path, ports: Mapping[str, int], bucket: str, weed: str = "weed"
+    *, data_dir: Path, socket_dir: Path, ports: Mapping[str, int], bucket: str, weed: str = "weed"
 ) -> list[str]:
     """The ``weed mini`` command line for one isolated, loopback-only instance."""
     return [
@@ -569,8 +580,10 @@ def weed_command(
         "-ip.bind=127.0.0.1",
         *(f"-{flag}={port}" for flag, port in ports.items()),
         "-admin.ui=false",
-        f"-s3.localSocket={tmp_dir / 's3.sock'}",
-        f"-filer.localSocket={tmp_dir / 'filer.sock'}",
+        # Relative to weed's working directory (the workdir): a unix socket path may not
+        # exceed 107 bytes, which a deep pytest tmp_path would.
+        f"-s3.localSocket={socket_dir / 's3.sock'}",
+        f"-filer.localSocket={socket_dir / 'filer.sock'}",
         # Listeners on fixed default ports that would collide between instances.
         "-webdav=false",
         "-s3.port.iceberg=0",
@@ -641,6 +654,18 @@ def _weed_binary() -> str:
     return found
 
 
+def _isolated_boto3_session() -> boto3.session.Session:
+    """A boto3 session that reads no AWS config or credentials file and no profile."""
+    core = botocore.session.Session(
+        session_vars={
+            "profile": (None, None, None, None),
+            "config_file": (None, None, os.devnull, None),
+            "credentials_file": (None, None, os.devnull, None),
+        }
+    )
+    return boto3.session.Session(botocore_session=core)
+
+
 def _free_ports(count: int) -> list[int]:
     """``count`` distinct free TCP ports on 127.0.0.1 (all held open until all are picked)."""
     with contextlib.ExitStack() as stack:
@@ -652,13 +677,24 @@ def _free_ports(count: int) -> list[int]:
         return ports
 
 
-def _remove_grpc_sockets(ports: Mapping[str, int]) -> None:
-    """Remove the /tmp gRPC sockets of a dead weed (a clean exit leaves none)."""
+def _remove_stale_grpc_sockets(ports: Mapping[str, int]) -> None:
+    """Remove the /tmp gRPC sockets a dead weed left (a clean exit leaves none).
+
+    A socket that still accepts connections is left alone: it belongs to another weed
+    that has the port now.
+    """
     for flag, service in _GRPC_SOCKETS.items():
         path = Path(f"/tmp/seaweedfs-{service}-grpc-{ports[flag]}.sock")
-        if path.is_socket():
-            with contextlib.suppress(OSError):
-                path.unlink()
+        if not path.is_socket():
+            continue
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except ConnectionRefusedError:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            except OSError:
+                pass
 
 
 def _send(request: urllib.request.Request, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -677,15 +713,28 @@ def _error_code(exc: ClientError) -> str:
 
 
 def _log_tail(log_file: Path, offset: int = 0) -> str:
-    """The last lines weed wrote to ``log_file`` after ``offset``."""
+    """The last lines weed wrote to ``log_file`` after ``offset``.
+
+    Earlier warnings and errors come first: some failures (an invalid bucket name) are
+    only a warning long before the end of the log.
+    """
     try:
         with open(log_file, "rb") as stream:
             stream.seek(offset)
             lines = stream.read().decode(errors="replace").splitlines()
     except OSError as exc:
         return f"(cannot read {log_file}: {exc})"
-    tail = "\n".join(lines[-_LOG_TAIL_LINES:])
-    return f"--- last lines of {log_file} ---\n{tail}"
+    head, tail = lines[:-_LOG_TAIL_LINES], lines[-_LOG_TAIL_LINES:]
+    earlier = [line for line in head if _GLOG_PROBLEM.match(line)]
+    text = f"--- last lines of {log_file} ---\n" + ("\n".join(tail) or "(weed wrote nothing)")
+    if earlier:
+        text = (
+            "--- weed's warnings and errors before that ---\n"
+            + "\n".join(earlier[-10:])
+            + "\n"
+            + text
+        )
+    return text
 
 
 # --------------------------------------------------------------------------- CLI
