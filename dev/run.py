@@ -67,7 +67,7 @@ def wait_serving(target: str, process: subprocess.Popen[bytes], timeout: float =
     raise SystemExit(f"avatar-signer did not become SERVING on {target} within {timeout:.0f}s")
 
 
-def tour(target: str, sample: Path, size: int) -> str:
+def tour(target: str, sample: Path, size: int, downloaded: Path) -> str:
     """The commands printed for a person to paste, one block per step."""
     grpcurl = shlex.quote(str(BIN / "grpcurl"))
     client = shlex.quote(str(BIN / "avatar-signer-client"))
@@ -78,6 +78,7 @@ def tour(target: str, sample: Path, size: int) -> str:
     )
     download_body = shlex.quote('{"user_id": "alice"}')
     file = shlex.quote(str(sample))
+    copy = shlex.quote(str(downloaded))
     return f"""
 # 1. What the server offers (reflection), and its health:
 {grpcurl} -plaintext {target} list
@@ -92,7 +93,7 @@ curl -fsS -X PUT -H 'Content-Type: image/png' -H 'Content-Length: {size}' --data
 
 # 4. Download it back and compare:
 DOWNLOAD_URL=$({grpcurl} -plaintext -d {download_body} {target} {SERVICE}/CreateDownloadUrl | {url_of})
-curl -fsS -o /tmp/alice-avatar.png "$DOWNLOAD_URL" && cmp /tmp/alice-avatar.png {file} && echo "same bytes"
+curl -fsS -o {copy} "$DOWNLOAD_URL" && cmp {copy} {file} && echo "same bytes"
 
 # 5. The same upload with the Python client (detects the type, signs the SHA-256 too):
 {client} --target {target} upload {file} --user bob
@@ -146,7 +147,7 @@ def main() -> int:
             f"{s3.bucket!r}.\nPaste these in another terminal (Ctrl-C here stops both):",
             flush=True,
         )
-        print(tour(target, sample, len(data)), flush=True)
+        print(tour(target, sample, len(data), workdir / "downloaded-avatar.png"), flush=True)
         while not stopping and server.poll() is None:
             time.sleep(0.2)
     finally:

@@ -1,0 +1,87 @@
+"""`make run`: every command it prints works as pasted, and Ctrl-C stops everything."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _read_tour(process: subprocess.Popen[str], deadline: float) -> list[str]:
+    """Read stdout until the last tour command is printed; return the printed lines."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if "download-url --user bob" in line:
+            return lines
+    raise AssertionError("make run did not print its tour:\n" + "\n".join(lines))
+
+
+def test_make_run_prints_commands_that_work_as_pasted(tmp_path: Path) -> None:
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "dev" / "run.py"),
+            "--port",
+            str(port),
+            "--workdir",
+            str(tmp_path / "run"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        lines = _read_tour(process, time.monotonic() + 90)
+        commands = [line for line in lines if line and not line.startswith("#")]
+        commands = [c for c in commands if re.match(r"^(/|UPLOAD_URL|DOWNLOAD_URL|curl)", c)]
+        assert len(commands) >= 9, lines
+        script = "set -euo pipefail\n" + "\n".join(commands) + "\n"
+        # A clean shell, as a person's terminal would be: no venv activated.
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)}
+        result = subprocess.run(
+            ["bash", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "avatarsigner.v1.AvatarSigner" in result.stdout
+        assert '"status": "SERVING"' in result.stdout
+        assert "uploaded" in result.stdout
+        assert "same bytes" in result.stdout
+        assert "profiles/bob/avatar" in result.stdout
+
+        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
+    assert '"msg": "stopped"' in stderr
+    assert "Traceback" not in stderr
+    leftover = subprocess.run(
+        ["pgrep", "-f", str(tmp_path / "run")], capture_output=True, text=True
+    )
+    assert leftover.stdout.strip() == "", "a process of make run outlived it"
