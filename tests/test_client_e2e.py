@@ -1,0 +1,109 @@
+"""The Python client and its CLI against the real server and the real S3."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+import run as make_run
+from avatarsigner import (
+    AsyncAvatarSignerClient,
+    AvatarSignerClient,
+    AvatarSignerError,
+    UploadError,
+    sha256_base64,
+    upload_bytes,
+)
+from s3http import request
+from servers import ServerThread
+
+CLI = [sys.executable, "-m", "avatarsigner.cli"]
+
+
+def _cli(target: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "--target", target, *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def _user() -> str:
+    return "cli-" + uuid.uuid4().hex[:10]
+
+
+def test_cli_upload_end_to_end(s3_server: ServerThread, tmp_path: Path) -> None:
+    image = tmp_path / "me.png"
+    data = make_run.sample_png(32, 32)
+    image.write_bytes(data)
+    user = _user()
+
+    result = _cli(s3_server.target, "upload", str(image), "--user", user)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"profiles/{user}/avatar"
+
+    shown = _cli(s3_server.target, "download-url", "--user", user)
+    assert shown.returncode == 0, shown.stderr
+    fetched = request("GET", json.loads(shown.stdout)["url"])
+    assert fetched.status == 200
+    assert fetched.body == data
+    assert fetched.headers["content-type"] == "image/png"
+
+
+def test_cli_upload_refuses_a_file_that_is_not_an_image(
+    s3_server: ServerThread, tmp_path: Path
+) -> None:
+    page = tmp_path / "avatar.png"
+    page.write_text("<html><script>alert(1)</script></html>")
+    result = _cli(s3_server.target, "upload", str(page), "--user", _user())
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_reports_invalid_argument_in_one_line(s3_server: ServerThread) -> None:
+    result = _cli(s3_server.target, "download-url", "--user", "../../etc/passwd")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert "INVALID_ARGUMENT" in result.stderr and "user_id" in result.stderr
+
+
+def test_cli_health(s3_server: ServerThread) -> None:
+    result = _cli(s3_server.target, "health")
+    assert result.returncode == 0 and "SERVING" in result.stdout
+
+
+def test_client_upload_with_checksum_round_trip(s3_server: ServerThread) -> None:
+    data = make_run.sample_png(8, 8)
+    user = _user()
+    with AvatarSignerClient(s3_server.target) as client:
+        upload = client.create_upload_url(
+            user, "image/png", len(data), checksum_sha256=sha256_base64(data), ttl=60
+        )
+        assert upload.url not in repr(upload)
+        with pytest.raises(UploadError):
+            upload_bytes(upload, bytes([data[0] ^ 1]) + data[1:])  # other bytes: refused
+        upload_bytes(upload, data)
+        (url,) = client.batch_create_download_urls([user])
+    assert request("GET", url.url).body == data
+
+
+def test_client_raises_with_field_violations(s3_server: ServerThread) -> None:
+    with AvatarSignerClient(s3_server.target) as client, pytest.raises(AvatarSignerError) as caught:
+        client.batch_create_download_urls(["ok", "a/b", "fine", ""])
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in caught.value.field_violations] == ["user_ids[1]", "user_ids[3]"]
+
+
+def test_async_client(s3_server: ServerThread) -> None:
+    async def main() -> tuple[str, str]:
+        async with AsyncAvatarSignerClient(s3_server.target) as client:
+            download = await client.create_download_url("alice")
+            health = await client.health()
+        return download.key, health
+
+    assert asyncio.run(main()) == ("profiles/alice/avatar", "SERVING")
