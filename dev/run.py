@@ -127,14 +127,8 @@ def main() -> int:
     s3, uploader, reader = seaweed_s3.start_with_identities(workdir / "seaweedfs")
     server: subprocess.Popen[bytes] | None = None
     try:
-        env = dict(os.environ) | {
-            "S3_ENDPOINT_URL": s3.endpoint_url,
-            "AWS_REGION": s3.region,
-            "S3_BUCKET": s3.bucket,
-            "S3_UPLOAD_KEY": uploader.access_key_id,
-            "S3_UPLOAD_SECRET": uploader.secret_access_key,
-            "S3_READ_KEY": reader.access_key_id,
-            "S3_READ_SECRET": reader.secret_access_key,
+        env = dict(os.environ) | seaweed_s3.service_env(s3, uploader, reader)
+        env |= {
             "GRPC_HOST": "127.0.0.1",
             "GRPC_PORT": str(args.port),
         }

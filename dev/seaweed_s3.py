@@ -740,9 +740,9 @@ def _log_tail(log_file: Path, offset: int = 0) -> str:
 # --------------------------------------------------------------------------- CLI
 
 
-def write_env_file(path: Path, server: LocalS3, uploader: Identity, reader: Identity) -> None:
-    """Write the service's S3 settings as a shell-sourceable file, mode 0600, atomically."""
-    values = {
+def service_env(server: LocalS3, uploader: Identity, reader: Identity) -> dict[str, str]:
+    """The avatar-signer settings (environment variables) that point it at this S3."""
+    return {
         "S3_ENDPOINT_URL": server.endpoint_url,
         "AWS_REGION": server.region,
         "S3_BUCKET": server.bucket,
@@ -751,6 +751,11 @@ def write_env_file(path: Path, server: LocalS3, uploader: Identity, reader: Iden
         "S3_READ_KEY": reader.access_key_id,
         "S3_READ_SECRET": reader.secret_access_key,
     }
+
+
+def write_env_file(path: Path, server: LocalS3, uploader: Identity, reader: Identity) -> None:
+    """Write the service's S3 settings as a shell-sourceable file, mode 0600, atomically."""
+    values = service_env(server, uploader, reader)
     text = "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -48,16 +48,7 @@ def local_s3(
 def s3_env(
     s3: seaweed_s3.LocalS3, uploader: seaweed_s3.Identity, reader: seaweed_s3.Identity
 ) -> dict[str, str]:
-    return {
-        **FAKE_ENV,
-        "S3_ENDPOINT_URL": s3.endpoint_url,
-        "AWS_REGION": s3.region,
-        "S3_BUCKET": s3.bucket,
-        "S3_UPLOAD_KEY": uploader.access_key_id,
-        "S3_UPLOAD_SECRET": uploader.secret_access_key,
-        "S3_READ_KEY": reader.access_key_id,
-        "S3_READ_SECRET": reader.secret_access_key,
-    }
+    return {**FAKE_ENV, **seaweed_s3.service_env(s3, uploader, reader)}
 
 
 @pytest.fixture(scope="session")
