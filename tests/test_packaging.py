@@ -315,3 +315,33 @@ def test_kustomization_lists_every_manifest_except_the_secrets_example() -> None
     (kustomization,) = _manifest("kustomization.yaml")
     present = {p.name for p in MANIFESTS.glob("*.yaml")} - {"kustomization.yaml"}
     assert set(kustomization["resources"]) == present - {"secrets.example.yaml"}
+
+
+# --- the client distribution stands alone ---------------------------------------------------
+
+CLIENT_ALLOWED = {"grpcio", "protobuf", "grpcio-health-checking", "grpcio-status"}
+
+
+def test_client_distribution_depends_only_on_grpc_and_protobuf() -> None:
+    client = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())
+    names = {canonicalize_name(Requirement(r).name) for r in client["project"]["dependencies"]}
+    assert names <= CLIENT_ALLOWED, names - CLIENT_ALLOWED
+
+
+def test_client_imports_without_any_server_dependency() -> None:
+    import subprocess
+    import sys
+
+    blocked = ["boto3", "botocore", "avatarsigner_server", "grpc_reflection", "uvloop"]
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "import avatarsigner, avatarsigner.cli, avatarsigner.client\n"
+        "from avatarsigner.v1 import avatar_signer_pb2, avatar_signer_pb2_grpc\n"
+        "print(avatarsigner.AvatarSignerClient.__name__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "AvatarSignerClient"
