@@ -1,0 +1,193 @@
+"""`avatar-signer policies`: the documents the security model rests on, as one JSON object.
+
+The IAM statements are compared with the seed's own JSON, copied verbatim below from
+the design this service grows from (shared/seed/000_8f11b302f288d0cb.txt, sections 4 and
+13), so a drift from the seed fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import seaweed_s3
+from avatarsigner_server import policies
+from avatarsigner_server.credentials import Credentials, StaticCredentials
+from avatarsigner_server.signers import BucketEndpoint, UploadSigner
+
+SEED_BUCKET = "myapp-profile-images"
+SEED_UPLOAD_STATEMENT = """
+{
+  "Effect": "Allow",
+  "Action": [
+    "s3:PutObject",
+    "s3:AbortMultipartUpload"
+  ],
+  "Resource": "arn:aws:s3:::myapp-profile-images/*"
+}
+"""
+SEED_READ_STATEMENT = """
+{
+  "Effect": "Allow",
+  "Action": "s3:GetObject",
+  "Resource": "arn:aws:s3:::myapp-profile-images/*"
+}
+"""
+SEED_CORS = """
+[
+  {
+    "AllowedOrigins": ["https://yourapp.com"],
+    "AllowedMethods": ["GET", "PUT"],
+    "AllowedHeaders": ["*"],
+    "MaxAgeSeconds": 3000
+  }
+]
+"""
+
+
+def _policies(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "avatarsigner_server.cli", "policies", *args],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def printed() -> dict[str, Any]:
+    result = _policies("--bucket", SEED_BUCKET, "--allowed-origin", "https://yourapp.com")
+    assert result.returncode == 0, result.stderr
+    document: dict[str, Any] = json.loads(result.stdout)  # one JSON object, nothing else
+    return document
+
+
+def test_prints_exactly_the_six_documents(printed: dict[str, Any]) -> None:
+    assert list(printed) == [
+        "uploader_policy",
+        "reader_policy",
+        "bucket_policy",
+        "public_access_block",
+        "ownership_controls",
+        "cors",
+    ]
+
+
+def test_uploader_policy_is_the_seeds_statement_exactly(printed: dict[str, Any]) -> None:
+    assert printed["uploader_policy"] == {
+        "Version": "2012-10-17",
+        "Statement": [json.loads(SEED_UPLOAD_STATEMENT)],
+    }
+
+
+def test_reader_policy_is_the_seeds_statement_exactly(printed: dict[str, Any]) -> None:
+    assert printed["reader_policy"] == {
+        "Version": "2012-10-17",
+        "Statement": [json.loads(SEED_READ_STATEMENT)],
+    }
+
+
+def test_the_test_s3_enforces_the_same_policies() -> None:
+    """SeaweedFS in the tests carries these very documents (dev/seaweed_s3.py)."""
+    assert seaweed_s3.uploader_policy("avatars") == policies.uploader_policy("avatars")
+    assert seaweed_s3.reader_policy("avatars") == policies.reader_policy("avatars")
+
+
+def test_bucket_policy_denies_requests_without_tls(printed: dict[str, Any]) -> None:
+    (statement,) = printed["bucket_policy"]["Statement"]
+    assert printed["bucket_policy"]["Version"] == "2012-10-17"
+    assert statement["Effect"] == "Deny"
+    assert statement["Principal"] == "*"
+    assert statement["Action"] == "s3:*"
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert sorted(statement["Resource"]) == [
+        f"arn:aws:s3:::{SEED_BUCKET}",
+        f"arn:aws:s3:::{SEED_BUCKET}/*",
+    ]
+
+
+def test_public_access_is_blocked_and_acls_are_off(printed: dict[str, Any]) -> None:
+    assert printed["public_access_block"] == {
+        "BlockPublicAcls": True,
+        "IgnorePublicAcls": True,
+        "BlockPublicPolicy": True,
+        "RestrictPublicBuckets": True,
+    }
+    assert printed["ownership_controls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+
+
+def test_cors_allows_put_and_get_from_the_origins_with_upload_headers_only(
+    printed: dict[str, Any],
+) -> None:
+    (seed_rule,) = json.loads(SEED_CORS)
+    (rule,) = printed["cors"]["CORSRules"]
+    assert rule["AllowedOrigins"] == seed_rule["AllowedOrigins"]
+    assert sorted(rule["AllowedMethods"]) == sorted(seed_rule["AllowedMethods"])
+    assert rule["MaxAgeSeconds"] == seed_rule["MaxAgeSeconds"]
+    # Not the seed's "*": exactly the headers an upload URL signs.
+    assert rule["AllowedHeaders"] == ["content-type", "content-length", "x-amz-checksum-sha256"]
+    assert rule["ExposeHeaders"] == ["ETag"]
+
+
+def test_cors_headers_are_the_ones_upload_urls_ask_for() -> None:
+    creds = StaticCredentials(Credentials("AKIDEXAMPLE0001", "secret-example-0001"))
+    signed = UploadSigner(creds, BucketEndpoint("b-1", "eu-west-1"), "eu-west-1").sign(
+        "profiles/alice/avatar",
+        content_type="image/png",
+        content_length=10,
+        checksum_sha256="a" * 43 + "=",
+        ttl_seconds=60,
+    )
+    assert {name.lower() for name in signed.headers} == set(policies.UPLOAD_HEADERS)
+
+
+def test_several_origins_and_none() -> None:
+    result = _policies(
+        "--bucket", "avatars", "--allowed-origin", "https://a.example", "--allowed-origin",
+        "http://localhost:3000",
+    )  # fmt: skip
+    (rule,) = json.loads(result.stdout)["cors"]["CORSRules"]
+    assert rule["AllowedOrigins"] == ["https://a.example", "http://localhost:3000"]
+    # Without an origin no browser talks to the bucket: no CORS at all.
+    assert json.loads(_policies("--bucket", "avatars").stdout)["cors"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--bucket", "Bad_Bucket"], "--bucket"),
+        (["--bucket", "avatars", "--allowed-origin", "*"], "--allowed-origin"),
+        (["--bucket", "avatars", "--allowed-origin", "https://a.example/"], "--allowed-origin"),
+        (["--bucket", "avatars", "--allowed-origin", "a.example"], "--allowed-origin"),
+        (["--bucket", "avatars", "--allowed-origin", "https://*.example"], "--allowed-origin"),
+    ],
+    ids=["bucket-name", "wildcard", "trailing-slash", "no-scheme", "wildcard-subdomain"],
+)
+def test_bad_argument_is_one_line_naming_it(args: list[str], named: str) -> None:
+    result = _policies(*args)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert named in line
+    assert result.stdout == ""
+
+
+def test_help_explains_how_to_apply_each_document() -> None:
+    result = _policies("--help")
+    assert result.returncode == 0
+    for command in (
+        "aws iam put-user-policy",
+        "aws iam put-role-policy",
+        "jq -c .uploader_policy",
+        "jq -c .reader_policy",
+        "aws s3api put-bucket-policy",
+        "aws s3api put-public-access-block",
+        "aws s3api put-bucket-ownership-controls",
+        "aws s3api put-bucket-cors",
+        "avatar-signer check",
+    ):
+        assert command in result.stdout, command
