@@ -1,0 +1,70 @@
+"""The audit log: one JSON line per decision, on the `avatarsigner.audit` logger.
+
+    allowed  one line per signed URL (a batch of n gives n lines): request_id, caller, auth,
+             rpc, user_id, key, expires_at, reason "signed"
+    denied   one line per refused call: request_id, caller (null when unknown), auth, rpc,
+             user_id (when the request names one valid id), code, reason
+
+This is the only place that decides what is logged about a signed URL. Never a URL (its
+query string is a bearer credential), a signature, a secret, a bearer token or an end-user
+token; `reason` is a fixed snake_case word, never text from the request. Each decision also
+moves the matching counter in `Metrics` (URLs signed by kind and caller, denials by reason).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from .calls import ANONYMOUS, Call
+from .errors import ServiceError
+from .keys import is_valid_user_id
+from .metrics import Metrics
+
+LOGGER_NAME = "avatarsigner.audit"
+log = logging.getLogger(LOGGER_NAME)
+
+
+class Audit:
+    """Writes decision lines and counts them."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics
+
+    def signed(self, call: Call, kind: str, user_id: str, key: str, expires_at: datetime) -> None:
+        """The line for one signed URL (kind: upload or download)."""
+        if self._metrics is not None:
+            self._metrics.url_signed(kind, call.caller or ANONYMOUS)
+        if not log.isEnabledFor(logging.INFO):
+            return
+        log.info(
+            "allowed",
+            extra={
+                "decision": "allowed",
+                "request_id": call.request_id,
+                "caller": call.caller,
+                "auth": call.auth,
+                "rpc": call.rpc,
+                "user_id": user_id,
+                "key": key,
+                "expires_at": expires_at.isoformat(),
+                "reason": "signed",
+            },
+        )
+
+    def denied(self, call: Call, error: ServiceError, user_id: object = None) -> None:
+        """The line for a refused call. user_id is logged only when it is a valid user id."""
+        extra: dict[str, object] = {
+            "decision": "denied",
+            "request_id": call.request_id,
+            "caller": call.caller,
+            "auth": call.auth,
+            "rpc": call.rpc,
+            "code": error.code.name,
+            "reason": error.reason,
+        }
+        if isinstance(user_id, str) and is_valid_user_id(user_id):
+            extra["user_id"] = user_id
+        log.info("denied", extra=extra)
+        if self._metrics is not None:
+            self._metrics.denied(call.rpc, error.reason)

@@ -1,0 +1,184 @@
+"""SIGHUP reloads the callers file without dropping calls; a bad file keeps the old one."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import leaks
+import pytest
+from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
+from guarded import caller, code_of, write_callers
+from servers import FAKE_ENV, ServerThread, settings_from
+
+STEADY = caller("profile-service", ["CreateDownloadUrl"])
+ROTATING = caller("feed-service", ["CreateDownloadUrl"])
+
+
+def test_reload_under_a_steady_stream_drops_no_call(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_callers(tmp_path / "callers.toml", [STEADY])
+    running = ServerThread(settings_from(CALLERS_FILE=str(path)))
+    codes: list[str] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        with running.channel() as channel:
+            stub = pb_grpc.AvatarSignerStub(channel)
+            while not stop.is_set():
+                codes.append(code_of(stub, "CreateDownloadUrl", STEADY.metadata()))
+
+    caplog.set_level(logging.INFO, logger="avatarsigner.callers")
+    worker = threading.Thread(target=stream)
+    worker.start()
+    try:
+        with running.channel() as channel:
+            stub = pb_grpc.AvatarSignerStub(channel)
+            for round_ in range(10):
+                write_callers(path, [STEADY, ROTATING] if round_ % 2 == 0 else [STEADY])
+                running.server.reload()
+                expected = "OK" if round_ % 2 == 0 else "UNAUTHENTICATED"
+                assert code_of(stub, "CreateDownloadUrl", ROTATING.metadata()) == expected
+            path.write_text("[[caller]]\nname = 'broken'\n")  # no allow, no token
+            running.server.reload()
+            assert code_of(stub, "CreateDownloadUrl", STEADY.metadata()) == "OK"
+    finally:
+        stop.set()
+        worker.join(10)
+        running.stop()
+    assert len(codes) > 10 and set(codes) == {"OK"}
+    problems = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(problems) == 1 and "callers file not reloaded" in problems[0].getMessage()
+    assert "CALLERS_FILE" in problems[0].problem  # type: ignore[attr-defined]
+
+
+# -- the real process and the real signal --------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Serve:
+    """`avatar-signer serve` in a subprocess; its stderr lines collected as they come."""
+
+    def __init__(self, **env: str) -> None:
+        self.port = _free_port()
+        environ = {k: v for k, v in os.environ.items() if k not in FAKE_ENV}
+        environ |= FAKE_ENV | {"GRPC_PORT": str(self.port)} | env
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "avatarsigner_server.cli", "serve"],
+            env=environ,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout: float = 20) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if text in line:
+                    parsed: dict[str, object] = json.loads(line)
+                    return parsed
+            assert self.process.poll() is None, "\n".join(self.lines)
+            time.sleep(0.05)
+        raise AssertionError(f"no line with {text!r} in:\n" + "\n".join(self.lines))
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(15)
+        finally:
+            self.process.kill()
+        self._reader.join(5)
+        return code
+
+
+@pytest.fixture
+def serve_process() -> Iterator[list[Serve]]:
+    started: list[Serve] = []
+    yield started
+    for each in started:
+        each.stop()
+
+
+def test_sighup_reloads_the_callers_file_of_a_running_server(
+    tmp_path: Path, serve_process: list[Serve]
+) -> None:
+    path = write_callers(tmp_path / "callers.toml", [STEADY])
+    serve = Serve(CALLERS_FILE=str(path))
+    serve_process.append(serve)
+    serving = serve.wait_for('"msg": "serving"')
+    assert serving["callers"] == ["profile-service"] and serving["tls"] == "off"
+    with grpc.insecure_channel(f"127.0.0.1:{serve.port}") as channel:
+        stub = pb_grpc.AvatarSignerStub(channel)
+        assert code_of(stub, "CreateDownloadUrl", STEADY.metadata()) == "OK"
+        assert code_of(stub, "CreateDownloadUrl", ROTATING.metadata()) == "UNAUTHENTICATED"
+
+        write_callers(path, [STEADY, ROTATING])
+        serve.process.send_signal(signal.SIGHUP)
+        reloaded = serve.wait_for("callers file reloaded")
+        assert reloaded["callers"] == ["profile-service", "feed-service"]
+        assert code_of(stub, "CreateDownloadUrl", ROTATING.metadata()) == "OK"
+
+        path.write_text("this is not toml [")
+        serve.process.send_signal(signal.SIGHUP)
+        problem = serve.wait_for("callers file not reloaded")
+        assert problem["level"] == "ERROR" and "is not valid TOML" in str(problem["problem"])
+        assert code_of(stub, "CreateDownloadUrl", ROTATING.metadata()) == "OK"
+        assert code_of(stub, "CreateDownloadUrl", STEADY.metadata()) == "OK"
+
+    assert serve.stop() == 0
+    stderr = "\n".join(serve.lines)
+    assert "Traceback" not in stderr and "WARNING" not in stderr
+    assert leaks.find(serve.lines) == []
+    assert sum('"decision": "allowed"' in line for line in serve.lines) == 4
+
+
+def test_without_callers_file_start_up_warns(serve_process: list[Serve]) -> None:
+    serve = Serve()
+    serve_process.append(serve)
+    serve.wait_for('"msg": "serving"')
+    assert serve.stop() == 0
+    warnings = [json.loads(line)["msg"] for line in serve.lines if '"WARNING"' in line]
+    assert any("CALLERS_FILE is not set" in w for w in warnings)
+    assert any("no TLS and no CALLERS_FILE" in w for w in warnings)
+
+
+def test_malformed_callers_file_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "callers.toml"
+    path.write_text('[[caller]]\nname = "a"\ntoken_sha256 = "abc"\nallow = ["CreateUploadUrl"]\n')
+    environ = {k: v for k, v in os.environ.items() if k not in FAKE_ENV}
+    environ |= FAKE_ENV | {"CALLERS_FILE": str(path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "avatarsigner_server.cli", "serve"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CALLERS_FILE" in lines[0] and "token_sha256" in lines[0]
