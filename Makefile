@@ -24,7 +24,7 @@ test: install  ## the whole suite (starts its own SeaweedFS and servers on 127.0
 	$(PY) -m pytest
 
 lint: install  ## ruff, mypy --strict, buf lint + breaking, hadolint, kubernetes-validate
-	$(BIN)/ruff check server client tests dev
+	$(BIN)/ruff check server client tests dev bench
 	$(BIN)/mypy
 	$(BIN)/buf lint
 	$(BIN)/buf breaking --against protos/baseline/avatar_signer.binpb

@@ -6,16 +6,49 @@ identities; it verifies SigV4 presigned URLs, so tests about URLs are judged by 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import leaks
 import pytest
 import seaweed_s3
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from servers import FAKE_ENV, ServerThread, settings_from
 
 BUCKET = "avatars"
+
+# -- suite-wide: no avatarsigner log line carries a secret (see tests/leaks.py) -------------
+leaks.remember(FAKE_ENV["S3_UPLOAD_SECRET"], FAKE_ENV["S3_READ_SECRET"])
+_LOG_LINES = leaks.Collector()
+
+
+def _check_log_lines(when: str) -> None:
+    leaked = leaks.find(_LOG_LINES.take())
+    if leaked:
+        pytest.fail(f"{len(leaked)} log line(s) {when} leak a secret:\n" + "\n".join(leaked[:5]))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _collect_log_lines() -> Iterator[None]:
+    """Every avatarsigner log line of the session, at every level, is collected."""
+    logger = logging.getLogger("avatarsigner")
+    logger.addHandler(_LOG_LINES)
+    logger.setLevel(logging.DEBUG)
+    yield
+    logger.removeHandler(_LOG_LINES)
+    _check_log_lines("of session fixtures")
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_log_lines() -> Iterator[None]:
+    """Fails a test when a log line produced while it ran holds a secret."""
+    logger = logging.getLogger("avatarsigner")
+    if _LOG_LINES not in logger.handlers:  # configure_logging() replaces the handlers
+        logger.addHandler(_LOG_LINES)
+    yield
+    _check_log_lines("of this test")
 
 
 @pytest.fixture
@@ -39,6 +72,7 @@ def local_s3(
     """SeaweedFS with the bucket, the uploader and the reader (the seed's policies)."""
     workdir: Path = tmp_path_factory.mktemp("seaweedfs")
     s3, uploader, reader = seaweed_s3.start_with_identities(workdir, bucket=BUCKET)
+    leaks.remember(uploader.secret_access_key, reader.secret_access_key, s3.admin.secret_access_key)
     try:
         yield s3, uploader, reader
     finally:

@@ -25,6 +25,7 @@ FAKE_ENV: dict[str, str] = {
     "S3_BUCKET": "avatars",
     "GRPC_HOST": "127.0.0.1",
     "GRPC_PORT": "0",
+    "METRICS_PORT": "0",  # an ephemeral port: servers in parallel must not collide on 9464
 }
 
 

@@ -3,7 +3,9 @@
 Settings -> credential sources -> the two signers -> the servicer -> a grpc.aio server
 with health and reflection. The lifecycle reads as one sequence:
 
-    start:    bind, start, mark "" and avatarsigner.v1.AvatarSigner SERVING
+    start:    bind, start, mark "" and avatarsigner.v1.AvatarSigner SERVING once both
+              identities hold usable credentials (NOT_SERVING while one has none: a
+              watcher re-checks key files and role sessions every second)
     shutdown: health NOT_SERVING (probes stop routing to us), stop accepting new calls,
               let in-flight calls finish within the grace period, return.
 """
@@ -12,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import timedelta
 
 import grpc
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
@@ -20,10 +23,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from . import observability
+from .audit import Audit
 from .config import Settings
-from .credentials import StaticCredentials
+from .credentials import CredentialWatcher, describe, source_for
 from .keys import KeyPolicy
-from .service import SERVICE_NAME, AvatarSignerService
+from .security import CallSecurity, credential_expiry
+from .service import SERVICE_NAME, AvatarSignerService, UploadCheck
 from .signers import BucketEndpoint, Clock, DownloadSigner, UploadSigner, utc_now
 from .validation import Limits
 
@@ -34,18 +39,51 @@ class StartupError(RuntimeError):
     """The server could not start; str() is one line naming the setting at fault."""
 
 
-def build_service(settings: Settings, clock: Clock = utc_now) -> AvatarSignerService:
+def build_credentials(settings: Settings, clock: Clock = utc_now) -> CredentialWatcher:
+    """Each identity's credential source (key files are read now), and their watcher."""
+    ttls = {"uploader": settings.upload_ttl, "reader": settings.download_ttl}
+    setting = {"uploader": settings.uploader, "reader": settings.reader}
+    return CredentialWatcher(
+        {
+            identity: source_for(
+                setting[identity],
+                identity=identity,
+                region=settings.region,
+                max_ttl_seconds=ttl.maximum,
+                clock=clock,
+            )
+            for identity, ttl in ttls.items()
+        },
+        needed={identity: timedelta(seconds=ttl.default) for identity, ttl in ttls.items()},
+        clock=clock,
+    )
+
+
+def build_service(
+    settings: Settings,
+    clock: Clock = utc_now,
+    credentials: CredentialWatcher | None = None,
+    *,
+    audit: Audit | None = None,
+    upload_checks: Sequence[UploadCheck] = (),
+) -> AvatarSignerService:
     """The servicer with its two signers, each holding only its own identity."""
+    if credentials is None:
+        credentials = build_credentials(settings, clock)
     endpoint = BucketEndpoint(settings.bucket, settings.region, settings.endpoint_url)
     return AvatarSignerService(
         limits=Limits.from_settings(settings),
         keys=KeyPolicy(settings.key_prefix),
-        uploads=UploadSigner(
-            StaticCredentials(settings.uploader), endpoint, settings.region, clock
-        ),
+        uploads=UploadSigner(credentials["uploader"], endpoint, settings.region, clock),
         downloads=DownloadSigner(
-            StaticCredentials(settings.reader), endpoint, settings.region, clock
+            credentials["reader"],
+            endpoint,
+            settings.region,
+            clock,
+            reuse_seconds=settings.download_url_reuse_seconds,
         ),
+        audit=audit,
+        upload_checks=upload_checks,
     )
 
 
@@ -58,16 +96,30 @@ class AvatarSignerServer:
         *,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         clock: Clock = utc_now,
+        credentials: CredentialWatcher | None = None,
     ) -> None:
         self.settings = settings
         self.health = health.aio.HealthServicer()
-        self._service = build_service(settings, clock)
+        self.credentials = credentials or build_credentials(settings, clock)
+        self._watch: asyncio.Task[None] | None = None
+        # Callers, TLS, end-user tokens, rate limits, metrics, audit (reads their files now).
+        self.security = CallSecurity(settings)
+        self.security.metrics.watch_credentials(credential_expiry(self.credentials, clock))
+        self._service = build_service(
+            settings,
+            clock,
+            self.credentials,
+            audit=self.security.audit,
+            upload_checks=self.security.upload_checks,
+        )
         self._server = grpc.aio.server(
-            interceptors=list(interceptors),
-            # Refuse to share a port silently: a second server on it is a mistake.
-            options=[("grpc.so_reuseport", 0)],
+            interceptors=[self.security.interceptor, *interceptors],
+            # Refuse to share a port silently: a second server on it is a mistake. Only the
+            # processes of one `--workers N` supervisor share it (it checks the port is free).
+            options=[("grpc.so_reuseport", 1 if settings.workers > 1 else 0)],
         )
         self.port = 0
+        self.metrics_port = 0
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port (useful with GRPC_PORT=0)."""
@@ -77,36 +129,70 @@ class AvatarSignerServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        tls = self.security.server_credentials()
         try:
-            self.port = self._server.add_insecure_port(address)
+            if tls is None:
+                self.port = self._server.add_insecure_port(address)
+            else:
+                self.port = self._server.add_secure_port(address, tls)
         except RuntimeError:
             self.port = 0
         if self.port == 0:
             raise StartupError(f"GRPC_PORT: cannot listen on {address} (in use or not allowed)")
+        try:
+            self.metrics_port = self.security.metrics.serve(
+                self.settings.grpc_host, self.settings.metrics_port
+            )
+        except OSError:
+            raise StartupError(
+                f"METRICS_PORT: cannot listen on {self.settings.grpc_host}:"
+                f"{self.settings.metrics_port} (in use or not allowed)"
+            ) from None
         await self._server.start()
-        for service in HEALTH_SERVICES:
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        usable = await asyncio.to_thread(self.credentials.check)
+        await self._set_serving(usable)
+        self._watch = asyncio.create_task(self.credentials.watch(self._set_serving, usable))
         return self.port
+
+    async def _set_serving(self, usable: bool) -> None:
+        """SERVING while both identities can sign; ignored once shutdown has begun."""
+        serving = health_pb2.HealthCheckResponse
+        status = serving.SERVING if usable else serving.NOT_SERVING
+        for service in HEALTH_SERVICES:
+            await self.health.set(service, status)
 
     async def shutdown(self, grace: float | None = None) -> None:
         """NOT_SERVING, refuse new calls, let in-flight calls finish within the grace."""
         if grace is None:
             grace = self.settings.shutdown_grace_seconds
         await self.health.enter_graceful_shutdown()
+        if self._watch is not None:
+            self._watch.cancel()
         await self._server.stop(grace)
+        self.security.metrics.stop()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the callers, JWKS and TLS files; calls in flight are unaffected."""
+        self.security.reload()
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(settings: Settings, on_serving: Callable[[int], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully.
+
+    on_serving(port) is called once the server is SERVING (a worker tells its supervisor).
+    """
     server = AvatarSignerServer(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     port = await server.start()
+    for warning in server.security.startup_warnings():
+        observability.log.warning(warning)
     observability.log.info(
         "serving",
         extra={
@@ -114,10 +200,14 @@ async def serve(settings: Settings) -> None:
             "bucket": settings.bucket,
             "region": settings.region,
             "endpoint": settings.endpoint_url or "aws",
-            "uploader_key_id": settings.uploader.access_key_id,
-            "reader_key_id": settings.reader.access_key_id,
+            "uploader_credentials": describe(settings.uploader),
+            "reader_credentials": describe(settings.reader),
+            "metrics_address": f"{settings.grpc_host}:{server.metrics_port}",
+            **server.security.describe(),
         },
     )
+    if on_serving is not None:
+        on_serving(port)
     await stop.wait()
     observability.log.info(
         "shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds}

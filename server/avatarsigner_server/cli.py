@@ -1,4 +1,5 @@
-"""`avatar-signer` command line: `serve` runs the service.
+"""`avatar-signer` command line: `serve` runs the service; `check` audits the credentials
+and least privilege against the real bucket; `policies` prints the IAM and bucket documents.
 
 Configuration comes from the environment (see the README for every setting). Start-up
 problems print one line naming the setting and exit with status 2; no traceback.
@@ -8,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Sequence
 
-from . import app, config, observability
+from . import app, check, config, observability, policies, workers
 
 EXIT_CONFIG = 2
 
@@ -27,9 +29,33 @@ def _run(coro_factory: object) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = config.load(os.environ)
+    environ = dict(os.environ)
+    if args.workers is not None:
+        environ["WORKERS"] = str(args.workers)
+    settings = config.load(environ)
     observability.configure_logging(settings.log_level)
-    _run(app.serve(settings))
+    if settings.workers > 1 and not workers.is_worker(environ):
+        return workers.supervise(settings, environ)
+    _run(app.serve(settings, on_serving=workers.worker_ready_notifier(environ)))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    settings = config.load(os.environ)
+    observability.configure_logging("WARNING")
+    results = check.run(settings)
+    check.render(settings, results, sys.stdout)
+    return 1 if check.failed(results) else 0
+
+
+def _policies(args: argparse.Namespace) -> int:
+    if not config.is_valid_bucket(args.bucket):
+        raise config.SettingsError("--bucket", "must be a valid S3 bucket name")
+    try:
+        documents = policies.documents(args.bucket, args.allowed_origin)
+    except ValueError as error:
+        raise config.SettingsError("--allowed-origin", str(error)) from None
+    print(json.dumps(documents, indent=2))
     return 0
 
 
@@ -42,7 +68,36 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the gRPC server (settings from the environment; see README)"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="server processes sharing GRPC_PORT under one supervisor (default: WORKERS or 1)",
+    )
     serve.set_defaults(func=_serve)
+    audit = commands.add_parser(
+        "check",
+        help="prove the credentials work and the IAM split holds, against the real bucket",
+        description=check.HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    audit.set_defaults(func=_check)
+    documents = commands.add_parser(
+        "policies",
+        help="print the IAM policies and bucket settings as one JSON object",
+        description="Print the two IAM policies and the bucket settings as one JSON object.",
+        epilog=policies.APPLY_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    documents.add_argument("--bucket", required=True, help="the avatar bucket's name")
+    documents.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a browser origin allowed to PUT and GET with presigned URLs (repeatable)",
+    )
+    documents.set_defaults(func=_policies)
     return parser
 
 

@@ -7,18 +7,33 @@ The seed's six variable names are kept as they are; everything else has a defaul
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
-from .credentials import Credentials
+from .credentials import (
+    ROLE_MAX_SECONDS,
+    ROLE_MIN_SECONDS,
+    AssumedRole,
+    Credentials,
+    CredentialSetting,
+    KeyFileError,
+    KeyFiles,
+    access_key_id_problem,
+    is_role_arn,
+    read_key_files,
+    secret_problem,
+)
 from .keys import is_valid_prefix
 
 MIB = 1024 * 1024
 # S3 limits: a single PUT is at most 5 GiB; a SigV4 presigned URL lives at most 7 days.
 S3_MAX_PUT_BYTES = 5 * 1024 * MIB
 SIGV4_MAX_EXPIRES = 7 * 24 * 3600
+MAX_WORKERS = 64
 DEFAULT_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp")
 # Types a browser may run script from when opened directly: never served from our bucket.
 REFUSED_CONTENT_TYPES = frozenset({"image/svg+xml"})
@@ -26,7 +41,11 @@ REFUSED_CONTENT_TYPES = frozenset({"image/svg+xml"})
 _REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d{1,2}")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _MEDIA_TYPE = re.compile(r"image/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
-_ACCESS_KEY_ID = re.compile(r"[A-Za-z0-9]{3,128}")
+
+
+def is_valid_bucket(name: str) -> bool:
+    """An S3 bucket name: 3-63 of a-z 0-9 . -, alphanumeric at both ends, no '..'."""
+    return _BUCKET.fullmatch(name) is not None and ".." not in name
 
 
 class SettingsError(ValueError):
@@ -46,11 +65,59 @@ class TtlRule:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """Server certificate and key (PEM files); with a client CA, mutual TLS is required."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class EndUserSettings:
+    """How end-user tokens (JWTs) are verified: an HS256 secret or a JWKS file, never both."""
+
+    issuer: str
+    audience: str
+    hs256_secret: str | None = field(default=None, repr=False)
+    jwks_file: str | None = None
+    leeway_seconds: int = 30
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: `rate` tokens per second, holding at most `burst`."""
+
+    rate: float
+    burst: int
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Token buckets per caller and per user; None means no limit of that kind."""
+
+    upload_per_caller: RateLimit | None = RateLimit(100.0, 200)
+    upload_per_user: RateLimit | None = RateLimit(0.2, 10)
+    download_per_caller: RateLimit | None = None
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Who may call (callers file, TLS), end-user binding and rate limits (issue 4)."""
+
+    tls: TlsSettings | None = None
+    callers_file: str | None = None
+    end_user: EndUserSettings | None = None
+    rate_limits: RateLimits = RateLimits()
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the service needs, validated. Secrets are kept out of repr()."""
 
-    uploader: Credentials = field(repr=False)
-    reader: Credentials = field(repr=False)
+    # Each identity's credentials: static keys, key files or a role (`_credential_sources`).
+    uploader: CredentialSetting = field(repr=False)
+    reader: CredentialSetting = field(repr=False)
     region: str
     bucket: str
     endpoint_url: str | None = None
@@ -64,6 +131,13 @@ class Settings:
     allowed_content_types: tuple[str, ...] = DEFAULT_CONTENT_TYPES
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
+    # Server processes sharing GRPC_PORT (SO_REUSEPORT) under one supervisor; 1 = no supervisor.
+    workers: int = 1
+    # Download URLs signed at the time rounded down to this window, so callers share one URL
+    # per user and window (cache-friendly); 0 = off. Always smaller than download_ttl.default.
+    download_url_reuse_seconds: int = 0
+    # Callers, TLS, end-user tokens and rate limits: see `_auth()` below.
+    auth: AuthSettings = AuthSettings()
 
 
 class _Env:
@@ -110,13 +184,85 @@ class _Env:
 
 def _credentials(env: _Env, key_var: str, secret_var: str) -> Credentials:
     access_key_id = env.required(key_var)
-    if not _ACCESS_KEY_ID.fullmatch(access_key_id):
-        # Don't echo it: someone may have pasted the secret here by mistake.
-        raise SettingsError(key_var, "must be an access key id (3-128 letters and digits)")
+    # Don't echo it: someone may have pasted the secret here by mistake.
+    problem = access_key_id_problem(access_key_id)
+    if problem:
+        raise SettingsError(key_var, problem)
     secret = env.required(secret_var)
-    if len(secret) < 8 or any(c.isspace() for c in secret):
-        raise SettingsError(secret_var, "must be a secret access key (8+ characters, no spaces)")
+    problem = secret_problem(secret)
+    if problem:
+        raise SettingsError(secret_var, problem)
     return Credentials(access_key_id, secret)
+
+
+# --- credential sources: exactly one per identity -----------------------------------------
+
+
+def _identity_source(
+    env: _Env, prefix: str, identity: str, role_seconds: int
+) -> tuple[CredentialSetting, str | None, str]:
+    """(setting, key id when known now, the variable naming that key) for one identity.
+
+    Sources: the seed's `<prefix>_KEY`/`_SECRET`, or `<prefix>_KEY_FILE`/`_SECRET_FILE`
+    (read once here, so a missing or bad file stops start-up), or `<prefix>_ROLE_ARN`.
+    """
+    key, secret = f"{prefix}_KEY", f"{prefix}_SECRET"
+    key_file, secret_file = f"{prefix}_KEY_FILE", f"{prefix}_SECRET_FILE"
+    role = f"{prefix}_ROLE_ARN"
+    groups = {"env": (key, secret), "files": (key_file, secret_file), "role": (role,)}
+    present = {
+        kind: [name for name in names if env.raw(name) is not None]
+        for kind, names in groups.items()
+    }
+    chosen = [kind for kind, names in present.items() if names]
+    if len(chosen) > 1:
+        raise SettingsError(
+            ", ".join(name for kind in chosen for name in present[kind]),
+            f"set only one credential source for the {identity}: {key} and {secret}, "
+            f"or {key_file} and {secret_file}, or {role}",
+        )
+    if chosen == ["files"]:
+        files = KeyFiles(
+            Path(env.required(key_file)), Path(env.required(secret_file)), key_file, secret_file
+        )
+        try:
+            _, creds = read_key_files(files)
+        except KeyFileError as error:
+            raise SettingsError(error.variable, error.problem) from None
+        return files, creds.access_key_id, key_file
+    if chosen == ["role"]:
+        arn = env.required(role)
+        if not is_role_arn(arn):
+            raise SettingsError(
+                role, "must be an IAM role ARN such as arn:aws:iam::123456789012:role/NAME"
+            )
+        return AssumedRole(arn, role, role_seconds), None, role
+    if not chosen:
+        raise SettingsError(
+            key, f"is required but not set (or use {key_file} and {secret_file}, or {role})"
+        )
+    creds = _credentials(env, key, secret)
+    return creds, creds.access_key_id, key
+
+
+def _credential_sources(env: _Env) -> tuple[CredentialSetting, CredentialSetting]:
+    """The uploader's and the reader's credential settings; they must be two identities."""
+    role_seconds = env.integer("S3_ROLE_DURATION_SECONDS", 3600, ROLE_MIN_SECONDS, ROLE_MAX_SECONDS)
+    uploader, uploader_key, uploader_var = _identity_source(
+        env, "S3_UPLOAD", "uploader", role_seconds
+    )
+    reader, reader_key, reader_var = _identity_source(env, "S3_READ", "reader", role_seconds)
+    same_role = (
+        isinstance(uploader, AssumedRole)
+        and isinstance(reader, AssumedRole)
+        and uploader.role_arn == reader.role_arn
+    )
+    if same_role or (uploader_key is not None and uploader_key == reader_key):
+        raise SettingsError(
+            reader_var,
+            f"must differ from {uploader_var}: the uploader and reader must be two identities",
+        )
+    return uploader, reader
 
 
 def _ttl(env: _Env, kind: str, default: int, default_max: int) -> TtlRule:
@@ -168,13 +314,7 @@ def _endpoint(env: _Env) -> str | None:
 def load(environ: Mapping[str, str]) -> Settings:
     """Build Settings from an environment mapping, or raise SettingsError (one line)."""
     env = _Env(environ)
-    uploader = _credentials(env, "S3_UPLOAD_KEY", "S3_UPLOAD_SECRET")
-    reader = _credentials(env, "S3_READ_KEY", "S3_READ_SECRET")
-    if uploader.access_key_id == reader.access_key_id:
-        raise SettingsError(
-            "S3_READ_KEY",
-            "must differ from S3_UPLOAD_KEY: the uploader and reader must be two identities",
-        )
+    uploader, reader = _credential_sources(env)
 
     region = env.required("AWS_REGION")
     if not _REGION.fullmatch(region):
@@ -182,7 +322,7 @@ def load(environ: Mapping[str, str]) -> Settings:
 
     endpoint_url = _endpoint(env)
     bucket = env.required("S3_BUCKET")
-    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+    if not is_valid_bucket(bucket):
         raise SettingsError("S3_BUCKET", "must be a valid S3 bucket name (3-63 of a-z 0-9 . -)")
     if endpoint_url is None and "." in bucket:
         raise SettingsError(
@@ -203,6 +343,26 @@ def load(environ: Mapping[str, str]) -> Settings:
     if grpc_port and grpc_port == metrics_port:
         raise SettingsError("METRICS_PORT", "must differ from GRPC_PORT")
 
+    workers = env.integer("WORKERS", 1, 1, MAX_WORKERS)
+    if workers > 1 and grpc_port == 0:
+        raise SettingsError("WORKERS", "needs a fixed GRPC_PORT: the workers share one port")
+    # Each worker serves its own metrics: worker i on METRICS_PORT + i (0: each an ephemeral one).
+    last_metrics_port = metrics_port + workers - 1
+    if workers > 1 and metrics_port and last_metrics_port > 65535:
+        raise SettingsError("METRICS_PORT", "plus WORKERS - 1 must not exceed 65535")
+    if workers > 1 and metrics_port and metrics_port <= grpc_port <= last_metrics_port:
+        raise SettingsError(
+            "METRICS_PORT",
+            f"the workers' metrics ports {metrics_port}-{last_metrics_port} include GRPC_PORT",
+        )
+    download_ttl = _ttl(env, "DOWNLOAD", 300, 3600)
+    reuse = env.integer("DOWNLOAD_URL_REUSE_SECONDS", 0, 0, SIGV4_MAX_EXPIRES)
+    if reuse >= download_ttl.default:
+        raise SettingsError(
+            "DOWNLOAD_URL_REUSE_SECONDS",
+            f"must be smaller than DOWNLOAD_TTL_SECONDS ({download_ttl.default})",
+        )
+
     log_level = (env.raw("LOG_LEVEL") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError("LOG_LEVEL", "must be one of DEBUG, INFO, WARNING, ERROR")
@@ -218,9 +378,106 @@ def load(environ: Mapping[str, str]) -> Settings:
         grpc_port=grpc_port,
         metrics_port=metrics_port,
         upload_ttl=_ttl(env, "UPLOAD", 600, 3600),
-        download_ttl=_ttl(env, "DOWNLOAD", 300, 3600),
+        download_ttl=download_ttl,
         max_upload_bytes=env.integer("MAX_UPLOAD_BYTES", 5 * MIB, 1, S3_MAX_PUT_BYTES),
         allowed_content_types=_content_types(env),
         shutdown_grace_seconds=env.number("SHUTDOWN_GRACE_SECONDS", 10.0, 0.0, 3600.0),
         log_level=log_level,
+        auth=_auth(env),
+        workers=workers,
+        download_url_reuse_seconds=reuse,
+    )
+
+
+# -- callers, TLS, end-user tokens, rate limits ---------------------------------------------
+# Only the shape of these settings is checked here; the files they name are read (and their
+# contents checked, with one-line SettingsErrors) by tls, callers and enduser at start-up.
+
+MAX_RATE = 1_000_000.0
+
+
+def _file(env: _Env, name: str) -> str | None:
+    path = env.raw(name)
+    if path is not None and not os.path.isfile(path):
+        raise SettingsError(name, f"{path} is not a readable file")
+    return path
+
+
+def _tls(env: _Env) -> TlsSettings | None:
+    cert = _file(env, "TLS_CERT_FILE")
+    key = _file(env, "TLS_KEY_FILE")
+    client_ca = _file(env, "TLS_CLIENT_CA_FILE")
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise SettingsError(
+                "TLS_CLIENT_CA_FILE", "needs TLS_CERT_FILE and TLS_KEY_FILE (mutual TLS is TLS)"
+            )
+        return None
+    if cert is None:
+        raise SettingsError("TLS_CERT_FILE", "must be set together with TLS_KEY_FILE")
+    if key is None:
+        raise SettingsError("TLS_KEY_FILE", "must be set together with TLS_CERT_FILE")
+    return TlsSettings(cert, key, client_ca)
+
+
+def _end_user(env: _Env) -> EndUserSettings | None:
+    secret = env.raw("END_USER_JWT_SECRET")
+    jwks_file = _file(env, "END_USER_JWT_JWKS_FILE")
+    issuer = env.raw("END_USER_JWT_ISSUER")
+    audience = env.raw("END_USER_JWT_AUDIENCE")
+    if secret is None and jwks_file is None:
+        for name, value in (("END_USER_JWT_ISSUER", issuer), ("END_USER_JWT_AUDIENCE", audience)):
+            if value is not None:
+                raise SettingsError(
+                    name, "is set but END_USER_JWT_SECRET and END_USER_JWT_JWKS_FILE are not"
+                )
+        return None
+    if secret is not None and jwks_file is not None:
+        raise SettingsError(
+            "END_USER_JWT_JWKS_FILE", "set END_USER_JWT_SECRET or END_USER_JWT_JWKS_FILE, not both"
+        )
+    if secret is not None and len(secret.encode()) < 32:
+        raise SettingsError("END_USER_JWT_SECRET", "must be at least 32 bytes (an HS256 key)")
+    return EndUserSettings(
+        issuer=env.required("END_USER_JWT_ISSUER"),
+        audience=env.required("END_USER_JWT_AUDIENCE"),
+        hs256_secret=secret,
+        jwks_file=jwks_file,
+        leeway_seconds=env.integer("END_USER_JWT_LEEWAY_SECONDS", 30, 0, 300),
+    )
+
+
+def _rate_limit(env: _Env, what: str, default: RateLimit | None) -> RateLimit | None:
+    """<WHAT>_PER_SECOND (0 = no limit) and <WHAT>_BURST, e.g. UPLOADS_PER_CALLER_PER_SECOND."""
+    rate_name, burst_name = f"{what}_PER_SECOND", f"{what}_BURST"
+    text = env.raw(rate_name)
+    rate = default.rate if default else 0.0
+    if text is not None:
+        try:
+            rate = float(text)
+        except ValueError:
+            raise SettingsError(rate_name, "must be a number of calls per second") from None
+        if not 0 <= rate <= MAX_RATE:
+            raise SettingsError(rate_name, f"must be between 0 (no limit) and {MAX_RATE:g}")
+    burst = env.integer(burst_name, default.burst if default else 1, 1, int(MAX_RATE))
+    if rate == 0:
+        if env.raw(burst_name) is not None:
+            raise SettingsError(burst_name, f"is set but {what}_PER_SECOND is 0 (no limit)")
+        return None
+    return RateLimit(rate, burst)
+
+
+def _auth(env: _Env) -> AuthSettings:
+    defaults = RateLimits()
+    return AuthSettings(
+        tls=_tls(env),
+        callers_file=_file(env, "CALLERS_FILE"),
+        end_user=_end_user(env),
+        rate_limits=RateLimits(
+            upload_per_caller=_rate_limit(env, "UPLOADS_PER_CALLER", defaults.upload_per_caller),
+            upload_per_user=_rate_limit(env, "UPLOADS_PER_USER", defaults.upload_per_user),
+            download_per_caller=_rate_limit(
+                env, "DOWNLOADS_PER_CALLER", defaults.download_per_caller
+            ),
+        ),
     )

@@ -7,11 +7,12 @@ caller: they name the field and the rule, never echo secrets, tokens or URLs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -29,9 +30,12 @@ class ServiceError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # A short, fixed snake_case word for audit lines and metrics labels (never a value
+        # from the request); defaults to the status code's name.
+        self.reason = reason or self.code.name.lower()
 
     def details(self) -> list[any_pb2.Any]:
         return []
@@ -83,6 +87,24 @@ class Unauthenticated(ServiceError):
 
 class PermissionDenied(ServiceError):
     code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class RateLimited(ServiceError):
+    """RESOURCE_EXHAUSTED with a google.rpc.RetryInfo saying when a retry can succeed."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, reason: str, retry_after_seconds: float) -> None:
+        super().__init__(message, reason)
+        self.retry_after_seconds = retry_after_seconds
+
+    def details(self) -> list[any_pb2.Any]:
+        delay = duration_pb2.Duration()
+        # Whole milliseconds, rounded up: retrying at the advertised moment must succeed.
+        delay.FromMilliseconds(max(1, math.ceil(self.retry_after_seconds * 1000)))
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        return [detail]
 
 
 async def abort_with(context: grpc.aio.ServicerContext, error: ServiceError) -> None:

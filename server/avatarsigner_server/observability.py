@@ -1,7 +1,8 @@
 """Structured logging: JSON lines on stderr.
 
-`signed_url()` writes the one line per signed URL: operation, user_id, key, expires_at.
-Never the URL (its query string is a bearer credential), a signature, a secret or a token.
+The audit lines (one per decision, including the one line per signed URL) are written by
+`audit.py` on the `avatarsigner.audit` logger, through this formatter. Never the URL (its
+query string is a bearer credential), a signature, a secret or a token.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from datetime import UTC, datetime
 
 LOGGER_NAME = "avatarsigner"
 log = logging.getLogger(LOGGER_NAME)
-_url_log = logging.getLogger(f"{LOGGER_NAME}.urls")
 
 # LogRecord attributes that are not "extra" fields.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# json.dumps(line, default=str, ensure_ascii=False), without building an encoder per line.
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,7 +37,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             # The exception type only: a traceback could carry values from the request.
             line["exc_type"] = record.exc_info[0].__name__
-        return json.dumps(line, default=str, ensure_ascii=False)
+        return _ENCODER.encode(line)
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -46,16 +48,8 @@ def configure_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
-
-
-def signed_url(operation: str, user_id: str, key: str, expires_at: datetime) -> None:
-    """The audit line for one signed URL."""
-    _url_log.info(
-        "signed url",
-        extra={
-            "operation": operation,
-            "user_id": user_id,
-            "key": key,
-            "expires_at": expires_at.isoformat(),
-        },
-    )
+    # The JSON lines never show thread or process fields, so don't look them up for every
+    # record (the logging HOWTO's "Optimization" knobs; about 2 µs of a ~16 µs audit line).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from . import sigv4
 from .credentials import CredentialSource
+from .errors import CredentialsUnavailable
 
 Clock = Callable[[], datetime]
 
@@ -76,10 +77,17 @@ class _Presigner:
         ttl_seconds: int,
         headers: Mapping[str, str] | None = None,
         query: tuple[tuple[str, str], ...] = (),
+        signed_at: datetime | None = None,
     ) -> SignedUrl:
-        signed_at = self._clock().replace(microsecond=0)
+        if signed_at is None:
+            signed_at = self._clock().replace(microsecond=0)
         expires_at = signed_at + timedelta(seconds=ttl_seconds)
         creds = self._credentials.get(expires_at)
+        if creds.expires_at is not None and creds.expires_at < expires_at:
+            # Honest expiry, whatever the source: a URL never outlives its credentials.
+            raise CredentialsUnavailable(
+                "the signing credentials expire before the URL would; ask for a shorter ttl"
+            )
         url = sigv4.presign(
             method=method,
             origin=self._endpoint.origin,
@@ -131,7 +139,18 @@ class UploadSigner:
 
 
 class DownloadSigner:
-    """GET URLs with the reader's credentials."""
+    """GET URLs with the reader's credentials.
+
+    With `reuse_seconds` (DOWNLOAD_URL_REUSE_SECONDS) > 0, a URL is signed at the time
+    rounded down to a window of that many seconds (windows start at the Unix epoch), so every
+    caller asking for the same key and ttl within a window — on any worker or replica with the
+    same credentials — gets the byte-identical URL, and browsers can cache the avatar. Signed
+    into it is `response-cache-control: private, max-age=<ttl - window>`: the least remaining
+    life any holder of that URL can see (one who got it at the window's last moment). The URL
+    lives exactly `ttl` from the window's start, never longer than asked; `expires_at` is that
+    true expiry. A ttl not longer than the window would hand out URLs that are dead (or
+    nearly) on arrival, so such a request gets a fresh, unshared URL, as with reuse off.
+    """
 
     METHOD = "GET"
 
@@ -141,8 +160,25 @@ class DownloadSigner:
         endpoint: BucketEndpoint,
         region: str,
         clock: Clock = utc_now,
+        reuse_seconds: int = 0,
     ) -> None:
+        if reuse_seconds < 0:
+            raise ValueError("reuse_seconds must be 0 (off) or positive")
         self._presigner = _Presigner(credentials, endpoint, region, clock)
+        self._clock = clock
+        self._reuse = reuse_seconds
 
     def sign(self, key: str, *, ttl_seconds: int) -> SignedUrl:
-        return self._presigner.presign(self.METHOD, key, ttl_seconds)
+        window = self._reuse
+        if not 0 < window < ttl_seconds:
+            return self._presigner.presign(self.METHOD, key, ttl_seconds)
+        now = int(self._clock().timestamp())
+        signed_at = datetime.fromtimestamp(now - now % window, UTC)
+        cache_control = f"private, max-age={ttl_seconds - window}"
+        return self._presigner.presign(
+            self.METHOD,
+            key,
+            ttl_seconds,
+            query=(("response-cache-control", cache_control),),
+            signed_at=signed_at,
+        )

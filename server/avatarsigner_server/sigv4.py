@@ -7,7 +7,12 @@ Reads like the specification, as small pure functions:
 Nothing here reads a clock, the environment or a global: the time and the credentials are
 parameters, so tests pin a timestamp and compare bytes with botocore's S3SigV4QueryAuth
 (the output is byte-identical for the same inputs). The derived signing key is cached per
-(secret, date, region, service), so a URL costs two SHA-256 hashes and two HMACs.
+(secret, date, region, service), so a URL costs one SHA-256 hash and one HMAC.
+
+Hot path (a URL in about 3 µs): everything that is the same for many URLs is computed once
+and cached by its inputs: the signing key and its HMAC pads, the X-Amz-Date of a second,
+the authentication query parameters of a (credential, second, ttl, headers) combination.
+Caches are keyed by every input they depend on, so they can never change a result.
 
 Reference: https://docs.aws.amazon.com/AmazonS3/latest/API/sigv4-query-string-auth.html
 """
@@ -17,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, tzinfo
 from functools import lru_cache
 from urllib.parse import quote
 
@@ -38,7 +43,13 @@ def encode_key_path(key: str) -> str:
 
 
 def amz_date(moment: datetime) -> str:
-    """The X-Amz-Date form of a UTC moment: 20130524T000000Z."""
+    """The X-Amz-Date form of a UTC moment: 20130524T000000Z (cached: one per second)."""
+    # Keyed by the zone too: equal instants in two zones have different wall-clock fields.
+    return _wall_clock(moment, moment.tzinfo)
+
+
+@lru_cache(maxsize=16)
+def _wall_clock(moment: datetime, zone: tzinfo | None) -> str:
     return moment.strftime("%Y%m%dT%H%M%SZ")
 
 
@@ -85,8 +96,54 @@ def signing_key(secret_access_key: str, date: str, region: str, service: str) ->
     return key
 
 
+@lru_cache(maxsize=64)
+def _hmac_pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """SHA-256 states after the inner and outer HMAC pads of key (RFC 2104), computed once."""
+    block = (
+        key.ljust(64, b"\0") if len(key) <= 64 else hashlib.sha256(key).digest().ljust(64, b"\0")
+    )
+    inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in block))
+    outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in block))
+    return inner, outer
+
+
 def signature(key: bytes, to_sign: str) -> str:
-    return hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    """Hex HMAC-SHA256 of to_sign; equal to hmac.new(key, ..., sha256).hexdigest()."""
+    inner_pad, outer_pad = _hmac_pads(key)
+    inner = inner_pad.copy()
+    inner.update(to_sign.encode("utf-8"))
+    outer = outer_pad.copy()
+    outer.update(inner.digest())
+    return outer.hexdigest()
+
+
+@lru_cache(maxsize=256)
+def _host_only_headers(host: str) -> tuple[str, str]:
+    return canonical_headers({"host": host})
+
+
+@lru_cache(maxsize=1024)
+def _query_strings(
+    query: tuple[tuple[str, str], ...],
+    access_key_id: str,
+    scope: str,
+    timestamp: str,
+    expires_in: int,
+    signed_headers: str,
+    session_token: str | None,
+) -> tuple[str, str]:
+    """(canonical query string, the URL's query string before the signature)."""
+    pairs = [(percent_encode(name), percent_encode(value)) for name, value in query]
+    pairs += [
+        ("X-Amz-Algorithm", ALGORITHM),
+        ("X-Amz-Credential", percent_encode(f"{access_key_id}/{scope}")),
+        ("X-Amz-Date", timestamp),
+        ("X-Amz-Expires", str(expires_in)),
+        ("X-Amz-SignedHeaders", percent_encode(signed_headers)),
+    ]
+    if session_token is not None:
+        pairs.append(("X-Amz-Security-Token", percent_encode(session_token)))
+    return canonical_query(pairs), "&".join(f"{name}={value}" for name, value in pairs)
 
 
 def presign(
@@ -115,26 +172,16 @@ def presign(
     timestamp = amz_date(signed_at)
     date = timestamp[:8]
     scope = f"{date}/{region}/{service}/aws4_request"
-    all_headers = {"host": host}
     if headers:
-        all_headers.update(headers)
-    header_block, signed_headers = canonical_headers(all_headers)
-
-    pairs = [(percent_encode(name), percent_encode(value)) for name, value in query]
-    pairs += [
-        ("X-Amz-Algorithm", ALGORITHM),
-        ("X-Amz-Credential", percent_encode(f"{access_key_id}/{scope}")),
-        ("X-Amz-Date", timestamp),
-        ("X-Amz-Expires", str(expires_in)),
-        ("X-Amz-SignedHeaders", percent_encode(signed_headers)),
-    ]
-    if session_token is not None:
-        pairs.append(("X-Amz-Security-Token", percent_encode(session_token)))
-
+        header_block, signed_headers = canonical_headers({"host": host, **headers})
+    else:
+        header_block, signed_headers = _host_only_headers(host)
+    canonical_query_string, query_string = _query_strings(
+        tuple(query), access_key_id, scope, timestamp, expires_in, signed_headers, session_token
+    )
     canonical = canonical_request(
-        method, path, canonical_query(pairs), header_block, signed_headers
+        method, path, canonical_query_string, header_block, signed_headers
     )
     key = signing_key(secret_access_key, date, region, service)
     sig = signature(key, string_to_sign(timestamp, scope, canonical))
-    query_string = "&".join(f"{name}={value}" for name, value in pairs)
     return f"{origin}{path}?{query_string}&X-Amz-Signature={sig}"
