@@ -24,8 +24,8 @@ import grpc
 from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from avatarsigner_server import app, cli, config
-from avatarsigner_server.credentials import CredentialSource
-from avatarsigner_server.signers import BucketEndpoint, SignedUrl, utc_now
+from avatarsigner_server.credentials import CredentialSource, utc_now
+from avatarsigner_server.signers import BucketEndpoint, SignedUrl
 from botocore.config import Config
 
 

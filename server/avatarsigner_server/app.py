@@ -25,11 +25,18 @@ from grpc_reflection.v1alpha import reflection
 from . import observability
 from .audit import Audit
 from .config import Settings
-from .credentials import CredentialWatcher, describe, source_for
+from .credentials import (
+    Clock,
+    CredentialWatcher,
+    describe,
+    source_for,
+    utc_now,
+    utc_now_to_the_second,
+)
 from .keys import KeyPolicy
 from .security import CallSecurity, credential_expiry
 from .service import SERVICE_NAME, AvatarSignerService, UploadCheck
-from .signers import BucketEndpoint, Clock, DownloadSigner, UploadSigner, utc_now
+from .signers import BucketEndpoint, DownloadSigner, UploadSigner
 from .validation import Limits
 
 HEALTH_SERVICES = ("", SERVICE_NAME)
@@ -71,15 +78,17 @@ def build_service(
     if credentials is None:
         credentials = build_credentials(settings, clock)
     endpoint = BucketEndpoint(settings.bucket, settings.region, settings.endpoint_url)
+    # The real clock, read to the second (and cheaply) for signing; a test's clock as given.
+    signing_clock = utc_now_to_the_second if clock is utc_now else clock
     return AvatarSignerService(
         limits=Limits.from_settings(settings),
         keys=KeyPolicy(settings.key_prefix),
-        uploads=UploadSigner(credentials["uploader"], endpoint, settings.region, clock),
+        uploads=UploadSigner(credentials["uploader"], endpoint, settings.region, signing_clock),
         downloads=DownloadSigner(
             credentials["reader"],
             endpoint,
             settings.region,
-            clock,
+            signing_clock,
             reuse_seconds=settings.download_url_reuse_seconds,
         ),
         audit=audit,

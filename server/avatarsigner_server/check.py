@@ -36,10 +36,10 @@ from urllib.parse import parse_qs, urlsplit
 from . import sigv4
 from .app import build_credentials
 from .config import Settings
-from .credentials import CredentialSource, describe
+from .credentials import Clock, CredentialSource, describe, utc_now
 from .errors import CredentialsUnavailable
 from .keys import KeyPolicy
-from .signers import BucketEndpoint, Clock, DownloadSigner, UploadSigner, utc_now
+from .signers import BucketEndpoint, DownloadSigner, UploadSigner
 
 HELP = """\
 Audit the configured credentials against the configured bucket (settings from the

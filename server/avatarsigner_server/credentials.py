@@ -48,6 +48,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -72,6 +73,22 @@ _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+_second_cache: tuple[int, datetime] = (0, datetime.fromtimestamp(0, UTC))
+
+
+def utc_now_to_the_second() -> datetime:
+    """Now in UTC, truncated to the whole second: the signers' clock.
+
+    SigV4 dates carry no fraction, so a signature needs no more; the datetime is built once
+    per second because it is on every signature's path.
+    """
+    global _second_cache
+    second = int(time.time())
+    if second != _second_cache[0]:
+        _second_cache = (second, datetime.fromtimestamp(second, UTC))
+    return _second_cache[1]
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,11 @@ from .audit import Audit
 from .auth import CallGuard
 from .callers import CallersFile
 from .config import Settings
-from .credentials import CredentialWatcher
+from .credentials import Clock, CredentialWatcher
 from .enduser import EndUserVerifier
 from .metrics import CredentialExpiry, Metrics
 from .ratelimit import RateLimiter
 from .service import UploadCheck
-from .signers import Clock
 from .tls import ServerTls
 
 log = logging.getLogger("avatarsigner")

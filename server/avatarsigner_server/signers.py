@@ -12,23 +12,17 @@ on S3_ENDPOINT_URL for S3-compatible servers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from . import sigv4
-from .credentials import CredentialSource
+from .credentials import Clock, CredentialSource, utc_now_to_the_second
 from .errors import CredentialsUnavailable
 
-Clock = Callable[[], datetime]
 
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SignedUrl:
     """A presigned URL, when it stops working, and the headers the request must carry."""
 
@@ -63,12 +57,22 @@ class _Presigner:
         credentials: CredentialSource,
         endpoint: BucketEndpoint,
         region: str,
-        clock: Clock = utc_now,
+        clock: Clock = utc_now_to_the_second,
     ) -> None:
         self._credentials = credentials
         self._endpoint = endpoint
         self._region = region
         self._clock = clock
+        # Under load most URLs share a second and a ttl: keep the last expiry computed.
+        self._last_expiry: tuple[datetime, int, datetime] | None = None
+
+    def _expiry(self, signed_at: datetime, ttl_seconds: int) -> datetime:
+        last = self._last_expiry
+        if last is not None and last[0] == signed_at and last[1] == ttl_seconds:
+            return last[2]
+        expires_at = signed_at + timedelta(seconds=ttl_seconds)
+        self._last_expiry = (signed_at, ttl_seconds, expires_at)
+        return expires_at
 
     def presign(
         self,
@@ -80,8 +84,10 @@ class _Presigner:
         signed_at: datetime | None = None,
     ) -> SignedUrl:
         if signed_at is None:
-            signed_at = self._clock().replace(microsecond=0)
-        expires_at = signed_at + timedelta(seconds=ttl_seconds)
+            signed_at = self._clock()
+            if signed_at.microsecond:  # SigV4 dates have whole seconds
+                signed_at = signed_at.replace(microsecond=0)
+        expires_at = self._expiry(signed_at, ttl_seconds)
         creds = self._credentials.get(expires_at)
         if creds.expires_at is not None and creds.expires_at < expires_at:
             # Honest expiry, whatever the source: a URL never outlives its credentials.
@@ -115,7 +121,7 @@ class UploadSigner:
         credentials: CredentialSource,
         endpoint: BucketEndpoint,
         region: str,
-        clock: Clock = utc_now,
+        clock: Clock = utc_now_to_the_second,
     ) -> None:
         self._presigner = _Presigner(credentials, endpoint, region, clock)
 
@@ -129,12 +135,12 @@ class UploadSigner:
         ttl_seconds: int,
     ) -> SignedUrl:
         """A PUT URL for key; the returned headers are exactly what the uploader sends."""
-        send = {"Content-Type": content_type, "Content-Length": str(content_length)}
+        length = str(content_length)
+        send = {"Content-Type": content_type, "Content-Length": length}
+        sign = {"content-type": content_type, "content-length": length}
         if checksum_sha256:
-            send["x-amz-checksum-sha256"] = checksum_sha256
-        signed = self._presigner.presign(
-            self.METHOD, key, ttl_seconds, {name.lower(): v for name, v in send.items()}
-        )
+            send["x-amz-checksum-sha256"] = sign["x-amz-checksum-sha256"] = checksum_sha256
+        signed = self._presigner.presign(self.METHOD, key, ttl_seconds, sign)
         return SignedUrl(signed.url, signed.expires_at, send, signed.access_key_id)
 
 
@@ -159,7 +165,7 @@ class DownloadSigner:
         credentials: CredentialSource,
         endpoint: BucketEndpoint,
         region: str,
-        clock: Clock = utc_now,
+        clock: Clock = utc_now_to_the_second,
         reuse_seconds: int = 0,
     ) -> None:
         if reuse_seconds < 0:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, tzinfo
 from functools import lru_cache
@@ -37,8 +38,13 @@ def percent_encode(value: str) -> str:
     return quote(value, safe=_UNRESERVED)
 
 
+_NEEDS_NO_ENCODING = re.compile(r"[A-Za-z0-9._~/-]*")
+
+
 def encode_key_path(key: str) -> str:
     """URI-encode an object key for the URL path; '/' separates segments and stays."""
+    if _NEEDS_NO_ENCODING.fullmatch(key):  # every key this service derives: skip the work
+        return key
     return quote(key, safe="/~")
 
 
