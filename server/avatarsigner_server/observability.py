@@ -24,9 +24,19 @@ _ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg and any `extra` fields."""
 
+    _second: tuple[int, str] = (-1, "")
+
+    def _timestamp(self, created: float) -> str:
+        """ISO 8601 UTC with milliseconds; the part up to the second is built once a second."""
+        second = int(created)
+        if second != self._second[0]:
+            text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = (second, text)
+        return f"{self._second[1]}.{int((created - second) * 1000):03d}+00:00"
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": self._timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
@@ -53,3 +63,5 @@ def configure_logging(level: str = "INFO") -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    # Nor the caller's source file and line: skips a stack walk per record (same HOWTO).
+    logging._srcfile = None
