@@ -1,8 +1,9 @@
 """The two signers. Each holds one identity's credentials and can sign one method.
 
 `UploadSigner` is built from the uploader's credential source and only produces PUT URLs;
-`DownloadSigner` is built from the reader's and only produces GET URLs. Neither takes a
-method parameter, so no code path can ask one for the other's method. Both sign with
+`DownloadSigner` is built from the reader's and only produces GET URLs. Each fixes its
+method as a class constant and nothing passes a method in, so no code path can ask one
+for the other's method. Both sign with
 `sigv4.presign`: pure computation, no network call.
 
 URLs address the bucket on the regional virtual-hosted endpoint
@@ -49,8 +50,10 @@ class BucketEndpoint:
         return self._path_prefix + sigv4.encode_key_path(key)
 
 
-class _Presigner:
-    """Shared mechanics; private so that only the two signers below choose a method."""
+class _Signer:
+    """What the two signers share. Each subclass fixes METHOD; nothing passes a method in."""
+
+    METHOD: str
 
     def __init__(
         self,
@@ -74,12 +77,13 @@ class _Presigner:
         self._last_expiry = (signed_at, ttl_seconds, expires_at)
         return expires_at
 
-    def presign(
+    def _presign(
         self,
-        method: str,
         key: str,
         ttl_seconds: int,
-        headers: Mapping[str, str] | None = None,
+        *,
+        signed_headers: Mapping[str, str] | None = None,
+        send_headers: Mapping[str, str] | None = None,
         query: tuple[tuple[str, str], ...] = (),
         signed_at: datetime | None = None,
     ) -> SignedUrl:
@@ -95,7 +99,7 @@ class _Presigner:
                 "the signing credentials expire before the URL would; ask for a shorter ttl"
             )
         url = sigv4.presign(
-            method=method,
+            method=self.METHOD,
             origin=self._endpoint.origin,
             host=self._endpoint.host,
             path=self._endpoint.path(key),
@@ -105,25 +109,16 @@ class _Presigner:
             region=self._region,
             signed_at=signed_at,
             expires_in=ttl_seconds,
-            headers=headers,
+            headers=signed_headers,
             query=query,
         )
-        return SignedUrl(url, expires_at, {}, creds.access_key_id)
+        return SignedUrl(url, expires_at, send_headers or {}, creds.access_key_id)
 
 
-class UploadSigner:
+class UploadSigner(_Signer):
     """PUT URLs with the uploader's credentials, bound to type, length and checksum."""
 
     METHOD = "PUT"
-
-    def __init__(
-        self,
-        credentials: CredentialSource,
-        endpoint: BucketEndpoint,
-        region: str,
-        clock: Clock = utc_now_to_the_second,
-    ) -> None:
-        self._presigner = _Presigner(credentials, endpoint, region, clock)
 
     def sign(
         self,
@@ -140,11 +135,10 @@ class UploadSigner:
         sign = {"content-type": content_type, "content-length": length}
         if checksum_sha256:
             send["x-amz-checksum-sha256"] = sign["x-amz-checksum-sha256"] = checksum_sha256
-        signed = self._presigner.presign(self.METHOD, key, ttl_seconds, sign)
-        return SignedUrl(signed.url, signed.expires_at, send, signed.access_key_id)
+        return self._presign(key, ttl_seconds, signed_headers=sign, send_headers=send)
 
 
-class DownloadSigner:
+class DownloadSigner(_Signer):
     """GET URLs with the reader's credentials.
 
     With `reuse_seconds` (DOWNLOAD_URL_REUSE_SECONDS) > 0, a URL is signed at the time
@@ -170,19 +164,17 @@ class DownloadSigner:
     ) -> None:
         if reuse_seconds < 0:
             raise ValueError("reuse_seconds must be 0 (off) or positive")
-        self._presigner = _Presigner(credentials, endpoint, region, clock)
-        self._clock = clock
+        super().__init__(credentials, endpoint, region, clock)
         self._reuse = reuse_seconds
 
     def sign(self, key: str, *, ttl_seconds: int) -> SignedUrl:
         window = self._reuse
         if not 0 < window < ttl_seconds:
-            return self._presigner.presign(self.METHOD, key, ttl_seconds)
+            return self._presign(key, ttl_seconds)
         now = int(self._clock().timestamp())
         signed_at = datetime.fromtimestamp(now - now % window, UTC)
         cache_control = f"private, max-age={ttl_seconds - window}"
-        return self._presigner.presign(
-            self.METHOD,
+        return self._presign(
             key,
             ttl_seconds,
             query=(("response-cache-control", cache_control),),
