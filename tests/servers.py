@@ -7,7 +7,9 @@ tests talk to it with ordinary gRPC clients, so every call crosses a real HTTP/2
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -72,3 +74,27 @@ class ServerThread:
 
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(self.target)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_serving(target: str, deadline: float) -> None:
+    """Poll grpc.health.v1 for "" until SERVING; fail the test at `deadline` (monotonic)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                response = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            assert time.monotonic() < deadline, f"{target} did not become SERVING"
+            time.sleep(0.05)

@@ -17,7 +17,7 @@ import grpc
 from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from servers import FAKE_ENV, ServerThread, settings_from
+from servers import FAKE_ENV, ServerThread, free_port, settings_from, wait_serving
 
 
 class SlowDownloads(grpc.aio.ServerInterceptor):
@@ -88,28 +88,8 @@ def test_in_flight_call_finishes_while_new_calls_are_refused() -> None:
     server.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_serving(target: str, deadline: float) -> None:
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                response = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            assert time.monotonic() < deadline, "server did not become SERVING"
-            time.sleep(0.1)
-
-
 def test_sigterm_exits_0_and_logs_the_drain() -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in FAKE_ENV}
     env |= FAKE_ENV | {"GRPC_PORT": str(port), "SHUTDOWN_GRACE_SECONDS": "3"}
     process = subprocess.Popen(
@@ -119,7 +99,7 @@ def test_sigterm_exits_0_and_logs_the_drain() -> None:
         text=True,
     )
     try:
-        _wait_serving(f"127.0.0.1:{port}", time.monotonic() + 20)
+        wait_serving(f"127.0.0.1:{port}", time.monotonic() + 20)
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=15)

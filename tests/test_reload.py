@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ import leaks
 import pytest
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from guarded import caller, code_of, write_callers
-from servers import FAKE_ENV, ServerThread, settings_from
+from servers import FAKE_ENV, ServerThread, free_port, settings_from
 
 STEADY = caller("profile-service", ["CreateDownloadUrl"])
 ROTATING = caller("feed-service", ["CreateDownloadUrl"])
@@ -66,17 +65,11 @@ def test_reload_under_a_steady_stream_drops_no_call(
 # -- the real process and the real signal --------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Serve:
     """`avatar-signer serve` in a subprocess; its stderr lines collected as they come."""
 
     def __init__(self, **env: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         environ = {k: v for k, v in os.environ.items() if k not in FAKE_ENV}
         environ |= FAKE_ENV | {"GRPC_PORT": str(self.port)} | env
         self.process = subprocess.Popen(

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from servers import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _read_tour(process: subprocess.Popen[str], deadline: float) -> list[str]:
@@ -34,7 +29,7 @@ def _read_tour(process: subprocess.Popen[str], deadline: float) -> list[str]:
 
 
 def test_make_run_prints_commands_that_work_as_pasted(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,

@@ -22,16 +22,9 @@ from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from avatarsigner_server import config
 from avatarsigner_server.workers import WORKER_ENV
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from servers import FAKE_ENV
+from servers import FAKE_ENV, free_port, wait_serving
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; SO_REUSEPORT")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _port_is_free(port: int) -> bool:
@@ -58,20 +51,6 @@ def _start(port: int, *args: str, **extra: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def _wait_serving(target: str, deadline: float) -> None:
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                response = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            assert time.monotonic() < deadline, "server did not become SERVING"
-            time.sleep(0.05)
 
 
 def _listeners(port: int) -> set[int]:
@@ -108,7 +87,7 @@ def _log_line(stderr: str, msg: str) -> dict[str, object]:
 
 @pytest.fixture
 def port() -> Iterator[int]:
-    chosen = _free_port()
+    chosen = free_port()
     yield chosen
     assert _port_is_free(chosen), "a process still holds the port after the test"
 
@@ -158,7 +137,7 @@ def test_workers_flag_is_checked_like_the_variable(port: int) -> None:
 def test_two_workers_share_the_port_and_drain_on_signal(port: int, signum: int) -> None:
     supervisor = _start(port, "--workers", "2")
     try:
-        _wait_serving(f"127.0.0.1:{port}", time.monotonic() + 20)
+        wait_serving(f"127.0.0.1:{port}", time.monotonic() + 20)
         # Both workers (not the supervisor) listen on the one port.
         deadline = time.monotonic() + 10
         while len(_listeners(port)) < 2 and time.monotonic() < deadline:
@@ -189,7 +168,7 @@ def test_two_workers_share_the_port_and_drain_on_signal(port: int, signum: int) 
 def _two_free_ports() -> int:
     """A port p such that p and p + 1 are both free (for METRICS_PORT with two workers)."""
     for _ in range(50):
-        first = _free_port()
+        first = free_port()
         if first < 65535 and _port_is_free(first + 1):
             return first
     raise AssertionError("no two consecutive free ports")
@@ -199,11 +178,11 @@ def test_each_worker_serves_metrics_on_its_own_port_and_sighup_reaches_them(port
     metrics = _two_free_ports()
     supervisor = _start(port, "--workers", "2", METRICS_PORT=str(metrics))
     try:
-        _wait_serving(f"127.0.0.1:{port}", time.monotonic() + 20)
+        wait_serving(f"127.0.0.1:{port}", time.monotonic() + 20)
         supervisor.send_signal(signal.SIGHUP)  # reload: nobody stops
         time.sleep(0.5)
         assert supervisor.poll() is None
-        _wait_serving(f"127.0.0.1:{port}", time.monotonic() + 5)
+        wait_serving(f"127.0.0.1:{port}", time.monotonic() + 5)
         supervisor.send_signal(signal.SIGTERM)
         _, stderr = supervisor.communicate(timeout=20)
     finally:
@@ -220,7 +199,7 @@ def test_busy_port_fails_loudly_in_workers_mode_too(port: int) -> None:
     # Even another group of reuse-port workers must not be joined silently.
     first = _start(port, "--workers", "2")
     try:
-        _wait_serving(f"127.0.0.1:{port}", time.monotonic() + 20)
+        wait_serving(f"127.0.0.1:{port}", time.monotonic() + 20)
         second = subprocess.run(
             [sys.executable, "-m", "avatarsigner_server.cli", "serve", "--workers", "2"],
             env=_env(port),
@@ -262,7 +241,7 @@ def test_a_worker_dying_at_start_fails_the_start_up(port: int, tmp_path: Path) -
 def test_a_worker_dying_while_serving_stops_the_rest_with_status_1(port: int) -> None:
     supervisor = _start(port, "--workers", "2")
     try:
-        _wait_serving(f"127.0.0.1:{port}", time.monotonic() + 20)
+        wait_serving(f"127.0.0.1:{port}", time.monotonic() + 20)
         deadline = time.monotonic() + 10
         while len(_listeners(port)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -281,7 +260,7 @@ def test_a_worker_dying_while_serving_stops_the_rest_with_status_1(port: int) ->
 def test_workers_stop_when_the_supervisor_is_killed(port: int) -> None:
     supervisor = _start(port, "--workers", "2")
     try:
-        _wait_serving(f"127.0.0.1:{port}", time.monotonic() + 20)
+        wait_serving(f"127.0.0.1:{port}", time.monotonic() + 20)
         supervisor.kill()
         supervisor.communicate(timeout=10)
         deadline = time.monotonic() + 15
@@ -295,7 +274,7 @@ def test_workers_stop_when_the_supervisor_is_killed(port: int) -> None:
 def test_one_worker_is_a_plain_server_without_supervisor(port: int) -> None:
     server = _start(port, "--workers", "1")
     try:
-        _wait_serving(f"127.0.0.1:{port}", time.monotonic() + 20)
+        wait_serving(f"127.0.0.1:{port}", time.monotonic() + 20)
         assert _listeners(port) == {server.pid}
         server.send_signal(signal.SIGTERM)
         _, stderr = server.communicate(timeout=20)
