@@ -44,7 +44,7 @@ BAD_SETTINGS = [
     ("upload-ttl-over-max", "UPLOAD_TTL_SECONDS", "7200", "UPLOAD_TTL_SECONDS"),
     ("upload-max-over-7-days", "UPLOAD_MAX_TTL_SECONDS", "604801", "UPLOAD_MAX_TTL_SECONDS"),
     ("download-ttl-word", "DOWNLOAD_TTL_SECONDS", "five", "DOWNLOAD_TTL_SECONDS"),
-    ("download-ttl-over-max", "DOWNLOAD_TTL_SECONDS", "3601", "DOWNLOAD_TTL_SECONDS"),
+    ("download-ttl-over-max", "DOWNLOAD_TTL_SECONDS", "1201", "DOWNLOAD_TTL_SECONDS"),
     ("download-max-zero", "DOWNLOAD_MAX_TTL_SECONDS", "0", "DOWNLOAD_MAX_TTL_SECONDS"),
     ("max-upload-zero", "MAX_UPLOAD_BYTES", "0", "MAX_UPLOAD_BYTES"),
     ("max-upload-over-5gib", "MAX_UPLOAD_BYTES", str(5 * 1024**3 + 1), "MAX_UPLOAD_BYTES"),
@@ -60,11 +60,18 @@ BAD_SETTINGS = [
     ("grace-word", "SHUTDOWN_GRACE_SECONDS", "soon", "SHUTDOWN_GRACE_SECONDS"),
     ("grace-negative", "SHUTDOWN_GRACE_SECONDS", "-1", "SHUTDOWN_GRACE_SECONDS"),
     ("log-level-unknown", "LOG_LEVEL", "LOUD", "LOG_LEVEL"),
+    ("grpc-host-with-space", "GRPC_HOST", "bad host", "GRPC_HOST"),
+    ("grpc-host-with-port", "GRPC_HOST", "127.0.0.1:50051", "GRPC_HOST"),
+    ("health-port-word", "HEALTH_PORT", "probe", "HEALTH_PORT"),
+    ("health-port-is-grpc-port", "HEALTH_PORT", "50051", "HEALTH_PORT"),
+    ("region-china", "AWS_REGION", "cn-north-1", "AWS_REGION"),
+    ("region-govcloud", "AWS_REGION", "us-gov-west-1", "AWS_REGION"),
+    ("region-iso", "AWS_REGION", "us-isob-east-1", "AWS_REGION"),
 ]
 
 
 def _env_with(name: str, value: object) -> dict[str, str]:
-    env = dict(FAKE_ENV)
+    env = dict(FAKE_ENV) | {"GRPC_PORT": "50051"}
     if value is MISSING:
         env.pop(name, None)
     else:
@@ -141,3 +148,56 @@ def test_serve_exits_2_with_one_line_and_no_secret(name: str, value: object) -> 
     for secret in (env.get("S3_UPLOAD_SECRET"), env.get("S3_READ_SECRET"), value):
         if isinstance(secret, str) and name != "S3_READ_KEY":
             assert secret not in result.stderr
+
+
+def test_defaults_keep_max_ttls_inside_a_one_hour_role_session() -> None:
+    settings = config.load(FAKE_ENV)
+    assert (settings.upload_ttl.maximum, settings.download_ttl.maximum) == (1200, 1200)
+    role = FAKE_ENV | {"S3_UPLOAD_ROLE_ARN": "arn:aws:iam::123456789012:role/uploader"}
+    del role["S3_UPLOAD_KEY"], role["S3_UPLOAD_SECRET"]
+    assert config.load(role).uploader  # 3600 s sessions cover 1200 s URLs with room to renew
+
+
+def test_role_session_too_short_for_the_longest_url_is_refused() -> None:
+    env = FAKE_ENV | {
+        "S3_UPLOAD_ROLE_ARN": "arn:aws:iam::123456789012:role/uploader",
+        "S3_ROLE_DURATION_SECONDS": "3600",
+        "UPLOAD_MAX_TTL_SECONDS": "1800",
+    }
+    del env["S3_UPLOAD_KEY"], env["S3_UPLOAD_SECRET"]
+    with pytest.raises(config.SettingsError) as caught:
+        config.load(env)
+    assert caught.value.name == "S3_ROLE_DURATION_SECONDS"
+    assert "UPLOAD_MAX_TTL_SECONDS" in str(caught.value) and "3720" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"), [("::1", "::1"), ("[::1]", "::1"), ("localhost", "localhost")]
+)
+def test_grpc_host_is_kept_bare_and_bracketed_for_binding(given: str, kept: str) -> None:
+    settings = config.load(FAKE_ENV | {"GRPC_HOST": given})
+    assert settings.grpc_host == kept
+    assert config.host_port(kept, 1) == (f"[{kept}]:1" if ":" in kept else f"{kept}:1")
+
+
+def test_endpoint_host_is_lowercased_like_the_signed_host_header() -> None:
+    settings = config.load(FAKE_ENV | {"S3_ENDPOINT_URL": "http://MinIO.Example:9000"})
+    assert settings.endpoint_url == "http://minio.example:9000"
+
+
+def test_other_partitions_are_fine_behind_an_s3_compatible_endpoint() -> None:
+    env = FAKE_ENV | {"AWS_REGION": "cn-north-1", "S3_ENDPOINT_URL": "http://127.0.0.1:9000"}
+    assert config.load(env).region == "cn-north-1"
+
+
+@pytest.mark.parametrize(("health", "workers"), [("9464", "1"), ("9465", "2")])
+def test_health_port_must_not_be_a_metrics_port(health: str, workers: str) -> None:
+    env = FAKE_ENV | {
+        "GRPC_PORT": "50051",
+        "METRICS_PORT": "9464",
+        "HEALTH_PORT": health,
+        "WORKERS": workers,
+    }
+    with pytest.raises(config.SettingsError) as caught:
+        config.load(env)
+    assert caught.value.name == "HEALTH_PORT"

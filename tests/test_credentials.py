@@ -166,9 +166,9 @@ def test_key_files_are_read_at_start_up(tmp_path: Path) -> None:
 
 def test_role_arn_is_a_source() -> None:
     settings = config.load(
-        _without_upload_keys(S3_UPLOAD_ROLE_ARN=UPLOAD_ROLE, S3_ROLE_DURATION_SECONDS="1800")
+        _without_upload_keys(S3_UPLOAD_ROLE_ARN=UPLOAD_ROLE, S3_ROLE_DURATION_SECONDS="2700")
     )
-    assert settings.uploader == AssumedRole(UPLOAD_ROLE, "S3_UPLOAD_ROLE_ARN", 1800)
+    assert settings.uploader == AssumedRole(UPLOAD_ROLE, "S3_UPLOAD_ROLE_ARN", 2700)
 
 
 # (id, changes to FAKE_ENV, every variable the one-line error must name)
@@ -532,13 +532,15 @@ def test_role_session_is_renewed_ahead_of_expiry(clock: Clock) -> None:
 
 def test_expires_at_is_never_beyond_the_credentials(clock: Clock) -> None:
     sts = Sts()
-    source = _role(clock, sts, duration=900, refresh_before=60)
+    # A margin that covers the longest ttl used (600 s + 60 s), as config requires.
+    source = _role(clock, sts, duration=1800, refresh_before=660)
     endpoint = BucketEndpoint("avatars", "eu-west-1")
     downloads = DownloadSigner(source, endpoint, "eu-west-1", clock)
     uploads = UploadSigner(source, endpoint, "eu-west-1", clock)
     sessions = set()
-    for _ in range(80):  # through several sessions, without any background refresh
-        clock.advance(37)
+    for _ in range(80):  # through several sessions, renewed as the watcher does
+        clock.advance(60)
+        source.refresh()
         signs: list[Callable[[], SignedUrl]] = [
             lambda: downloads.sign("profiles/alice/avatar", ttl_seconds=300),
             lambda: uploads.sign(
@@ -558,19 +560,26 @@ def test_expires_at_is_never_beyond_the_credentials(clock: Clock) -> None:
             query = parse_qs(urlsplit(signed.url).query)
             assert query["X-Amz-Security-Token"] == [creds.session_token]
             sessions.add(creds.access_key_id)
-    assert len(sessions) >= 4  # 80 x 37 s through 900 s sessions
+    assert len(sessions) >= 4  # 80 x 60 s through sessions renewed every 1140 s
 
 
-def test_url_that_would_outlive_the_session_gets_a_fresh_one(clock: Clock) -> None:
+def test_request_path_never_calls_sts(clock: Clock) -> None:
     sts = Sts()
     source = _role(clock, sts, duration=900, refresh_before=60)
     source.refresh()
     first = source.current()
+    assert first is not None and sts.calls == 1
     clock.advance(600)  # 300 s left: not yet in the refresh margin
-    creds = source.get(clock.now + timedelta(seconds=400))
-    assert first is not None and creds.access_key_id != first.access_key_id
-    assert creds.expires_at == clock.now + timedelta(seconds=900)
+    with pytest.raises(CredentialsUnavailable) as caught:
+        source.get(clock.now + timedelta(seconds=400))  # a URL the session cannot cover
+    assert "at most 300 s" in caught.value.message
+    assert sts.calls == 1  # refused at once: STS is only ever called by the watcher
+    assert source.get(clock.now + timedelta(seconds=200)) is first
+    clock.advance(250)  # now inside the margin: the watcher's refresh renews it
+    source.refresh()
     assert sts.calls == 2
+    renewed = source.get(clock.now + timedelta(seconds=400))
+    assert renewed.access_key_id != first.access_key_id
 
 
 def test_ttl_no_session_can_cover_is_failed_precondition(clock: Clock) -> None:
@@ -631,6 +640,10 @@ def _role_settings(**extra: str) -> config.Settings:
         S3_UPLOAD_ROLE_ARN=UPLOAD_ROLE,
         S3_READ_ROLE_ARN=READ_ROLE,
         S3_ROLE_DURATION_SECONDS="900",
+        # A 900 s session covers URLs up to 390 s with room to renew (config's rule).
+        UPLOAD_TTL_SECONDS="300",
+        UPLOAD_MAX_TTL_SECONDS="390",
+        DOWNLOAD_MAX_TTL_SECONDS="390",
         **extra,
     )
     return config.load(env)
@@ -638,8 +651,7 @@ def _role_settings(**extra: str) -> config.Settings:
 
 def test_server_signs_with_role_sessions_and_refuses_uncoverable_ttl(clock: Clock) -> None:
     # The server's own wiring (build_credentials) with the default STS client, in moto.
-    settings = _role_settings(DOWNLOAD_MAX_TTL_SECONDS="3600")
-    server = ServerThread(settings, clock=clock)
+    server = ServerThread(_role_settings(), clock=clock)
     try:
         with server.channel() as channel:
             stub = pb_grpc.AvatarSignerStub(channel)
@@ -648,18 +660,32 @@ def test_server_signs_with_role_sessions_and_refuses_uncoverable_ttl(clock: Cloc
             assert query["X-Amz-Credential"][0].startswith("ASIA")
             assert "X-Amz-Security-Token" in query
 
+            # STS stops answering and the session runs down: a URL it can no longer cover
+            # is FAILED_PRECONDITION, never a URL that dies early.
+            reader: Any = server.server.credentials["reader"]
+            reader._sts_factory = _broken_sts
+            reader._sts = None
+            clock.advance(900 - 200)
             with pytest.raises(grpc.RpcError) as caught:
                 stub.CreateDownloadUrl(
                     pb.CreateDownloadUrlRequest(
-                        user_id="alice", ttl=duration_pb2.Duration(seconds=1200)
+                        user_id="alice", ttl=duration_pb2.Duration(seconds=300)
                     )
                 )
             error: Any = caught.value
             assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert "reader" in error.details() and "shorter ttl" in error.details()
+            assert "reader" in error.details() and "at most" in error.details()
             assert query["X-Amz-Security-Token"][0] not in error.details()
+            # A URL the session still covers is fine.
+            stub.CreateDownloadUrl(
+                pb.CreateDownloadUrlRequest(user_id="alice", ttl=duration_pb2.Duration(seconds=60))
+            )
     finally:
         server.stop()
+
+
+def _broken_sts() -> Any:
+    raise ConnectionError("STS is unreachable")
 
 
 def _health(channel: grpc.Channel) -> set[int]:

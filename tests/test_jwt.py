@@ -228,6 +228,24 @@ JWKS_TABLE = [
     ("malformed-three-parts", lambda: "a.b.c", "UNAUTHENTICATED", "end_user_token_malformed"),
     ("truncated", lambda: rs256()[:40], "UNAUTHENTICATED", "end_user_token_malformed"),
     (
+        "kid-not-a-string",
+        lambda: handmade({"alg": "RS256", "typ": "JWT", "kid": [1]}, None),
+        "UNAUTHENTICATED",
+        "end_user_token_malformed",
+    ),
+    (
+        "unknown-critical-header",
+        lambda: handmade({"alg": "RS256", "typ": "JWT", "kid": "rsa-1", "crit": ["x"]}, None),
+        "UNAUTHENTICATED",
+        "end_user_token_malformed",
+    ),
+    (
+        "crit-not-a-list",
+        lambda: handmade({"alg": "RS256", "typ": "JWT", "kid": "rsa-1", "crit": "x"}, None),
+        "UNAUTHENTICATED",
+        "end_user_token_malformed",
+    ),
+    (
         "tampered-payload",
         lambda: _swap_payload(rs256(), claims(sub="alice", exp=int(time.time()) + 86400)),
         "UNAUTHENTICATED",

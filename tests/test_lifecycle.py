@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+import pytest
 from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -129,3 +130,33 @@ def test_port_in_use_is_one_line_naming_grpc_port() -> None:
     assert result.returncode == 2
     assert "GRPC_PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_health_port_serves_only_health_in_plaintext_and_follows_the_drain() -> None:
+    slow = SlowDownloads(delay=1.5)
+    server = ServerThread(settings_from(FAKE_ENV, HEALTH_PORT="0"), interceptors=[slow])
+    probe_target = f"127.0.0.1:{server.server.health_port}"
+    assert server.server.health_port not in (0, server.port)
+    with grpc.insecure_channel(probe_target) as probe, server.channel() as channel:
+        health = health_pb2_grpc.HealthStub(probe)
+        for service in ("", "avatarsigner.v1.AvatarSigner"):
+            request = health_pb2.HealthCheckRequest(service=service)
+            assert health.Check(request, timeout=2).status == health_pb2.HealthCheckResponse.SERVING
+        # Nothing but health there: the signer is not reachable around TLS or the callers file.
+        with pytest.raises(grpc.RpcError) as caught:
+            pb_grpc.AvatarSignerStub(probe).CreateDownloadUrl(
+                pb.CreateDownloadUrlRequest(user_id="alice"), timeout=2
+            )
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+        in_flight = pb_grpc.AvatarSignerStub(channel).CreateDownloadUrl.future(
+            pb.CreateDownloadUrlRequest(user_id="alice"), timeout=10
+        )
+        assert slow.started.wait(5)
+        done = server.shutdown_async(grace=10)
+        time.sleep(0.3)
+        status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING  # during the drain
+        assert in_flight.result(timeout=10).key == "profiles/alice/avatar"
+        done.result(timeout=15)
+    server.stop()

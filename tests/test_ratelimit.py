@@ -45,7 +45,23 @@ def test_refused_take_uses_no_tokens_and_a_big_cost_needs_a_full_bucket() -> Non
     assert buckets.take("a", 4) == 0.0
     assert buckets.take("a", 3) == pytest.approx(0.2)
     assert buckets.take("a", 1) == 0.0  # the refused take did not spend the last token
-    assert buckets.take("a", 50) == pytest.approx(0.5)  # capped at the burst: 5 tokens
+    assert buckets.take("a", 50) == pytest.approx(0.5)  # needs a full bucket: 5 tokens
+
+
+def test_a_batch_larger_than_the_burst_leaves_the_bucket_in_debt() -> None:
+    clock = FakeClock()
+    buckets = Buckets(RateLimit(rate=1.0, burst=10), clock)
+    assert buckets.take("feed", 1000) == 0.0  # a full bucket admits one big batch
+    assert buckets.take("feed", 1000) == pytest.approx(1000.0)  # then the debt is repaid
+    assert buckets.take("feed", 1) == pytest.approx(991.0)
+    urls = 1000
+    for _ in range(60):  # a minute of retries adds nothing
+        clock.now += 1
+        if buckets.take("feed", 1000) == 0.0:
+            urls += 1000
+    assert urls == 1000  # 1 URL/s on average, not 100/s
+    clock.now += 1000
+    assert buckets.take("feed", 1000) == 0.0
 
 
 def test_buckets_are_bounded() -> None:

@@ -9,6 +9,7 @@ import grpc
 import pytest
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from avatarsigner_server import config, tls
+from avatarsigner_server.security import CallSecurity
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from guarded import ALL_RPCS, CallerSpec, caller, code_of, write_callers
 from pki import Issued, Pki
@@ -102,6 +103,30 @@ def test_plaintext_client_cannot_talk_to_tls_port(mtls_server: ServerThread) -> 
         assert _health_code(channel) == "UNAVAILABLE"
 
 
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
+def test_kubelet_probes_reach_plaintext_health_port_beside_the_tls_port(
+    pki: Pki, server_cert: Issued, tmp_path: Path, mutual: bool
+) -> None:
+    """The Kubernetes shape: kubelet's gRPC probes speak plaintext only, without a client
+    certificate; HEALTH_PORT answers them while the gRPC port stays TLS-only."""
+    callers_file = write_callers(tmp_path / "callers.toml", [BATCH])
+    env = _tls_env(pki, server_cert, mutual, callers_file) | {"HEALTH_PORT": "0"}
+    running = ServerThread(settings_from(**env))
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            assert _health_code(channel) == "UNAVAILABLE"
+        with grpc.insecure_channel(f"127.0.0.1:{running.server.health_port}") as probe:
+            health = health_pb2_grpc.HealthStub(probe)
+            for service in ("", "avatarsigner.v1.AvatarSigner"):
+                reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            # Health only: no way around TLS and the callers file to the signer.
+            stub = pb_grpc.AvatarSignerStub(probe)
+            assert code_of(stub, "BatchCreateDownloadUrls", BATCH.metadata()) == "UNIMPLEMENTED"
+    finally:
+        running.stop()
+
+
 @pytest.mark.parametrize("rpc", ALL_RPCS)
 @pytest.mark.parametrize(
     ("who", "uri", "dns"),
@@ -156,6 +181,34 @@ def test_tls_without_client_ca_serves_token_callers(
         assert any("feed-service can only authenticate by token" in w for w in warnings)
     finally:
         running.stop()
+
+
+CLEARTEXT = "bearer tokens travel in cleartext"
+
+
+def _warnings(**env: str) -> list[str]:
+    warnings: list[str] = CallSecurity(settings_from(**env)).startup_warnings()
+    return warnings
+
+
+def test_token_callers_without_tls_warn_that_tokens_travel_in_cleartext(
+    pki: Pki, server_cert: Issued, tmp_path: Path
+) -> None:
+    callers_file = write_callers(tmp_path / "callers.toml", [PROFILE, FEED, BATCH])
+    (warning,) = [w for w in _warnings(CALLERS_FILE=str(callers_file)) if CLEARTEXT in w]
+    # It names the callers whose tokens are exposed; profile-service has no token.
+    assert "feed-service" in warning and "batch-job" in warning
+    assert "profile-service" not in warning
+    for mutual in (False, True):
+        with_tls = _warnings(**_tls_env(pki, server_cert, mutual, callers_file))
+        assert not any(CLEARTEXT in w for w in with_tls), with_tls
+
+
+def test_certificate_only_callers_without_tls_get_no_cleartext_token_warning(
+    tmp_path: Path,
+) -> None:
+    callers_file = write_callers(tmp_path / "callers.toml", [PROFILE])
+    assert not any(CLEARTEXT in w for w in _warnings(CALLERS_FILE=str(callers_file)))
 
 
 def test_reload_rotates_the_server_certificate(pki: Pki, tmp_path: Path) -> None:

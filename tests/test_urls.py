@@ -81,7 +81,7 @@ def test_upload_and_download_use_their_own_identity(stub: pb_grpc.AvatarSignerSt
 
 
 @pytest.mark.parametrize(
-    ("ttl", "expected"), [(None, 300), (1, 1), (3600, 3600)], ids=["default", "min", "max"]
+    ("ttl", "expected"), [(None, 300), (1, 1), (1200, 1200)], ids=["default", "min", "max"]
 )
 def test_download_expiry_is_exact(
     stub: pb_grpc.AvatarSignerStub, ttl: int | None, expected: int

@@ -141,7 +141,7 @@ BAD_UPLOADS = {
     "ttl-zero": ({"ttl": duration_pb2.Duration(seconds=0)}, "ttl"),
     "ttl-negative": ({"ttl": duration_pb2.Duration(seconds=-5)}, "ttl"),
     "ttl-fraction": ({"ttl": duration_pb2.Duration(seconds=1, nanos=500)}, "ttl"),
-    "ttl-over-max": ({"ttl": duration_pb2.Duration(seconds=3601)}, "ttl"),
+    "ttl-over-max": ({"ttl": duration_pb2.Duration(seconds=1201)}, "ttl"),
 }
 
 
@@ -173,8 +173,8 @@ def test_every_bad_field_is_reported_at_once(stub: pb_grpc.AvatarSignerStub) -> 
 
 
 def test_ttl_over_max_is_an_error_not_a_clamp(stub: pb_grpc.AvatarSignerStub) -> None:
-    request = pb.CreateDownloadUrlRequest(user_id="alice", ttl=duration_pb2.Duration(seconds=3601))
-    assert "3600" in _invalid(lambda: stub.CreateDownloadUrl(request))["ttl"]
+    request = pb.CreateDownloadUrlRequest(user_id="alice", ttl=duration_pb2.Duration(seconds=1201))
+    assert "1200" in _invalid(lambda: stub.CreateDownloadUrl(request))["ttl"]
 
 
 def test_batch_size_limits(stub: pb_grpc.AvatarSignerStub) -> None:

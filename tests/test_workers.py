@@ -195,6 +195,28 @@ def test_each_worker_serves_metrics_on_its_own_port_and_sighup_reaches_them(port
     ]
 
 
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(line) for line in found.stdout.split()]
+
+
+def test_sighup_while_workers_start_does_not_kill_them(port: int) -> None:
+    supervisor = _start(port, "--workers", "2")
+    try:
+        deadline = time.monotonic() + 10
+        while not _children(supervisor.pid):  # the supervisor has spawned its workers,
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        supervisor.send_signal(signal.SIGHUP)  # which are still importing: no handler yet
+        wait_serving(f"127.0.0.1:{port}", time.monotonic() + 20)
+        assert supervisor.poll() is None
+        supervisor.send_signal(signal.SIGTERM)
+        _, stderr = supervisor.communicate(timeout=20)
+    finally:
+        supervisor.kill()
+    assert supervisor.returncode == 0, stderr
+
+
 def test_busy_port_fails_loudly_in_workers_mode_too(port: int) -> None:
     # Even another group of reuse-port workers must not be joined silently.
     first = _start(port, "--workers", "2")

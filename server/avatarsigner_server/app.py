@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from . import observability
 from .audit import Audit
-from .config import Settings
+from .config import Settings, host_port
 from .credentials import (
     Clock,
     CredentialWatcher,
@@ -40,6 +40,8 @@ from .signers import BucketEndpoint, DownloadSigner, UploadSigner
 from .validation import Limits
 
 HEALTH_SERVICES = ("", SERVICE_NAME)
+# How often the callers, JWKS and TLS files are checked for changes (see reload()).
+FILE_CHECK_SECONDS = 5.0
 
 
 class StartupError(RuntimeError):
@@ -111,6 +113,7 @@ class AvatarSignerServer:
         self.health = health.aio.HealthServicer()
         self.credentials = credentials or build_credentials(settings, clock)
         self._watch: asyncio.Task[None] | None = None
+        self._reload_watch: asyncio.Task[None] | None = None
         # Callers, TLS, end-user tokens, rate limits, metrics, audit (reads their files now).
         self.security = CallSecurity(settings)
         self.security.metrics.watch_credentials(credential_expiry(self.credentials, clock))
@@ -129,6 +132,13 @@ class AvatarSignerServer:
         )
         self.port = 0
         self.metrics_port = 0
+        self.health_port = 0
+        # Health alone, plaintext, for probes that cannot speak TLS (HEALTH_PORT).
+        self._health_server: grpc.aio.Server | None = None
+        if settings.health_port is not None:
+            self._health_server = grpc.aio.server(
+                options=[("grpc.so_reuseport", 1 if settings.workers > 1 else 0)]
+            )
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port (useful with GRPC_PORT=0)."""
@@ -137,7 +147,7 @@ class AvatarSignerServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        address = host_port(self.settings.grpc_host, self.settings.grpc_port)
         tls = self.security.server_credentials()
         try:
             if tls is None:
@@ -154,14 +164,37 @@ class AvatarSignerServer:
             )
         except OSError:
             raise StartupError(
-                f"METRICS_PORT: cannot listen on {self.settings.grpc_host}:"
-                f"{self.settings.metrics_port} (in use or not allowed)"
+                "METRICS_PORT: cannot listen on "
+                f"{host_port(self.settings.grpc_host, self.settings.metrics_port)} "
+                "(in use or not allowed)"
             ) from None
+        if self._health_server is not None:
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            health_address = host_port(self.settings.grpc_host, self.settings.health_port or 0)
+            try:
+                self.health_port = self._health_server.add_insecure_port(health_address)
+            except RuntimeError:
+                self.health_port = 0
+            if self.health_port == 0:
+                raise StartupError(
+                    f"HEALTH_PORT: cannot listen on {health_address} (in use or not allowed)"
+                )
+        # NOT_SERVING until the credentials are known to work (the servicer starts "" SERVING).
+        await self._set_serving(False)
         await self._server.start()
+        if self._health_server is not None:
+            await self._health_server.start()
         usable = await asyncio.to_thread(self.credentials.check)
         await self._set_serving(usable)
         self._watch = asyncio.create_task(self.credentials.watch(self._set_serving, usable))
+        self._reload_watch = asyncio.create_task(self._reload_changed_files())
         return self.port
+
+    async def _reload_changed_files(self) -> None:
+        """Every few seconds: reload the callers, JWKS and TLS files if any changed."""
+        while True:
+            await asyncio.sleep(FILE_CHECK_SECONDS)
+            await asyncio.to_thread(self.security.reload_if_changed)
 
     async def _set_serving(self, usable: bool) -> None:
         """SERVING while both identities can sign; ignored once shutdown has begun."""
@@ -175,9 +208,12 @@ class AvatarSignerServer:
         if grace is None:
             grace = self.settings.shutdown_grace_seconds
         await self.health.enter_graceful_shutdown()
-        if self._watch is not None:
-            self._watch.cancel()
+        for task in (self._watch, self._reload_watch):
+            if task is not None:
+                task.cancel()
         await self._server.stop(grace)
+        if self._health_server is not None:  # probes saw NOT_SERVING throughout the drain
+            await self._health_server.stop(0)
         self.security.metrics.stop()
 
     def reload(self) -> None:
@@ -205,13 +241,16 @@ async def serve(settings: Settings, on_serving: Callable[[int], None] | None = N
     observability.log.info(
         "serving",
         extra={
-            "address": f"{settings.grpc_host}:{port}",
+            "address": host_port(settings.grpc_host, port),
             "bucket": settings.bucket,
             "region": settings.region,
             "endpoint": settings.endpoint_url or "aws",
             "uploader_credentials": describe(settings.uploader),
             "reader_credentials": describe(settings.reader),
-            "metrics_address": f"{settings.grpc_host}:{server.metrics_port}",
+            "metrics_address": host_port(settings.grpc_host, server.metrics_port),
+            "health_address": (
+                host_port(settings.grpc_host, server.health_port) if server.health_port else None
+            ),
             **server.security.describe(),
         },
     )

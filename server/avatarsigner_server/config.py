@@ -7,6 +7,7 @@ The seed's six variable names are kept as they are; everything else has a defaul
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -27,9 +28,17 @@ from .credentials import (
     read_key_files,
     secret_problem,
 )
-from .keys import is_valid_prefix
+from .keys import DEFAULT_PREFIX, is_valid_prefix
 
 MIB = 1024 * 1024
+DEFAULT_GRPC_HOST = "0.0.0.0"  # noqa: S104 - a service in a pod listens on all interfaces
+DEFAULT_GRPC_PORT = 50051
+DEFAULT_METRICS_PORT = 9464
+DEFAULT_UPLOAD_TTL = (600, 1200)  # (default, maximum) seconds
+DEFAULT_DOWNLOAD_TTL = (300, 1200)
+DEFAULT_MAX_UPLOAD_BYTES = 5 * MIB
+DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
+DEFAULT_ROLE_SECONDS = 3600
 # S3 limits: a single PUT is at most 5 GiB; a SigV4 presigned URL lives at most 7 days.
 S3_MAX_PUT_BYTES = 5 * 1024 * MIB
 SIGV4_MAX_EXPIRES = 7 * 24 * 3600
@@ -41,6 +50,12 @@ REFUSED_CONTENT_TYPES = frozenset({"image/svg+xml"})
 _REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d{1,2}")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _MEDIA_TYPE = re.compile(r"image/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+# Regions whose endpoints and ARNs are not the aws partition's (amazonaws.com, arn:aws).
+_OTHER_PARTITION = re.compile(r"cn-|us-gov-|[a-z]{2}-iso[a-z]*-")
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
 
 
 def is_valid_bucket(name: str) -> bool:
@@ -121,15 +136,18 @@ class Settings:
     region: str
     bucket: str
     endpoint_url: str | None = None
-    key_prefix: str = "profiles/"
-    grpc_host: str = "0.0.0.0"  # noqa: S104 - a service in a pod listens on all interfaces
-    grpc_port: int = 50051
-    metrics_port: int = 9464
-    upload_ttl: TtlRule = TtlRule(600, 3600)
-    download_ttl: TtlRule = TtlRule(300, 3600)
-    max_upload_bytes: int = 5 * MIB
+    key_prefix: str = DEFAULT_PREFIX
+    grpc_host: str = DEFAULT_GRPC_HOST
+    grpc_port: int = DEFAULT_GRPC_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT
+    # A plaintext port serving only grpc.health.v1, for probes that cannot speak TLS
+    # (Kubernetes' native gRPC probes); None: health only on GRPC_PORT.
+    health_port: int | None = None
+    upload_ttl: TtlRule = TtlRule(*DEFAULT_UPLOAD_TTL)
+    download_ttl: TtlRule = TtlRule(*DEFAULT_DOWNLOAD_TTL)
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     allowed_content_types: tuple[str, ...] = DEFAULT_CONTENT_TYPES
-    shutdown_grace_seconds: float = 10.0
+    shutdown_grace_seconds: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
     log_level: str = "INFO"
     # Server processes sharing GRPC_PORT (SO_REUSEPORT) under one supervisor; 1 = no supervisor.
     workers: int = 1
@@ -247,7 +265,9 @@ def _identity_source(
 
 def _credential_sources(env: _Env) -> tuple[CredentialSetting, CredentialSetting]:
     """The uploader's and the reader's credential settings; they must be two identities."""
-    role_seconds = env.integer("S3_ROLE_DURATION_SECONDS", 3600, ROLE_MIN_SECONDS, ROLE_MAX_SECONDS)
+    role_seconds = env.integer(
+        "S3_ROLE_DURATION_SECONDS", DEFAULT_ROLE_SECONDS, ROLE_MIN_SECONDS, ROLE_MAX_SECONDS
+    )
     uploader, uploader_key, uploader_var = _identity_source(
         env, "S3_UPLOAD", "uploader", role_seconds
     )
@@ -308,7 +328,51 @@ def _endpoint(env: _Env) -> str | None:
         raise SettingsError(name, "must be an http:// or https:// URL with a host")
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
         raise SettingsError(name, "must be scheme://host[:port] only (no path, query or user)")
-    return f"{parts.scheme}://{parts.netloc}"
+    # Lowercase, as the signed Host header is: a server comparing them as sent must agree.
+    return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+def _listen_host(env: _Env) -> str:
+    """GRPC_HOST: an IP address (IPv6 with or without brackets) or a host name; kept bare."""
+    name = "GRPC_HOST"
+    value = env.raw(name)
+    if value is None:
+        return DEFAULT_GRPC_HOST
+    host = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(host):
+            raise SettingsError(name, "must be an IP address or a host name") from None
+    return host
+
+
+def host_port(host: str, port: int) -> str:
+    """host:port for binding and logs; an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _role_durations(
+    uploader: CredentialSetting, reader: CredentialSetting, upload: TtlRule, download: TtlRule
+) -> None:
+    """A role session must cover every allowed URL with room to renew before it is needed.
+
+    The watcher renews a session `max ttl + 60 s` before it ends (at most half-way), so a
+    session of at least twice that always covers the longest URL without STS on the path.
+    """
+    for setting, rule, variable in (
+        (uploader, upload, "UPLOAD_MAX_TTL_SECONDS"),
+        (reader, download, "DOWNLOAD_MAX_TTL_SECONDS"),
+    ):
+        if isinstance(setting, AssumedRole):
+            needed = 2 * (rule.maximum + 60)
+            if setting.duration_seconds < needed:
+                raise SettingsError(
+                    "S3_ROLE_DURATION_SECONDS",
+                    f"must be at least 2 x ({variable} + 60 s) = {needed} s so every allowed "
+                    f"URL fits a role session; raise it (at most 3600 s for chained IRSA "
+                    f"roles) or lower {variable}",
+                )
 
 
 def load(environ: Mapping[str, str]) -> Settings:
@@ -316,11 +380,15 @@ def load(environ: Mapping[str, str]) -> Settings:
     env = _Env(environ)
     uploader, reader = _credential_sources(env)
 
+    endpoint_url = _endpoint(env)
     region = env.required("AWS_REGION")
     if not _REGION.fullmatch(region):
         raise SettingsError("AWS_REGION", "must be an AWS region name such as eu-west-1")
-
-    endpoint_url = _endpoint(env)
+    if endpoint_url is None and _OTHER_PARTITION.match(region):
+        raise SettingsError(
+            "AWS_REGION",
+            "is outside the standard aws partition (China, GovCloud, ISO): not supported",
+        )
     bucket = env.required("S3_BUCKET")
     if not is_valid_bucket(bucket):
         raise SettingsError("S3_BUCKET", "must be a valid S3 bucket name (3-63 of a-z 0-9 . -)")
@@ -332,16 +400,21 @@ def load(environ: Mapping[str, str]) -> Settings:
         )
 
     prefix = env.raw("S3_KEY_PREFIX")
-    key_prefix = "profiles/" if prefix is None else prefix
+    key_prefix = DEFAULT_PREFIX if prefix is None else prefix
     if not is_valid_prefix(key_prefix):
         raise SettingsError(
             "S3_KEY_PREFIX", "must be segments of A-Z a-z 0-9 . _ - each ending in '/'"
         )
 
-    grpc_port = env.integer("GRPC_PORT", 50051, 0, 65535)
-    metrics_port = env.integer("METRICS_PORT", 9464, 0, 65535)
+    grpc_port = env.integer("GRPC_PORT", DEFAULT_GRPC_PORT, 0, 65535)
+    metrics_port = env.integer("METRICS_PORT", DEFAULT_METRICS_PORT, 0, 65535)
     if grpc_port and grpc_port == metrics_port:
         raise SettingsError("METRICS_PORT", "must differ from GRPC_PORT")
+    health_port = None
+    if env.raw("HEALTH_PORT") is not None:
+        health_port = env.integer("HEALTH_PORT", 0, 0, 65535)
+        if health_port and health_port in (grpc_port, metrics_port):
+            raise SettingsError("HEALTH_PORT", "must differ from GRPC_PORT and METRICS_PORT")
 
     workers = env.integer("WORKERS", 1, 1, MAX_WORKERS)
     if workers > 1 and grpc_port == 0:
@@ -355,7 +428,14 @@ def load(environ: Mapping[str, str]) -> Settings:
             "METRICS_PORT",
             f"the workers' metrics ports {metrics_port}-{last_metrics_port} include GRPC_PORT",
         )
-    download_ttl = _ttl(env, "DOWNLOAD", 300, 3600)
+    if health_port and metrics_port and metrics_port <= health_port <= last_metrics_port:
+        raise SettingsError(
+            "HEALTH_PORT",
+            f"must not be one of the metrics ports {metrics_port}-{last_metrics_port}",
+        )
+    upload_ttl = _ttl(env, "UPLOAD", *DEFAULT_UPLOAD_TTL)
+    download_ttl = _ttl(env, "DOWNLOAD", *DEFAULT_DOWNLOAD_TTL)
+    _role_durations(uploader, reader, upload_ttl, download_ttl)
     reuse = env.integer("DOWNLOAD_URL_REUSE_SECONDS", 0, 0, SIGV4_MAX_EXPIRES)
     if reuse >= download_ttl.default:
         raise SettingsError(
@@ -374,14 +454,19 @@ def load(environ: Mapping[str, str]) -> Settings:
         bucket=bucket,
         endpoint_url=endpoint_url,
         key_prefix=key_prefix,
-        grpc_host=env.raw("GRPC_HOST") or "0.0.0.0",  # noqa: S104
+        grpc_host=_listen_host(env),
         grpc_port=grpc_port,
         metrics_port=metrics_port,
-        upload_ttl=_ttl(env, "UPLOAD", 600, 3600),
+        health_port=health_port,
+        upload_ttl=upload_ttl,
         download_ttl=download_ttl,
-        max_upload_bytes=env.integer("MAX_UPLOAD_BYTES", 5 * MIB, 1, S3_MAX_PUT_BYTES),
+        max_upload_bytes=env.integer(
+            "MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES, 1, S3_MAX_PUT_BYTES
+        ),
         allowed_content_types=_content_types(env),
-        shutdown_grace_seconds=env.number("SHUTDOWN_GRACE_SECONDS", 10.0, 0.0, 3600.0),
+        shutdown_grace_seconds=env.number(
+            "SHUTDOWN_GRACE_SECONDS", DEFAULT_SHUTDOWN_GRACE_SECONDS, 0.0, 3600.0
+        ),
         log_level=log_level,
         auth=_auth(env),
         workers=workers,

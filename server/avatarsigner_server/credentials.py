@@ -456,20 +456,9 @@ class RoleCredentials:
                 f"the {self.identity}'s role sessions last {self.role.duration_seconds} s, "
                 "less than the URL would; ask for a shorter ttl"
             )
-        # On the request path: one synchronous AssumeRole, but only while STS has been
-        # answering (a failing STS is retried by the watcher, never here) and never waiting
-        # for a renewal another thread has in progress.
-        creds = self._current
-        if self._problem is None and self._lock.acquire(blocking=False):
-            try:
-                creds = self._current
-                if not _covers(creds, valid_until):
-                    creds = self._assume(now)
-            finally:
-                self._lock.release()
-        if _covers(creds, valid_until):
-            assert creds is not None
-            return creds
+        # Never STS on the request path (it would stall every call on this event loop): the
+        # watcher renews sessions in the background, `refresh_before` ahead of expiry, and
+        # config makes that margin cover every allowed ttl.
         if creds is not None and creds.expires_at is not None and creds.expires_at > now:
             raise CredentialsUnavailable(_uncovered(self.identity, creds, now))
         raise CredentialsUnavailable(

@@ -148,7 +148,7 @@ class EndUserVerifier:
     def _key_for(self, token: str) -> _Key:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
-        except jwt.DecodeError:
+        except jwt.PyJWTError:  # DecodeError, and InvalidTokenError for a bad kid or crit
             raise _refused("malformed", "end_user_token_malformed") from None
         if isinstance(kid, str) and kid in self._keys:
             return self._keys[kid]

@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 
 USER_ID_RULE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-# fullmatch + an explicit ASCII class: `$` alone would accept a trailing newline.
-_USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# fullmatch without the anchors: `$` alone would accept a trailing newline.
+_USER_ID = re.compile(USER_ID_RULE.removeprefix("^").removesuffix("$"))
 _PREFIX = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]*/)*")
 AVATAR_NAME = "avatar"
+DEFAULT_PREFIX = "profiles/"
 # A key no user id can produce (user ids cannot start with "."): used by
 # `avatar-signer check` for its canary object.
 RESERVED_SEGMENT = ".avatar-signer-check"
@@ -33,7 +34,7 @@ def is_valid_prefix(prefix: str) -> bool:
 class KeyPolicy:
     """Maps validated user ids to object keys under one prefix (default `profiles/`)."""
 
-    def __init__(self, prefix: str = "profiles/") -> None:
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         if not is_valid_prefix(prefix):
             raise ValueError("key prefix must be empty or segments ending in '/'")
         self.prefix = prefix

@@ -1,8 +1,10 @@
 """Rate limits as token buckets: per caller for each kind of RPC, per user for uploads.
 
 A bucket holds at most `burst` tokens and gains `rate` tokens per second; a call takes its
-cost (1, or one per URL for a batch, at most a full bucket) or is refused with the time
-until enough tokens are back, which becomes google.rpc.RetryInfo. Buckets are keyed by
+cost (1, or one per URL for a batch) or is refused with the time until enough tokens are
+back, which becomes google.rpc.RetryInfo. A call costing more than the burst is admitted
+only by a full bucket and leaves it in debt, so the long-run rate stays `rate` whatever the
+batch size (a batch of 1000 at 1/s waits 1000 s before the next call). Buckets are keyed by
 caller name or user id and kept in a bounded LRU (an evicted bucket starts full again:
 the worst case is a little leniency for a key idle long enough to fall out). The clock is
 a parameter; everything runs on the server's event loop, so no lock is needed.
@@ -37,14 +39,14 @@ class Buckets:
     def take(self, key: str, cost: float = 1.0) -> float:
         """Take `cost` tokens from key's bucket: 0.0 if taken, else seconds until they are."""
         now = self._clock()
-        cost = min(cost, self.limit.burst)
+        needed = min(cost, self.limit.burst)  # a full bucket admits any cost, going into debt
         tokens, then = self._buckets.pop(key, (float(self.limit.burst), now))
         tokens = min(self.limit.burst, tokens + (now - then) * self.limit.rate)
         wait = 0.0
-        if tokens >= cost:
+        if tokens >= needed:
             tokens -= cost
         else:
-            wait = (cost - tokens) / self.limit.rate
+            wait = (needed - tokens) / self.limit.rate
         self._buckets[key] = (tokens, now)
         if len(self._buckets) > self._max_keys:
             self._buckets.popitem(last=False)

@@ -11,13 +11,16 @@
 
 `reload()` is what SIGHUP does: re-read the callers file, the JWKS file and the TLS files;
 each keeps its current version when its new one is bad. Calls in flight are unaffected:
-each reads the version in force when it started.
+each reads the version in force when it started. `reload_if_changed()` does the same when
+any of those files changed (the server checks every few seconds), so a renewed certificate
+or an edited ConfigMap takes effect without anyone sending SIGHUP.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 
 import grpc
 
@@ -72,17 +75,51 @@ class CallSecurity:
             checks.append(self.end_user.check_upload)
         checks.append(self.limiter.check_upload_user)
         self.upload_checks: tuple[UploadCheck, ...] = tuple(checks)
+        self._watched = [
+            path
+            for path in (
+                auth.callers_file,
+                auth.end_user.jwks_file if auth.end_user else None,
+                *(
+                    (auth.tls.cert_file, auth.tls.key_file, auth.tls.client_ca_file)
+                    if auth.tls
+                    else ()
+                ),
+            )
+            if path is not None
+        ]
+        self._seen = self._file_states()
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         """TLS credentials for the port, or None for plaintext."""
         return None if self.tls is None else self.tls.credentials()
 
-    def reload(self) -> None:
+    def reload(self, why: str = "SIGHUP") -> None:
         """SIGHUP: re-read the callers, JWKS and TLS files (each keeps its old one if bad)."""
-        log.info("reloading on SIGHUP")
+        log.info("reloading on %s", why)
+        self._seen = self._file_states()
         for reloadable in (self.callers, self.end_user, self.tls):
             if reloadable is not None:
                 reloadable.reload()
+
+    def reload_if_changed(self) -> bool:
+        """Reload when any of those files changed since the last (re)load; True if it did."""
+        if self._file_states() == self._seen:
+            return False
+        self.reload("a changed file")
+        return True
+
+    def _file_states(self) -> tuple[tuple[str, int, int, int] | None, ...]:
+        """(path, inode, size, mtime) per file, following symlinks as Kubernetes swaps them."""
+        states: list[tuple[str, int, int, int] | None] = []
+        for path in self._watched:
+            try:
+                stat = os.stat(path)
+            except OSError:
+                states.append(None)
+                continue
+            states.append((path, stat.st_ino, stat.st_size, stat.st_mtime_ns))
+        return tuple(states)
 
     def startup_warnings(self) -> list[str]:
         """What an operator must hear about at start-up."""
@@ -96,9 +133,16 @@ class CallSecurity:
                     "no TLS and no CALLERS_FILE: anyone who can reach the port gets URLs "
                     "in plaintext (local development only)"
                 )
-        elif self.tls is None or not self.tls.mutual:
+        else:
+            by_token = [c.name for c in self.callers.table.callers if c.token_sha256]
+            if self.tls is None and by_token:
+                warnings.append(
+                    "no TLS (TLS_CERT_FILE, TLS_KEY_FILE not set): bearer tokens travel in "
+                    "cleartext; anyone on the path can replay those of callers "
+                    f"{', '.join(by_token)} (local development only)"
+                )
             by_certificate = [c.name for c in self.callers.table.callers if c.tls_identity]
-            if by_certificate:
+            if by_certificate and (self.tls is None or not self.tls.mutual):
                 warnings.append(
                     "TLS_CLIENT_CA_FILE is not set, so no client certificate is checked: "
                     f"callers {', '.join(by_certificate)} can only authenticate by token"

@@ -41,7 +41,7 @@ from types import FrameType
 
 from . import observability
 from .app import StartupError
-from .config import Settings
+from .config import Settings, host_port
 
 WORKER_ENV = "AVATAR_SIGNER_WORKER"
 START_TIMEOUT_SECONDS = 60.0
@@ -133,10 +133,14 @@ class Supervisor:
         self._wake.set()
 
     def _on_reload(self, signum: int, frame: FrameType | None) -> None:
-        """SIGHUP: every worker re-reads its files (see AvatarSignerServer.reload)."""
+        """SIGHUP: every worker re-reads its files (see AvatarSignerServer.reload).
+
+        Only ready workers: one still starting has no handler yet (SIGHUP would kill it) and
+        reads its files as it starts anyway.
+        """
         del frame
         for worker in self._workers:
-            if worker.process.poll() is None:
+            if worker.ready and worker.process.poll() is None:
                 worker.process.send_signal(signum)
 
     def _install_signal_handlers(self) -> None:
@@ -161,7 +165,7 @@ class Supervisor:
             observability.log.info(
                 "workers serving",
                 extra={
-                    "address": f"{self.settings.grpc_host}:{self.settings.grpc_port}",
+                    "address": host_port(self.settings.grpc_host, self.settings.grpc_port),
                     "workers": len(self._workers),
                     "pids": [w.process.pid for w in self._workers],
                     "start_seconds": round(time.monotonic() - started, 3),
