@@ -9,6 +9,7 @@ but not in the probes, a distribution renamed in pyproject but not in the image.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import shlex
@@ -18,14 +19,17 @@ from typing import Any
 
 import pytest
 import yaml
-from avatarsigner_server import cli
+from avatarsigner_server import callers, cli
 from avatarsigner_server.app import HEALTH_SERVICES
 from avatarsigner_server.config import Settings
+from avatarsigner_server.security import CallSecurity
 from avatarsigner_server.service import SERVICE_NAME
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+from pki import Pki
+from servers import settings_from
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "deploy" / "kubernetes"
@@ -242,11 +246,31 @@ def _env() -> dict[str, dict[str, Any]]:
     return {entry["name"]: entry for entry in _container().get("env", [])}
 
 
-@pytest.mark.parametrize("probe", ["startupProbe", "livenessProbe", "readinessProbe"])
+def _health_port() -> int:
+    return int(_env()["HEALTH_PORT"]["value"])
+
+
+PROBES = ["startupProbe", "livenessProbe", "readinessProbe"]
+
+
+@pytest.mark.parametrize("probe", PROBES)
 def test_probe_asks_a_health_service_the_server_registers(probe: str) -> None:
     grpc_probe = _container()[probe]["grpc"]
-    assert grpc_probe["port"] == GRPC_PORT
+    assert grpc_probe["port"] == _health_port()
     assert grpc_probe.get("service", "") in HEALTH_SERVICES
+
+
+@pytest.mark.parametrize("probe", PROBES)
+def test_probe_uses_the_plaintext_health_port_not_the_tls_grpc_port(probe: str) -> None:
+    """Kubelet's gRPC probes cannot do TLS: on the TLS gRPC port every probe would fail."""
+    assert "TLS_CERT_FILE" in _env(), "the gRPC port is TLS in the shipped Deployment"
+    assert _health_port() not in {GRPC_PORT, METRICS_PORT}
+    assert _container()[probe]["grpc"]["port"] != GRPC_PORT
+
+
+def test_server_reads_the_health_port_the_deployment_sets() -> None:
+    assert DEFAULTS["health_port"] is None, "off by default: the Deployment must set it"
+    assert settings_from(HEALTH_PORT=str(_health_port())).health_port == _health_port()
 
 
 def test_readiness_follows_the_avatar_signer_service_and_liveness_the_server() -> None:
@@ -256,7 +280,7 @@ def test_readiness_follows_the_avatar_signer_service_and_liveness_the_server() -
 
 def test_container_ports_are_the_config_defaults() -> None:
     ports = {port["name"]: port["containerPort"] for port in _container()["ports"]}
-    assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
+    assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT, "health": _health_port()}
     assert not {"GRPC_PORT", "METRICS_PORT"} & set(_env()), "ports come from the defaults"
 
 
@@ -266,6 +290,7 @@ def test_services_and_network_policy_use_the_container_ports() -> None:
         (service,) = _manifest(name)
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in named
+            assert port["targetPort"] != "health", "the plaintext health port is for the kubelet"
     (policy,) = _manifest("networkpolicy.yaml")
     admitted = {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
     assert admitted == {GRPC_PORT, METRICS_PORT}
@@ -309,6 +334,142 @@ def test_each_identity_reads_only_its_own_secret_from_files() -> None:
             assert secret["secretName"] == secret_name
             (item,) = [i for i in secret["items"] if i["path"] == path.name]
             assert item["key"] in examples[secret_name]["stringData"]
+
+
+def test_network_policy_admits_grpc_only_from_labelled_pods_of_allowed_namespaces() -> None:
+    (policy,) = _manifest("networkpolicy.yaml")
+    (deployment,) = _manifest("deployment.yaml")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    peers: dict[int, list[dict[str, Any]]] = {}
+    for rule in policy["spec"]["ingress"]:
+        assert rule.get("from"), "a rule without `from` admits every source"
+        assert rule.get("ports"), "a rule without `ports` admits every port"
+        for port in rule["ports"]:
+            peers.setdefault(port["port"], []).extend(rule["from"])
+    # The health port has no rule: only the kubelet, on the pod's own node, needs it, and a
+    # NetworkPolicy always admits traffic from that node.
+    assert set(peers) == {GRPC_PORT, METRICS_PORT}
+    for peer in peers[GRPC_PORT]:
+        # Both selectors in the same peer (AND); either one alone would admit far more.
+        assert set(peer) == {"namespaceSelector", "podSelector"}, peer
+        namespaces = peer["namespaceSelector"]
+        assert namespaces.get("matchLabels") or namespaces.get("matchExpressions"), (
+            "an empty namespaceSelector admits every namespace"
+        )
+        assert peer["podSelector"]["matchLabels"] == {"avatar-signer/caller": "true"}
+    assert peers[METRICS_PORT] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+
+
+def _mounted(variable: str) -> tuple[dict[str, Any], str]:
+    """(the volume, the file name in it) of the file a setting names; the mount is read-only."""
+    path = PurePosixPath(_env()[variable]["value"])
+    mounts = {mount["mountPath"]: mount for mount in _container()["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in _pod_spec()["volumes"]}
+    mount = mounts[str(path.parent)]
+    assert mount.get("readOnly") is True, f"{variable}: mount it read-only"
+    assert "subPath" not in mount, f"{variable}: a subPath mount never sees updates"
+    return volumes[mount["name"]], path.name
+
+
+def _shipped_callers_toml() -> str:
+    volume, name = _mounted("CALLERS_FILE")
+    (config_map,) = _manifest("configmap-callers.yaml")
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    (item,) = [i for i in volume["configMap"]["items"] if i["path"] == name]
+    text: str = config_map["data"][item["key"]]
+    return text
+
+
+def test_deployment_runs_with_a_callers_file_and_tls() -> None:
+    env = _env()
+    for variable in ("CALLERS_FILE", "TLS_CERT_FILE", "TLS_KEY_FILE"):
+        assert variable in env, f"without {variable} the service is open or in cleartext"
+    _shipped_callers_toml()
+
+
+def test_tls_files_come_from_one_kubernetes_tls_secret() -> None:
+    names = {"TLS_CERT_FILE": "tls.crt", "TLS_KEY_FILE": "tls.key", "TLS_CLIENT_CA_FILE": "ca.crt"}
+    secrets = set()
+    for variable, key in names.items():
+        if variable not in _env():
+            continue  # mutual TLS is opt-in
+        volume, filename = _mounted(variable)
+        assert filename == key, f"{variable}: cert-manager names it {key}"
+        secret = volume["secret"]
+        assert key in [i["key"] for i in secret.get("items", [{"key": key}])]
+        secrets.add(secret["secretName"])
+    (secret_name,) = secrets
+    examples = {secret["metadata"]["name"]: secret for secret in _manifest("secrets.example.yaml")}
+    example = examples[secret_name]
+    assert example["type"] == "kubernetes.io/tls"
+    assert {"tls.crt", "tls.key"} <= set(example["stringData"])
+
+
+def _commented_certificate() -> dict[str, Any]:
+    """The cert-manager Certificate that secrets.example.yaml shows, commented out."""
+    lines = (MANIFESTS / "secrets.example.yaml").read_text(encoding="utf-8").splitlines()
+    start = lines.index("# apiVersion: cert-manager.io/v1")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        block.append(line[2:] if line.startswith("# ") else line[1:])
+    certificate: dict[str, Any] = yaml.safe_load("\n".join(block))
+    return certificate
+
+
+def test_certificate_example_makes_the_tls_secret_for_the_names_callers_dial() -> None:
+    certificate = _commented_certificate()
+    assert certificate["kind"] == "Certificate"
+    volume, _ = _mounted("TLS_CERT_FILE")
+    assert certificate["spec"]["secretName"] == volume["secret"]["secretName"]
+    assert "server auth" in certificate["spec"]["usages"]
+    namespace = certificate["metadata"]["namespace"]
+    dns_names = set(certificate["spec"]["dnsNames"])
+    for name in ("service.yaml", "service-headless.yaml"):
+        (service,) = _manifest(name)
+        service_name = service["metadata"]["name"]
+        for suffix in ("svc", "svc.cluster.local"):
+            assert f"{service_name}.{namespace}.{suffix}" in dns_names
+
+
+def _readme_callers_example() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### The callers file", 1)[1]
+    return section.split("```toml\n", 1)[1].split("```", 1)[0]
+
+
+def test_shipped_callers_file_is_valid_and_its_placeholders_let_no_one_in() -> None:
+    table = callers.parse(tomllib.loads(_shipped_callers_toml()))
+    assert table.callers
+    # Published tokens must not work: the README's example hashes, and obvious placeholders.
+    published = callers.parse(tomllib.loads(_readme_callers_example())).by_token_sha256
+    guesses = ["", "token", "changeme", "REPLACE_ME", "placeholder", "secret"]
+    guesses += [f"example-{c.name}-token" for c in table.callers]
+    for caller in table.callers:
+        assert caller.token_sha256 not in published, f"{caller.name}: README's example hash"
+        assert caller.token_sha256 not in {hashlib.sha256(g.encode()).hexdigest() for g in guesses}
+
+
+def test_shipped_configuration_starts_without_a_security_warning(tmp_path: Path) -> None:
+    """The Deployment's callers file, TLS settings and a real certificate: no warning at all
+    (open service, cleartext tokens, unchecked client certificates)."""
+    callers_file = tmp_path / "callers.toml"
+    callers_file.write_text(_shipped_callers_toml(), encoding="utf-8")
+    pki = Pki(tmp_path / "pki")
+    cert = pki.server()
+    files = {
+        "CALLERS_FILE": callers_file,
+        "TLS_CERT_FILE": cert.cert_file,
+        "TLS_KEY_FILE": cert.key_file,
+        "TLS_CLIENT_CA_FILE": pki.ca_file,
+    }
+    env = {name: str(path) for name, path in files.items() if name in _env()}
+    assert CallSecurity(settings_from(**env)).startup_warnings() == []
 
 
 def test_kustomization_lists_every_manifest_except_the_secrets_example() -> None:
