@@ -4,18 +4,25 @@ Starts SeaweedFS on 127.0.0.1 with the bucket and the two identities (the seed's
 policies), starts `avatar-signer serve` with those credentials, waits until it is SERVING,
 then prints commands that work as pasted. Ctrl-C (or SIGTERM) stops both cleanly.
 
-    python dev/run.py [--port 50051] [--workdir .run] [--print-only-once]
+    python dev/run.py [--port 50051] [--workdir .run]
+
+Other settings pass through the environment (e.g. METRICS_PORT=9465 for a second run).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import json
 import os
 import shlex
+import shutil
 import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -67,14 +74,25 @@ def wait_serving(target: str, process: subprocess.Popen[bytes], timeout: float =
     raise SystemExit(f"avatar-signer did not become SERVING on {target} within {timeout:.0f}s")
 
 
-def tour(target: str, sample: Path, size: int, downloaded: Path) -> str:
+def tour(target: str, sample: Path, downloaded: Path, env_file: Path) -> str:
     """The commands printed for a person to paste, one block per step."""
+    data = sample.read_bytes()
+    size = len(data)
+    checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
     grpcurl = shlex.quote(str(BIN / "grpcurl"))
     client = shlex.quote(str(BIN / "avatar-signer-client"))
+    server = shlex.quote(str(BIN / "avatar-signer"))
     python = shlex.quote(str(BIN / "python"))
     url_of = f"{python} -c 'import json,sys; print(json.load(sys.stdin)[\"url\"])'"
     upload_body = shlex.quote(
-        f'{{"user_id": "alice", "content_type": "image/png", "content_length": {size}}}'
+        json.dumps(
+            {
+                "user_id": "alice",
+                "content_type": "image/png",
+                "content_length": size,
+                "checksum_sha256": checksum,
+            }
+        )
     )
     download_body = shlex.quote('{"user_id": "alice"}')
     file = shlex.quote(str(sample))
@@ -84,12 +102,13 @@ def tour(target: str, sample: Path, size: int, downloaded: Path) -> str:
 {grpcurl} -plaintext {target} list
 {grpcurl} -plaintext {target} grpc.health.v1.Health/Check
 
-# 2. Ask for an upload URL for alice's avatar, a {size}-byte PNG (see url, headers, expires_at):
+# 2. Ask for an upload URL for alice's avatar: a {size}-byte PNG with this SHA-256
+#    (see url, the headers to send, expires_at and key):
 {grpcurl} -plaintext -d {upload_body} {target} {SERVICE}/CreateUploadUrl
 
 # 3. Upload: keep the URL, then PUT the raw bytes with exactly the returned headers:
 UPLOAD_URL=$({grpcurl} -plaintext -d {upload_body} {target} {SERVICE}/CreateUploadUrl | {url_of})
-curl -fsS -X PUT -H 'Content-Type: image/png' -H 'Content-Length: {size}' --data-binary @{file} "$UPLOAD_URL" && echo uploaded
+curl -fsS -X PUT -H 'Content-Type: image/png' -H 'Content-Length: {size}' -H 'x-amz-checksum-sha256: {checksum}' --data-binary @{file} "$UPLOAD_URL" && echo uploaded
 
 # 4. Download it back and compare:
 DOWNLOAD_URL=$({grpcurl} -plaintext -d {download_body} {target} {SERVICE}/CreateDownloadUrl | {url_of})
@@ -98,6 +117,10 @@ curl -fsS -o {copy} "$DOWNLOAD_URL" && cmp {copy} {file} && echo "same bytes"
 # 5. The same upload with the Python client (detects the type, signs the SHA-256 too):
 {client} --target {target} upload {file} --user bob
 {client} --target {target} download-url --user bob
+
+# 6. Prove the IAM split on this S3 with the service's own settings (uploader cannot read,
+#    reader cannot write, neither can delete or list):
+(set -a; . {shlex.quote(str(env_file))}; {server} check)
 """
 
 
@@ -110,9 +133,11 @@ def main() -> int:
     workdir: Path = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     sample = workdir / "sample-avatar.png"
-    data = sample_png()
-    sample.write_bytes(data)
+    sample.write_bytes(sample_png())
     target = f"127.0.0.1:{args.port}"
+    # Each run its own S3 data and settings (another `make run` may be running beside it).
+    session = Path(tempfile.mkdtemp(prefix="run-", dir=workdir))
+    env_file = session / "s3.env"
 
     stopping = False
 
@@ -124,14 +149,19 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
 
     print("starting a local S3 (SeaweedFS) on 127.0.0.1 ...", file=sys.stderr, flush=True)
-    s3, uploader, reader = seaweed_s3.start_with_identities(workdir / "seaweedfs")
+    try:
+        s3, uploader, reader = seaweed_s3.start_with_identities(session / "seaweedfs")
+    except seaweed_s3.LocalS3Error as error:
+        shutil.rmtree(session, ignore_errors=True)
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"make run: the local S3 did not start: {first_line}", file=sys.stderr)
+        return 1
     server: subprocess.Popen[bytes] | None = None
     try:
+        # The service's S3 settings, also for `avatar-signer check` (mode 0600, removed on exit).
+        seaweed_s3.write_env_file(env_file, s3, uploader, reader)
         env = dict(os.environ) | seaweed_s3.service_env(s3, uploader, reader)
-        env |= {
-            "GRPC_HOST": "127.0.0.1",
-            "GRPC_PORT": str(args.port),
-        }
+        env |= {"GRPC_HOST": "127.0.0.1", "GRPC_PORT": str(args.port)}
         server = subprocess.Popen(
             [str(BIN / "avatar-signer"), "serve"], env=env, start_new_session=True
         )
@@ -141,7 +171,7 @@ def main() -> int:
             f"{s3.bucket!r}.\nPaste these in another terminal (Ctrl-C here stops both):",
             flush=True,
         )
-        print(tour(target, sample, len(data), workdir / "downloaded-avatar.png"), flush=True)
+        print(tour(target, sample, workdir / "downloaded-avatar.png", env_file), flush=True)
         while not stopping and server.poll() is None:
             time.sleep(0.2)
     finally:
@@ -153,6 +183,7 @@ def main() -> int:
                 server.kill()
         print("stopping the local S3 ...", file=sys.stderr, flush=True)
         s3.stop()
+        shutil.rmtree(session, ignore_errors=True)
     code = server.returncode if server is not None else 1
     print(f"stopped (avatar-signer exit status {code})", file=sys.stderr)
     return 0 if stopping and code == 0 else 1

@@ -8,7 +8,8 @@ inline policy and an access key through the IAM API that SeaweedFS serves on the
 port, and returns only once the new key is accepted and its policy is in force.
 ``start_with_identities`` does both for the seed's two users (uploader and reader).
 
-As a script it is the S3 half of ``make run``::
+As a script it runs a local S3 on its own (``make run`` uses the functions, with the
+service beside it)::
 
     python dev/seaweed_s3.py --workdir .run/s3 --env-file .run/s3.env
 
