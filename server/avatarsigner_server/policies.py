@@ -23,14 +23,20 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from .signers import UploadSigner
+
 VERSION = "2012-10-17"
-# The headers an upload URL signs and the uploader sends (UploadSigner.sign).
-UPLOAD_HEADERS = ("content-type", "content-length", "x-amz-checksum-sha256")
+# The headers an upload URL signs and the uploader sends.
+UPLOAD_HEADERS = UploadSigner.HEADERS
 CORS_MAX_AGE_SECONDS = 3000  # the seed's value
 
 
+def bucket_arn(bucket: str) -> str:
+    return f"arn:aws:s3:::{bucket}"
+
+
 def objects_arn(bucket: str) -> str:
-    return f"arn:aws:s3:::{bucket}/*"
+    return f"{bucket_arn(bucket)}/*"
 
 
 def uploader_policy(bucket: str) -> dict[str, Any]:
@@ -71,7 +77,7 @@ def bucket_policy(bucket: str) -> dict[str, Any]:
                 "Effect": "Deny",
                 "Principal": "*",
                 "Action": "s3:*",
-                "Resource": [f"arn:aws:s3:::{bucket}", objects_arn(bucket)],
+                "Resource": [bucket_arn(bucket), objects_arn(bucket)],
                 "Condition": {"Bool": {"aws:SecureTransport": "false"}},
             }
         ],

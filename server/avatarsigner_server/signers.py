@@ -119,6 +119,9 @@ class UploadSigner(_Signer):
     """PUT URLs with the uploader's credentials, bound to type, length and checksum."""
 
     METHOD = "PUT"
+    # What an upload URL signs besides host (and the uploader must send): type, length and,
+    # when given, the SHA-256 of the bytes.
+    HEADERS = ("content-type", "content-length", "x-amz-checksum-sha256")
 
     def sign(
         self,
