@@ -402,3 +402,23 @@ def test_oversized_token_is_refused_before_parsing() -> None:
     with pytest.raises(errors.Unauthenticated) as caught:
         verifier.subject("e" * (enduser.MAX_TOKEN_BYTES + 1))
     assert caught.value.reason == "end_user_token_malformed"
+
+
+def test_python_client_forwards_the_end_user_token() -> None:
+    from avatarsigner import AvatarSignerClient, AvatarSignerError
+
+    running = ServerThread(settings_from(END_USER_JWT_SECRET=HS_SECRET, **JWT_ENV))
+    try:
+        with AvatarSignerClient(running.target) as client:
+            token = signed(HS_SECRET, "HS256", None, sub="alice")
+            upload = client.create_upload_url("alice", "image/png", 9, end_user_token=token)
+            assert upload.key == "profiles/alice/avatar"
+            with pytest.raises(AvatarSignerError) as missing:
+                client.create_upload_url("alice", "image/png", 9)
+            assert missing.value.code == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(AvatarSignerError) as other:
+                client.create_upload_url("bob", "image/png", 9, end_user_token=token)
+            assert other.value.code == grpc.StatusCode.PERMISSION_DENIED
+            assert token not in str(other.value)
+    finally:
+        running.stop()

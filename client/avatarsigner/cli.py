@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sha256", metavar="BASE64", help="SHA-256 of the bytes, base64 (signed into the URL)"
     )
     _add_ttl(upload_url)
+    _add_end_user_token(upload_url)
     upload_url.set_defaults(run=_upload_url)
 
     download_url = commands.add_parser(
@@ -164,8 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("file", metavar="FILE", help="a JPEG, PNG, WebP or GIF image")
     upload.add_argument("--user", required=True, metavar="ID", help="the user id")
     _add_ttl(upload)
+    _add_end_user_token(upload)
     upload.set_defaults(run=_upload)
     return parser
+
+
+def _add_end_user_token(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--end-user-token",
+        default=os.environ.get("AVATAR_SIGNER_END_USER_TOKEN") or None,
+        metavar="JWT",
+        help="the end user's token, for servers that bind uploads to end users "
+        "(env AVATAR_SIGNER_END_USER_TOKEN, preferred)",
+    )
 
 
 def _add_ttl(parser: argparse.ArgumentParser) -> None:
@@ -209,7 +221,12 @@ def _download_json(download: DownloadUrl) -> dict[str, Any]:
 
 def _upload_url(client: AvatarSignerClient, args: argparse.Namespace) -> int:
     upload = client.create_upload_url(
-        args.user, args.content_type, args.content_length, args.sha256, args.ttl
+        args.user,
+        args.content_type,
+        args.content_length,
+        args.sha256,
+        args.ttl,
+        end_user_token=args.end_user_token,
     )
     _print_json(_upload_json(upload))
     return EXIT_OK
@@ -246,7 +263,12 @@ def _upload(client: AvatarSignerClient, args: argparse.Namespace) -> int:
             f"{args.file}: not a JPEG, PNG, WebP or GIF image (judged by its first bytes)"
         )
     upload = client.create_upload_url(
-        args.user, content_type, len(data), sha256_base64(data), args.ttl
+        args.user,
+        content_type,
+        len(data),
+        sha256_base64(data),
+        args.ttl,
+        end_user_token=args.end_user_token,
     )
     upload_bytes(upload, data, timeout=max(30.0, args.timeout))
     print(upload.key)

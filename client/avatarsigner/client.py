@@ -23,7 +23,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -220,6 +220,13 @@ def _upload_request(
     )
 
 
+END_USER_TOKEN_METADATA = "x-end-user-token"  # noqa: S105 - a metadata key, not a secret
+
+
+def _end_user(token: str | None) -> tuple[tuple[str, str], ...]:
+    return () if token is None else ((END_USER_TOKEN_METADATA, token),)
+
+
 def _upload_url(response: pb.CreateUploadUrlResponse) -> UploadUrl:
     return UploadUrl(
         url=response.url,
@@ -322,10 +329,17 @@ class AvatarSignerClient:
         content_length: int,
         checksum_sha256: str | None = None,
         ttl: Ttl = None,
+        end_user_token: str | None = None,
     ) -> UploadUrl:
-        """A presigned PUT bound to the user's key, this type, this length (and checksum)."""
+        """A presigned PUT bound to the user's key, this type, this length (and checksum).
+
+        end_user_token: the end user's own token (JWT), forwarded as `x-end-user-token` for
+        servers that bind uploads to end users (its `sub` must be user_id).
+        """
         request = _upload_request(user_id, content_type, content_length, checksum_sha256, ttl)
-        response: pb.CreateUploadUrlResponse = self._call(self._stub.CreateUploadUrl, request)
+        response: pb.CreateUploadUrlResponse = self._call(
+            self._stub.CreateUploadUrl, request, _end_user(end_user_token)
+        )
         return _upload_url(response)
 
     def create_download_url(self, user_id: str, ttl: Ttl = None) -> DownloadUrl:
@@ -349,11 +363,12 @@ class AvatarSignerClient:
         request = health_pb2.HealthCheckRequest(service=service)
         return _health_name(self._call(self._health.Check, request))
 
-    def _call(self, method: Any, request: Any) -> Any:
+    def _call(self, method: Any, request: Any, extra: Sequence[tuple[str, str]] = ()) -> Any:
         if self._closed:
             raise RuntimeError("AvatarSignerClient is closed")
+        metadata = (*self._options.metadata, *extra)
         try:
-            return method(request, timeout=self._options.timeout, metadata=self._options.metadata)
+            return method(request, timeout=self._options.timeout, metadata=metadata)
         except grpc.RpcError as error:
             raise AvatarSignerError.from_rpc_error(error) from error
 
@@ -406,10 +421,11 @@ class AsyncAvatarSignerClient:
         content_length: int,
         checksum_sha256: str | None = None,
         ttl: Ttl = None,
+        end_user_token: str | None = None,
     ) -> UploadUrl:
         request = _upload_request(user_id, content_type, content_length, checksum_sha256, ttl)
         response: pb.CreateUploadUrlResponse = await self._call(
-            self._signer().CreateUploadUrl, request
+            self._signer().CreateUploadUrl, request, _end_user(end_user_token)
         )
         return _upload_url(response)
 
@@ -453,10 +469,10 @@ class AsyncAvatarSignerClient:
             return stub
         return self._stub
 
-    async def _call(self, method: Any, request: Any) -> Any:
+    async def _call(self, method: Any, request: Any, extra: Sequence[tuple[str, str]] = ()) -> Any:
         try:
             return await method(
-                request, timeout=self._options.timeout, metadata=self._options.metadata
+                request, timeout=self._options.timeout, metadata=(*self._options.metadata, *extra)
             )
         except grpc.RpcError as error:
             raise AvatarSignerError.from_rpc_error(error) from error
