@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
-from avatarsigner_server import callers, config
+from avatarsigner_server import callers, config, observability
 from avatarsigner_server.security import CallSecurity
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -101,7 +102,13 @@ def test_audit_line_per_decision_with_request_id_and_reason(
     code_of(stub, "CreateDownloadUrl", PROFILE.metadata(**{"x-request-id": "req-1"}))
     code_of(stub, "BatchCreateDownloadUrls", PROFILE.metadata(**{"x-request-id": "req-2"}))
     code_of(stub, "CreateDownloadUrl", (("authorization", f"Bearer {new_token()}"),))
-    lines = [vars(r) for r in caplog.records if r.name == "avatarsigner.audit"]
+    formatter = observability.JsonFormatter()
+    lines = [
+        json.loads(line)
+        for record in caplog.records
+        if record.name == "avatarsigner.audit"
+        for line in formatter.format(record).splitlines()
+    ]
     allowed, denied, unknown = lines
     assert allowed["decision"] == "allowed" and allowed["request_id"] == "req-1"
     assert (allowed["caller"], allowed["auth"], allowed["rpc"]) == (

@@ -114,3 +114,22 @@ def test_json_log_line_is_what_json_dumps_writes() -> None:
     parsed = json.loads(line)
     assert line == json.dumps(parsed, default=str, ensure_ascii=False)
     assert parsed["ts"] == "2027-01-15T08:00:00.250+00:00" and parsed["user_id"] == "é"
+
+
+def test_a_record_for_several_urls_renders_one_full_line_each() -> None:
+    items = [{"user_id": f"u{i}", "key": f"profiles/u{i}/avatar"} for i in range(3)]
+    record = logging.makeLogRecord(
+        {
+            "msg": "allowed",
+            "levelname": "INFO",
+            "name": "avatarsigner.audit",
+            "rpc": "BatchCreateDownloadUrls",
+            observability.EACH: items,
+        }
+    )
+    lines = observability.JsonFormatter().format(record).splitlines()
+    parsed = [json.loads(line) for line in lines]
+    assert [p["user_id"] for p in parsed] == ["u0", "u1", "u2"]
+    for item, line in zip(items, parsed, strict=True):
+        assert line["rpc"] == "BatchCreateDownloadUrls" and line["msg"] == "allowed"
+        assert line["key"] == item["key"] and observability.EACH not in line

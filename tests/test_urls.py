@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import logging
 import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
+from avatarsigner_server import observability
 from google.protobuf import duration_pb2
 from servers import FAKE_ENV, ServerThread, settings_from
 
@@ -131,3 +134,26 @@ def test_key_prefix_setting_is_applied() -> None:
     finally:
         server.stop()
     assert response.key == "tenant-1/avatars/bob/avatar"
+
+
+def test_one_audit_line_per_signed_url_without_the_url(
+    stub: pb_grpc.AvatarSignerStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="avatarsigner.audit")
+    ids = ["zed", "amy", "zed"]
+    stub.BatchCreateDownloadUrls(pb.BatchCreateDownloadUrlsRequest(user_ids=ids))
+    stub.CreateUploadUrl(
+        pb.CreateUploadUrlRequest(user_id="bob", content_type="image/png", content_length=5)
+    )
+    formatter = observability.JsonFormatter()
+    text = "\n".join(formatter.format(r) for r in caplog.records if r.name.endswith("audit"))
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert [(line["rpc"], line["user_id"]) for line in lines] == [
+        ("BatchCreateDownloadUrls", "zed"),
+        ("BatchCreateDownloadUrls", "amy"),
+        ("BatchCreateDownloadUrls", "zed"),
+        ("CreateUploadUrl", "bob"),
+    ]
+    assert all(line["key"] == f"profiles/{line['user_id']}/avatar" for line in lines)
+    assert all(line["expires_at"].endswith("+00:00") for line in lines)
+    assert "X-Amz" not in text and "http" not in text

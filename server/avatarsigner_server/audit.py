@@ -1,7 +1,7 @@
 """The audit log: one JSON line per decision, on the `avatarsigner.audit` logger.
 
-    allowed  one line per signed URL (a batch of n gives n lines): request_id, caller, auth,
-             rpc, user_id, key, expires_at, reason "signed"
+    allowed  one line per signed URL (a batch of n gives n lines, written together): request_id,
+             caller, auth, rpc, reason "signed", user_id, key, expires_at
     denied   one line per refused call: request_id, caller (null when unknown), auth, rpc,
              user_id (when the request names one valid id), code, reason
 
@@ -14,12 +14,16 @@ moves the matching counter in `Metrics` (URLs signed by kind and caller, denials
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 from .calls import ANONYMOUS, Call
 from .errors import ServiceError
 from .keys import is_valid_user_id
 from .metrics import Metrics
+from .observability import EACH
+
+SignedEntry = tuple[str, str, datetime]  # user_id, key, expires_at
 
 LOGGER_NAME = "avatarsigner.audit"
 log = logging.getLogger(LOGGER_NAME)
@@ -31,12 +35,16 @@ class Audit:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._metrics = metrics
 
-    def signed(self, call: Call, kind: str, user_id: str, key: str, expires_at: datetime) -> None:
-        """The line for one signed URL (kind: upload or download)."""
+    def signed(self, call: Call, kind: str, urls: Sequence[SignedEntry]) -> None:
+        """The lines for the URLs one call signed (kind: upload or download), one per URL.
+
+        urls: (user_id, key, expires_at) each. A batch's lines share one log record.
+        """
         if self._metrics is not None:
-            self._metrics.url_signed(kind, call.caller or ANONYMOUS)
+            self._metrics.url_signed(kind, call.caller or ANONYMOUS, len(urls))
         if not log.isEnabledFor(logging.INFO):
             return
+        iso: dict[datetime, str] = {}  # a batch's URLs share their expiry: format it once
         log.info(
             "allowed",
             extra={
@@ -45,10 +53,16 @@ class Audit:
                 "caller": call.caller,
                 "auth": call.auth,
                 "rpc": call.rpc,
-                "user_id": user_id,
-                "key": key,
-                "expires_at": expires_at.isoformat(),
                 "reason": "signed",
+                EACH: [
+                    {
+                        "user_id": user_id,
+                        "key": key,
+                        "expires_at": iso.get(expires_at)
+                        or iso.setdefault(expires_at, expires_at.isoformat()),
+                    }
+                    for user_id, key, expires_at in urls
+                ],
             },
         )
 

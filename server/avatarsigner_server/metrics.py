@@ -137,11 +137,11 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def url_signed(self, kind: str, caller: str) -> None:
+    def url_signed(self, kind: str, caller: str, count: int = 1) -> None:
         child = self._per_url.get((kind, caller))
-        if child is None:  # once per pair: a batch counts a thousand URLs
+        if child is None:
             child = self._per_url[(kind, caller)] = self._urls.labels(kind, caller)
-        child.inc()
+        child.inc(count)
 
     def denied(self, method: str, reason: str) -> None:
         self._denials.labels(method, reason).inc()

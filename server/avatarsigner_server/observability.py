@@ -21,8 +21,17 @@ _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", 
 _ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
 
 
+# An `extra` key holding a list of dicts: the record stands for several events (the URLs of
+# one batch) and renders as one line per item, each the shared fields plus the item's own.
+EACH = "each"
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg and any `extra` fields."""
+    """One JSON object per line: ts, level, logger, msg and any `extra` fields.
+
+    A record with `extra={EACH: [...]}` renders one such line per item (written together,
+    at the cost of one record).
+    """
 
     _second: tuple[int, str] = (-1, "")
 
@@ -47,7 +56,17 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             # The exception type only: a traceback could carry values from the request.
             line["exc_type"] = record.exc_info[0].__name__
-        return _ENCODER.encode(line)
+        each = line.pop(EACH, None)
+        if not isinstance(each, list):
+            return _ENCODER.encode(line)
+        if len(each) == 1:
+            line.update(each[0])
+            return _ENCODER.encode(line)
+        # The shared fields encoded once; each item's fields appended to a copy of them.
+        shared = _ENCODER.encode(line)[:-1]
+        return "\n".join(
+            f"{shared}, {_ENCODER.encode(item)[1:]}" if item else f"{shared}}}" for item in each
+        )
 
 
 def configure_logging(level: str = "INFO") -> None:

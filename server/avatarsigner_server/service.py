@@ -102,7 +102,7 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
             checksum_sha256=upload.checksum_sha256,
             ttl_seconds=upload.ttl_seconds,
         )
-        self._audit.signed(call, "upload", upload.user_id, key, signed.expires_at)
+        self._audit.signed(call, "upload", ((upload.user_id, key, signed.expires_at),))
         return pb.CreateUploadUrlResponse(
             url=signed.url,
             method=UploadSigner.METHOD,
@@ -134,10 +134,11 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
     ) -> list[pb.DownloadUrl]:
         call = calls.current(operation)
         results = []
+        audited = []
         for user_id in download.user_ids:
             key = self._keys.key_for(user_id)
             signed = self._downloads.sign(key, ttl_seconds=download.ttl_seconds)
-            self._audit.signed(call, "download", user_id, key, signed.expires_at)
+            audited.append((user_id, key, signed.expires_at))
             results.append(
                 pb.DownloadUrl(
                     user_id=user_id,
@@ -146,4 +147,5 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
                     key=key,
                 )
             )
+        self._audit.signed(call, "download", audited)
         return results
