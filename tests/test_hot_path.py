@@ -133,3 +133,41 @@ def test_a_record_for_several_urls_renders_one_full_line_each() -> None:
     for item, line in zip(items, parsed, strict=True):
         assert line["rpc"] == "BatchCreateDownloadUrls" and line["msg"] == "allowed"
         assert line["key"] == item["key"] and observability.EACH not in line
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.writes.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_batch_is_written_in_whole_lines_of_at_most_pipe_buf_bytes() -> None:
+    import select
+
+    items = [
+        {"user_id": f"user-{i:04d}", "key": f"profiles/user-{i:04d}/avatar"} for i in range(1000)
+    ]
+    record = logging.makeLogRecord(
+        {
+            "msg": "allowed",
+            "levelname": "INFO",
+            "name": "avatarsigner.audit",
+            observability.EACH: items,
+        }
+    )
+    stream = _Recorder()
+    handler = observability.JsonLinesHandler(stream)  # type: ignore[arg-type]
+    handler.setFormatter(observability.JsonFormatter())
+    handler.handle(record)
+    assert len(stream.writes) > 1  # not one write per line, not one huge write
+    assert len(stream.writes) < len(items) / 5
+    for text in stream.writes:
+        assert len(text.encode()) <= select.PIPE_BUF  # atomic on a pipe shared by workers
+        assert text.endswith("\n")
+    lines = "".join(stream.writes).splitlines()
+    assert [json.loads(line)["user_id"] for line in lines] == [i["user_id"] for i in items]

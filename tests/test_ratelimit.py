@@ -170,3 +170,14 @@ def test_zero_turns_a_limit_off() -> None:
     limits = settings_from(UPLOADS_PER_USER_PER_SECOND="0").auth.rate_limits
     assert limits.upload_per_user is None
     assert limits.upload_per_caller == RateLimit(100.0, 200)
+
+
+def test_an_oversized_batch_costs_no_more_than_a_valid_one() -> None:
+    from avatarsigner.v1 import avatar_signer_pb2 as pb_
+    from avatarsigner_server import auth
+    from avatarsigner_server.validation import MAX_BATCH
+
+    huge = pb_.BatchCreateDownloadUrlsRequest(user_ids=["u"] * (MAX_BATCH * 200))
+    assert auth._cost("BatchCreateDownloadUrls", huge) == MAX_BATCH
+    few = pb_.BatchCreateDownloadUrlsRequest(user_ids=["a", "b", "c"])
+    assert auth._cost("BatchCreateDownloadUrls", few) == 3

@@ -18,6 +18,7 @@ import leaks
 import pytest
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from avatarsigner_server import app
+from avatarsigner_server.security import CallSecurity
 from guarded import caller, code_of, write_callers
 from servers import FAKE_ENV, ServerThread, free_port, settings_from
 
@@ -201,3 +202,32 @@ def test_malformed_callers_file_stops_start_up_with_one_line(tmp_path: Path) -> 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "CALLERS_FILE" in lines[0] and "token_sha256" in lines[0]
+
+
+def test_reloads_from_sighup_and_the_change_check_never_overlap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_callers(tmp_path / "callers.toml", [STEADY])
+    security = CallSecurity(settings_from(CALLERS_FILE=str(path)))
+    assert security.callers is not None
+    active, most = [0], [0]
+    original = security.callers.reload
+
+    def slow_reload() -> bool:
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        time.sleep(0.2)
+        active[0] -= 1
+        return original()
+
+    monkeypatch.setattr(security.callers, "reload", slow_reload)
+    write_callers(path, [STEADY, ROTATING])
+    threads = [threading.Thread(target=security.reload_if_changed)] + [
+        threading.Thread(target=security.reload) for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert most[0] == 1
+    assert [c.name for c in security.callers.table.callers] == ["profile-service", "feed-service"]

@@ -304,3 +304,14 @@ def test_one_worker_is_a_plain_server_without_supervisor(port: int) -> None:
         server.kill()
     assert server.returncode == 0
     assert "workers serving" not in stderr
+
+
+def test_busy_health_port_fails_loudly_in_workers_mode(port: int) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        supervisor = _start(port, "--workers", "2", HEALTH_PORT=str(taken))
+        _, stderr = supervisor.communicate(timeout=30)
+    assert supervisor.returncode == 2
+    assert "HEALTH_PORT" in stderr and "Traceback" not in stderr

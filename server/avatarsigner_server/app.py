@@ -194,7 +194,13 @@ class AvatarSignerServer:
         """Every few seconds: reload the callers, JWKS and TLS files if any changed."""
         while True:
             await asyncio.sleep(FILE_CHECK_SECONDS)
-            await asyncio.to_thread(self.security.reload_if_changed)
+            try:
+                await asyncio.to_thread(self.security.reload_if_changed)
+            except Exception as error:  # noqa: BLE001 - keep checking; the old files stay
+                observability.log.error(
+                    "checking the callers, JWKS and TLS files failed",
+                    extra={"exc_type": type(error).__name__},
+                )
 
     async def _set_serving(self, usable: bool) -> None:
         """SERVING while both identities can sign; ignored once shutdown has begun."""
@@ -234,7 +240,14 @@ async def serve(settings: Settings, on_serving: Callable[[int], None] | None = N
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload_in_thread() -> None:  # file reads stay off the event loop
+        task = loop.create_task(asyncio.to_thread(server.reload))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_in_thread)
     port = await server.start()
     for warning in server.security.startup_warnings():
         observability.log.warning(warning)

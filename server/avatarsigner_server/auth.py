@@ -35,6 +35,7 @@ from .errors import PermissionDenied, ServiceError, Unauthenticated, abort_with
 from .metrics import Metrics
 from .ratelimit import RateLimiter
 from .service import SERVICE_NAME
+from .validation import MAX_BATCH
 
 PREFIX = f"/{SERVICE_NAME}/"
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
@@ -61,9 +62,13 @@ def _peer_identities(context: grpc.aio.ServicerContext) -> list[str]:
 
 
 def _cost(rpc: str, request: Any) -> int:
-    """Rate-limit tokens a call takes: one per URL it asks for."""
+    """Rate-limit tokens a call takes: one per URL it asks for, at most a valid batch's worth.
+
+    Charged before validation: an oversized batch (refused later) must not leave the
+    caller's bucket in debt for hours.
+    """
     if rpc == "BatchCreateDownloadUrls":
-        return max(1, len(request.user_ids))
+        return min(max(1, len(request.user_ids)), MAX_BATCH)
     return 1
 
 

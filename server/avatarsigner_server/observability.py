@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import sys
 from datetime import UTC, datetime
 
@@ -69,9 +70,40 @@ class JsonFormatter(logging.Formatter):
         )
 
 
+class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes a record's lines in writes of whole lines, each at most PIPE_BUF bytes.
+
+    Worker processes share the supervisor's stderr: a pipe keeps a write of up to PIPE_BUF
+    bytes in one piece, so lines from two workers never splice, while a batch's lines still
+    cost a few writes rather than one each.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            chunk: list[str] = []
+            size = 0
+            for line in self.format(record).split("\n"):
+                length = len(line.encode("utf-8")) + 1
+                if chunk and size + length > select.PIPE_BUF:
+                    self._write("".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line + "\n")
+                size += length
+            if chunk:
+                self._write("".join(chunk))
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - logging must never take the service down
+            self.handleError(record)
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Send every avatarsigner log line to stderr as JSON."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = JsonLinesHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger(LOGGER_NAME)
     root.handlers[:] = [handler]

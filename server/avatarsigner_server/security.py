@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 
 import grpc
 
@@ -62,19 +63,6 @@ class CallSecurity:
 
     def __init__(self, settings: Settings) -> None:
         auth = settings.auth
-        self.tls = ServerTls(auth.tls) if auth.tls else None
-        self.callers = CallersFile(auth.callers_file) if auth.callers_file else None
-        self.end_user = EndUserVerifier(auth.end_user) if auth.end_user else None
-        self.limiter = RateLimiter(auth.rate_limits)
-        self.metrics = Metrics()
-        self.audit = Audit(self.metrics)
-        self.interceptor = CallGuard(self.callers, self.limiter, self.audit, self.metrics)
-        checks: list[UploadCheck] = []
-        if self.end_user is not None:
-            # First: a call without the user's token must not use up the user's bucket.
-            checks.append(self.end_user.check_upload)
-        checks.append(self.limiter.check_upload_user)
-        self.upload_checks: tuple[UploadCheck, ...] = tuple(checks)
         self._watched = [
             path
             for path in (
@@ -88,7 +76,23 @@ class CallSecurity:
             )
             if path is not None
         ]
+        # Before the files are read: a change while they are being read is seen next time.
         self._seen = self._file_states()
+        # SIGHUP and the change check may both reload: one at a time, so the newest wins.
+        self._reloading = threading.Lock()
+        self.tls = ServerTls(auth.tls) if auth.tls else None
+        self.callers = CallersFile(auth.callers_file) if auth.callers_file else None
+        self.end_user = EndUserVerifier(auth.end_user) if auth.end_user else None
+        self.limiter = RateLimiter(auth.rate_limits)
+        self.metrics = Metrics()
+        self.audit = Audit(self.metrics)
+        self.interceptor = CallGuard(self.callers, self.limiter, self.audit, self.metrics)
+        checks: list[UploadCheck] = []
+        if self.end_user is not None:
+            # First: a call without the user's token must not use up the user's bucket.
+            checks.append(self.end_user.check_upload)
+        checks.append(self.limiter.check_upload_user)
+        self.upload_checks: tuple[UploadCheck, ...] = tuple(checks)
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         """TLS credentials for the port, or None for plaintext."""
@@ -96,11 +100,12 @@ class CallSecurity:
 
     def reload(self, why: str = "SIGHUP") -> None:
         """SIGHUP: re-read the callers, JWKS and TLS files (each keeps its old one if bad)."""
-        log.info("reloading on %s", why)
-        self._seen = self._file_states()
-        for reloadable in (self.callers, self.end_user, self.tls):
-            if reloadable is not None:
-                reloadable.reload()
+        with self._reloading:
+            log.info("reloading on %s", why)
+            self._seen = self._file_states()  # before reading: a later change is seen later
+            for reloadable in (self.callers, self.end_user, self.tls):
+                if reloadable is not None:
+                    reloadable.reload()
 
     def reload_if_changed(self) -> bool:
         """Reload when any of those files changed since the last (re)load; True if it did."""

@@ -73,7 +73,7 @@ def is_worker(environ: Mapping[str, str]) -> bool:
     return WORKER_ENV in environ
 
 
-def check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int, setting: str = "GRPC_PORT") -> None:
     """StartupError unless host:port can be bound without SO_REUSEPORT, i.e. nobody holds it.
 
     The workers bind with SO_REUSEPORT, which would let them join another group of
@@ -95,7 +95,7 @@ def check_port_free(host: str, port: int) -> None:
                 if error.errno == errno.EADDRNOTAVAIL:
                     continue  # e.g. no IPv6 on this host: gRPC skips it too
                 raise StartupError(
-                    f"GRPC_PORT: cannot listen on {host}:{port} (in use or not allowed)"
+                    f"{setting}: cannot listen on {host_port(host, port)} (in use or not allowed)"
                 ) from None
 
 
@@ -154,6 +154,8 @@ class Supervisor:
         """Start the workers, serve until a signal, drain; the exit status."""
         self._install_signal_handlers()
         check_port_free(self.settings.grpc_host, self.settings.grpc_port)
+        if self.settings.health_port:  # shared by the workers too, so just as loud when taken
+            check_port_free(self.settings.grpc_host, self.settings.health_port, "HEALTH_PORT")
         started = time.monotonic()
         try:
             self._start_workers()
