@@ -23,9 +23,10 @@ run: install  ## start SeaweedFS + the service on 127.0.0.1:50051 and print comm
 test: install  ## the whole suite (starts its own SeaweedFS and servers on 127.0.0.1)
 	$(PY) -m pytest
 
-lint: install  ## ruff, mypy --strict, buf lint + breaking, hadolint, kubernetes-validate
+lint: install  ## ruff, mypy --strict, import layers, buf lint + breaking, hadolint, kubernetes-validate
 	$(BIN)/ruff check server client tests dev bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/buf lint
 	$(BIN)/buf breaking --against protos/baseline/avatar_signer.binpb
 	$(PY) dev/check_deploy.py
