@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint protos proto-baseline bench clean
+.PHONY: install run test test-fast lint protos proto-baseline bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ run: install  ## start SeaweedFS + the service on 127.0.0.1:50051 and print comm
 
 test: install  ## the whole suite (starts its own SeaweedFS and servers on 127.0.0.1)
 	$(PY) -m pytest
+
+test-fast: install  ## the suite without the real S3 and without process-starting tests
+	$(PY) -m pytest -m "not slow and not s3"
 
 lint: install  ## ruff, mypy --strict, import layers, buf lint + breaking, hadolint, kubernetes-validate
 	$(BIN)/ruff check server client tests dev bench

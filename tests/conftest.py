@@ -19,6 +19,13 @@ from servers import FAKE_ENV, ServerThread, settings_from
 
 BUCKET = "avatars"
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs the real S3 (through any fixture) is marked `s3`."""
+    for item in items:
+        if "local_s3" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.s3)
+
 # -- suite-wide: no avatarsigner log line carries a secret (see tests/leaks.py) -------------
 leaks.remember(FAKE_ENV["S3_UPLOAD_SECRET"], FAKE_ENV["S3_READ_SECRET"])
 _LOG_LINES = leaks.Collector()

@@ -133,6 +133,7 @@ def test_check_fails_on_a_wrong_secret(local_s3: LocalS3) -> None:
     assert "rejects the uploader's key pair" in rows["uploader can PUT the canary"].detail
 
 
+@pytest.mark.slow
 def test_check_command_prints_a_table_and_exits_1_on_failure(local_s3: LocalS3) -> None:
     s3, uploader, reader = local_s3
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "AWS_"))}

@@ -36,6 +36,7 @@ def _user() -> str:
     return "cli-" + uuid.uuid4().hex[:10]
 
 
+@pytest.mark.slow
 def test_cli_upload_end_to_end(s3_server: ServerThread, tmp_path: Path) -> None:
     image = tmp_path / "me.png"
     data = make_run.sample_png(32, 32)
@@ -54,6 +55,7 @@ def test_cli_upload_end_to_end(s3_server: ServerThread, tmp_path: Path) -> None:
     assert fetched.headers["content-type"] == "image/png"
 
 
+@pytest.mark.slow
 def test_cli_upload_refuses_a_file_that_is_not_an_image(
     s3_server: ServerThread, tmp_path: Path
 ) -> None:
@@ -65,6 +67,7 @@ def test_cli_upload_refuses_a_file_that_is_not_an_image(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_reports_invalid_argument_in_one_line(s3_server: ServerThread) -> None:
     result = _cli(s3_server.target, "download-url", "--user", "../../etc/passwd")
     assert result.returncode == 1
@@ -72,6 +75,7 @@ def test_cli_reports_invalid_argument_in_one_line(s3_server: ServerThread) -> No
     assert "INVALID_ARGUMENT" in result.stderr and "user_id" in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_health(s3_server: ServerThread) -> None:
     result = _cli(s3_server.target, "health")
     assert result.returncode == 0 and "SERVING" in result.stdout

@@ -255,6 +255,7 @@ def _botocore_b64(data: bytes) -> str:
     return encoded.decode()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", list(HashAlgorithm), ids=str)
 def test_cookies_match_aws_javascript_signer(
     rsa_keys: list[rsa.RSAPrivateKey], algorithm: HashAlgorithm
@@ -293,6 +294,7 @@ def test_cookies_match_aws_javascript_signer(
         assert _from_cloudfront_b64(ours["CloudFront-Policy"]) == theirs["policy"].encode()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", list(HashAlgorithm), ids=str)
 def test_urls_match_aws_javascript_signer(
     rsa_keys: list[rsa.RSAPrivateKey], algorithm: HashAlgorithm
@@ -328,6 +330,7 @@ def _split(url: str) -> tuple[str, dict[str, str]]:
     return parts._replace(query="").geturl(), dict(parse_qsl(parts.query))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", list(HashAlgorithm), ids=str)
 def test_ecdsa_signatures_verify_in_node_and_nodes_verify_here(
     ec_key: ec.EllipticCurvePrivateKey, algorithm: HashAlgorithm

@@ -39,6 +39,7 @@ def _tool(name: str) -> str:
     return path
 
 
+@pytest.mark.slow
 def test_buf_lint_is_clean() -> None:
     result = subprocess.run(
         [_tool("buf"), "lint"], cwd=ROOT, capture_output=True, text=True, timeout=120
@@ -59,6 +60,7 @@ def _grpcurl(
     )
 
 
+@pytest.mark.slow
 def test_reflection_lists_the_services_for_grpcurl(server: ServerThread) -> None:
     result = _grpcurl(server, "list")
     assert result.returncode == 0, result.stderr
@@ -70,6 +72,7 @@ def test_reflection_lists_the_services_for_grpcurl(server: ServerThread) -> None
     assert "rpc BatchCreateDownloadUrls" in described.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("service", ["", "avatarsigner.v1.AvatarSigner"])
 def test_health_is_serving_for_grpcurl(server: ServerThread, service: str) -> None:
     result = _grpcurl(server, "grpc.health.v1.Health/Check", data={"service": service})
@@ -77,6 +80,7 @@ def test_health_is_serving_for_grpcurl(server: ServerThread, service: str) -> No
     assert json.loads(result.stdout) == {"status": "SERVING"}
 
 
+@pytest.mark.slow
 def test_grpcurl_call_with_json_body(server: ServerThread) -> None:
     body = {"user_id": "alice", "content_type": "image/png", "content_length": 10, "ttl": "60s"}
     result = _grpcurl(server, "avatarsigner.v1.AvatarSigner/CreateUploadUrl", data=body)
@@ -87,6 +91,7 @@ def test_grpcurl_call_with_json_body(server: ServerThread) -> None:
     assert "X-Amz-Expires=60" in response["url"]
 
 
+@pytest.mark.slow
 def test_grpcurl_shows_field_violations(server: ServerThread) -> None:
     result = _grpcurl(
         server, "avatarsigner.v1.AvatarSigner/CreateDownloadUrl", data={"user_id": "../etc"}

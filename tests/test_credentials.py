@@ -290,6 +290,7 @@ def test_uploader_and_reader_must_be_two_identities(tmp_path: Path) -> None:
     assert "S3_UPLOAD_KEY" in str(caught.value)
 
 
+@pytest.mark.slow
 def test_serve_refuses_ambiguous_sources_with_one_line(tmp_path: Path) -> None:
     env = _env(S3_UPLOAD_ROLE_ARN=UPLOAD_ROLE)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "AWS_"))}
@@ -392,6 +393,7 @@ def _key_id(url: str) -> str:
     return parse_qs(urlsplit(url).query)["X-Amz-Credential"][0].split("/")[0]
 
 
+@pytest.mark.slow  # waits out real file rotations
 def test_server_switches_to_rotated_files_without_a_failed_call(
     tmp_path: Path, credential_log: Captured
 ) -> None:

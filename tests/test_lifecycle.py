@@ -89,6 +89,7 @@ def test_in_flight_call_finishes_while_new_calls_are_refused() -> None:
     server.stop()
 
 
+@pytest.mark.slow
 def test_sigterm_exits_0_and_logs_the_drain() -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in FAKE_ENV}
@@ -113,6 +114,7 @@ def test_sigterm_exits_0_and_logs_the_drain() -> None:
     assert "Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_port_in_use_is_one_line_naming_grpc_port() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -8,8 +8,11 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import pytest
 import run as make_run
 from servers import ServerThread
+
+pytestmark = pytest.mark.slow  # starts the service and other programs as processes
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "node"

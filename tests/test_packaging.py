@@ -489,6 +489,7 @@ def test_client_distribution_depends_only_on_grpc_and_protobuf() -> None:
     assert names <= CLIENT_ALLOWED, names - CLIENT_ALLOWED
 
 
+@pytest.mark.slow
 def test_client_imports_without_any_server_dependency() -> None:
     import subprocess
     import sys

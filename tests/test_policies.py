@@ -147,6 +147,7 @@ def test_cors_headers_are_the_ones_upload_urls_ask_for() -> None:
     assert {name.lower() for name in signed.headers} == set(policies.UPLOAD_HEADERS)
 
 
+@pytest.mark.slow
 def test_several_origins_and_none() -> None:
     result = _policies(
         "--bucket", "avatars", "--allowed-origin", "https://a.example", "--allowed-origin",
@@ -158,6 +159,7 @@ def test_several_origins_and_none() -> None:
     assert json.loads(_policies("--bucket", "avatars").stdout)["cors"] is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "named"),
     [
@@ -177,6 +179,7 @@ def test_bad_argument_is_one_line_naming_it(args: list[str], named: str) -> None
     assert result.stdout == ""
 
 
+@pytest.mark.slow
 def test_help_explains_how_to_apply_each_document() -> None:
     result = _policies("--help")
     assert result.returncode == 0

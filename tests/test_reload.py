@@ -186,6 +186,7 @@ def test_without_callers_file_start_up_warns(serve_process: list[Serve]) -> None
     assert any("no TLS and no CALLERS_FILE" in w for w in warnings)
 
 
+@pytest.mark.slow
 def test_malformed_callers_file_stops_start_up_with_one_line(tmp_path: Path) -> None:
     path = tmp_path / "callers.toml"
     path.write_text('[[caller]]\nname = "a"\ntoken_sha256 = "abc"\nallow = ["CreateUploadUrl"]\n')

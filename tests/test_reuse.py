@@ -211,7 +211,6 @@ def test_service_hands_every_caller_the_same_url_within_a_window(
 LocalS3 = tuple[seaweed_s3.LocalS3, seaweed_s3.Identity, seaweed_s3.Identity]
 
 
-@pytest.mark.s3
 def test_reused_url_works_on_s3_and_returns_the_cache_control_header(
     local_s3: LocalS3, s3_stub: pb_grpc.AvatarSignerStub
 ) -> None:

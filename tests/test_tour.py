@@ -10,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from servers import free_port
+
+pytestmark = pytest.mark.slow  # starts the service and other programs as processes
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -118,6 +118,7 @@ def test_workers_default_to_one() -> None:
     assert load_settings(FAKE_ENV).workers == 1
 
 
+@pytest.mark.slow
 def test_workers_flag_is_checked_like_the_variable(port: int) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "avatarsigner_server.commands.cli", "serve", "--workers", "0"],
@@ -134,6 +135,7 @@ def test_workers_flag_is_checked_like_the_variable(port: int) -> None:
 # --- serving and draining ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_two_workers_share_the_port_and_drain_on_signal(port: int, signum: int) -> None:
     supervisor = _start(port, "--workers", "2")
@@ -175,6 +177,7 @@ def _two_free_ports() -> int:
     raise AssertionError("no two consecutive free ports")
 
 
+@pytest.mark.slow
 def test_each_worker_serves_metrics_on_its_own_port_and_sighup_reaches_them(port: int) -> None:
     metrics = _two_free_ports()
     supervisor = _start(port, "--workers", "2", METRICS_PORT=str(metrics))
@@ -201,6 +204,7 @@ def _children(pid: int) -> list[int]:
     return [int(line) for line in found.stdout.split()]
 
 
+@pytest.mark.slow
 def test_sighup_while_workers_start_does_not_kill_them(port: int) -> None:
     supervisor = _start(port, "--workers", "2")
     try:
@@ -218,6 +222,7 @@ def test_sighup_while_workers_start_does_not_kill_them(port: int) -> None:
     assert supervisor.returncode == 0, stderr
 
 
+@pytest.mark.slow
 def test_busy_port_fails_loudly_in_workers_mode_too(port: int) -> None:
     # Even another group of reuse-port workers must not be joined silently.
     first = _start(port, "--workers", "2")
@@ -241,6 +246,7 @@ def test_busy_port_fails_loudly_in_workers_mode_too(port: int) -> None:
     )
 
 
+@pytest.mark.slow
 def test_a_worker_dying_at_start_fails_the_start_up(port: int, tmp_path: Path) -> None:
     """Worker 2 exits before serving: the supervisor stops worker 1 and exits 2, one line."""
     (tmp_path / "sitecustomize.py").write_text(
@@ -261,6 +267,7 @@ def test_a_worker_dying_at_start_fails_the_start_up(port: int, tmp_path: Path) -
     assert "workers serving" not in stderr
 
 
+@pytest.mark.slow
 def test_a_worker_dying_while_serving_stops_the_rest_with_status_1(port: int) -> None:
     supervisor = _start(port, "--workers", "2")
     try:
@@ -280,6 +287,7 @@ def test_a_worker_dying_while_serving_stops_the_rest_with_status_1(port: int) ->
     assert "stopped" in [line["msg"] for line in _log_lines(stderr)]  # the survivor drained
 
 
+@pytest.mark.slow
 def test_workers_stop_when_the_supervisor_is_killed(port: int) -> None:
     supervisor = _start(port, "--workers", "2")
     try:
@@ -294,6 +302,7 @@ def test_workers_stop_when_the_supervisor_is_killed(port: int) -> None:
     assert not _listeners(port)
 
 
+@pytest.mark.slow
 def test_one_worker_is_a_plain_server_without_supervisor(port: int) -> None:
     server = _start(port, "--workers", "1")
     try:
@@ -307,6 +316,7 @@ def test_one_worker_is_a_plain_server_without_supervisor(port: int) -> None:
     assert "workers serving" not in stderr
 
 
+@pytest.mark.slow
 def test_busy_health_port_fails_loudly_in_workers_mode(port: int) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

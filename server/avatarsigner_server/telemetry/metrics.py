@@ -139,9 +139,14 @@ class Metrics:
         return int(self._http[0].server_port)
 
     def stop(self) -> None:
+        """Stop serving, without waiting: the server notices within its poll interval
+        (half a second) and then closes its port, in its own thread."""
         if self._http is not None:
-            server, thread = self._http
+            server, _ = self._http
             self._http = None
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
+
+            def close() -> None:
+                server.shutdown()
+                server.server_close()
+
+            threading.Thread(target=close, name="metrics-stop", daemon=True).start()
