@@ -28,6 +28,7 @@ import zlib
 from pathlib import Path
 
 import seaweed_s3
+from avatarsigner_server.signing.url_signers import OBJECT_HEADERS
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -94,6 +95,8 @@ def tour(target: str, sample: Path, downloaded: Path, env_file: Path) -> str:
             }
         )
     )
+    # The headers every upload URL signs with fixed values (what S3 would store and replay).
+    fixed_headers = " ".join(f"-H {shlex.quote(f'{k}: {v}')}" for k, v in OBJECT_HEADERS.items())
     download_body = shlex.quote('{"user_id": "alice"}')
     file = shlex.quote(str(sample))
     copy = shlex.quote(str(downloaded))
@@ -108,7 +111,7 @@ def tour(target: str, sample: Path, downloaded: Path, env_file: Path) -> str:
 
 # 3. Upload: keep the URL, then PUT the raw bytes with exactly the returned headers:
 UPLOAD_URL=$({grpcurl} -plaintext -d {upload_body} {target} {SERVICE}/CreateUploadUrl | {url_of})
-curl -fsS -X PUT -H 'Content-Type: image/png' -H 'Content-Length: {size}' -H 'x-amz-checksum-sha256: {checksum}' --data-binary @{file} "$UPLOAD_URL" && echo uploaded
+curl -fsS -X PUT -H 'Content-Type: image/png' -H 'Content-Length: {size}' -H 'x-amz-checksum-sha256: {checksum}' {fixed_headers} --data-binary @{file} "$UPLOAD_URL" && echo uploaded
 
 # 4. Download it back and compare:
 DOWNLOAD_URL=$({grpcurl} -plaintext -d {download_body} {target} {SERVICE}/CreateDownloadUrl | {url_of})

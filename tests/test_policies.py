@@ -130,8 +130,17 @@ def test_cors_allows_put_and_get_from_the_origins_with_upload_headers_only(
     assert rule["AllowedOrigins"] == seed_rule["AllowedOrigins"]
     assert sorted(rule["AllowedMethods"]) == sorted(seed_rule["AllowedMethods"])
     assert rule["MaxAgeSeconds"] == seed_rule["MaxAgeSeconds"]
-    # Not the seed's "*": exactly the headers an upload URL signs.
-    assert rule["AllowedHeaders"] == ["content-type", "content-length", "x-amz-checksum-sha256"]
+    # Not the seed's "*": exactly the headers an upload URL signs that a page sets (the
+    # browser sets Content-Length itself).
+    assert rule["AllowedHeaders"] == [
+        "content-type",
+        "x-amz-checksum-sha256",
+        "cache-control",
+        "content-disposition",
+        "content-encoding",
+        "content-language",
+        "expires",
+    ]
     assert rule["ExposeHeaders"] == ["ETag"]
 
 
@@ -145,6 +154,8 @@ def test_cors_headers_are_the_ones_upload_urls_ask_for() -> None:
         ttl_seconds=60,
     )
     assert {name.lower() for name in signed.headers} == set(policies.UPLOAD_HEADERS)
+    (rule,) = policies.cors(["https://app.example"])["CORSRules"]  # type: ignore[index]
+    assert set(rule["AllowedHeaders"]) == set(policies.UPLOAD_HEADERS) - {"content-length"}
 
 
 @pytest.mark.slow

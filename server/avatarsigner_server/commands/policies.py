@@ -9,8 +9,8 @@ JSON object:
     bucket_policy        denies every request made without TLS
     public_access_block  all four Block Public Access settings on
     ownership_controls   BucketOwnerEnforced (ACLs off)
-    cors                 PUT and GET from the given origins, the upload headers allowed,
-                         ETag exposed; null without --allowed-origin (then no browser
+    cors                 PUT and GET from the given origins, the upload headers a page
+                         sets allowed, ETag exposed; null without --allowed-origin (then no browser
                          talks to the bucket, and it needs no CORS)
 
 Each value has the shape its `aws iam` / `aws s3api` command takes (see APPLY_HELP).
@@ -126,7 +126,7 @@ def cors(origins: Sequence[str]) -> dict[str, Any] | None:
             {
                 "AllowedOrigins": list(dict.fromkeys(origins)),
                 "AllowedMethods": ["PUT", "GET"],
-                "AllowedHeaders": list(UPLOAD_HEADERS),
+                "AllowedHeaders": list(UploadSigner.HEADERS_A_BROWSER_MAY_SET),
                 "ExposeHeaders": ["ETag"],
                 "MaxAgeSeconds": CORS_MAX_AGE_SECONDS,
             }
