@@ -1,4 +1,5 @@
-"""Prometheus metrics, served over HTTP on METRICS_PORT (`/metrics`).
+"""Prometheus metrics, served over HTTP on METRICS_HOST:METRICS_PORT (`/metrics`) from the
+server's event loop (see metrics_http for the endpoint's bounds).
 
     avatarsigner_rpcs_total{method, code}                 AvatarSigner calls by final status
     avatarsigner_rpc_duration_seconds{method}             time in the handler (histogram)
@@ -17,23 +18,24 @@ request. Each `Metrics` has its own registry, so several servers can live in one
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     GCCollector,
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
+    generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from .metrics_http import MetricsEndpoint
 
 # identity name -> seconds until its current credentials expire (math.inf: never; 0: none)
 CredentialExpiry = Callable[[], Mapping[str, float]]
@@ -104,7 +106,7 @@ class Metrics:
         )
         self._expiry = _CredentialExpiryCollector()
         self.registry.register(self._expiry)
-        self._http: tuple[WSGIServer, threading.Thread] | None = None
+        self._http = MetricsEndpoint(lambda: generate_latest(self.registry), CONTENT_TYPE_LATEST)
         self._per_call: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
         self._per_url: dict[tuple[str, str], Any] = {}
 
@@ -133,20 +135,10 @@ class Metrics:
 
     # -- the endpoint ----------------------------------------------------------------------
 
-    def serve(self, host: str, port: int) -> int:
-        """Serve /metrics on host:port in a daemon thread; the bound port (OSError if busy)."""
-        self._http = start_http_server(port, host, registry=self.registry)
-        return int(self._http[0].server_port)
+    async def serve(self, host: str, port: int) -> int:
+        """Serve /metrics on host:port from the running loop; the bound port (OSError if busy)."""
+        return await self._http.start(host, port)
 
-    def stop(self) -> None:
-        """Stop serving, without waiting: the server notices within its poll interval
-        (half a second) and then closes its port, in its own thread."""
-        if self._http is not None:
-            server, _ = self._http
-            self._http = None
-
-            def close() -> None:
-                server.shutdown()
-                server.server_close()
-
-            threading.Thread(target=close, name="metrics-stop", daemon=True).start()
+    async def stop(self) -> None:
+        """Stop serving and close the port."""
+        await self._http.stop()
