@@ -3,6 +3,9 @@
 For each AvatarSigner call (health and reflection pass straight through, so probes and
 grpcurl work), in this order:
 
+    0. metadata     `authorization`, `x-end-user-token` or `x-request-id` sent more than
+                    once -> UNAUTHENTICATED (which one counts would decide who is calling,
+                    for whom, or which request it is; so neither does)
     1. request id   the caller's `x-request-id` if it is a plain token, else a new one
     2. authenticate `authorization: Bearer <token>` (its SHA-256 is looked up in the callers
                     file) and/or the client certificate's URI / DNS SANs (`tls_identity`);
@@ -26,7 +29,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
-from avatarsigner.contract import AUTHORIZATION_METADATA, METHOD_PREFIX
+from avatarsigner.contract import (
+    AUTHORIZATION_METADATA,
+    END_USER_TOKEN_METADATA,
+    METHOD_PREFIX,
+    REQUEST_ID_METADATA,
+)
 
 from ..api.status import abort_with
 from ..api.validation import MAX_BATCH
@@ -42,13 +50,29 @@ Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandl
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
-    """The call's text metadata (binary `-bin` entries left out), keys lowercase."""
-    return {
-        key.lower(): value
-        for key, value in (context.invocation_metadata() or ())
-        if isinstance(value, str)
-    }
+# Metadata a call may carry once: a second value would let "which one counts" decide who is
+# calling (a bad token before a good one), for whom (two end users' tokens), or which request.
+SINGLE_VALUED = frozenset({AUTHORIZATION_METADATA, END_USER_TOKEN_METADATA, REQUEST_ID_METADATA})
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> tuple[dict[str, str], str | None]:
+    """(the call's text metadata, keys lowercase, `-bin` entries left out; the first
+    SINGLE_VALUED key it carries more than once, or None)."""
+    metadata: dict[str, str] = {}
+    repeated = None
+    for key, value in context.invocation_metadata() or ():
+        if not isinstance(value, str):
+            continue
+        key = key.lower()
+        if key in metadata and key in SINGLE_VALUED and repeated is None:
+            repeated = key
+        metadata[key] = value
+    return metadata, repeated
+
+
+def _refuse_repeated(key: str | None) -> None:
+    if key is not None:
+        raise Unauthenticated(f"metadata {key!r} sent more than once", "repeated_metadata")
 
 
 def _peer_identities(context: grpc.aio.ServicerContext) -> list[str]:
@@ -111,11 +135,12 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code: grpc.StatusCode | None = None
-            metadata = _metadata(context)
-            request_id = call_context.request_id(metadata)
+            metadata, repeated = _metadata(context)
+            request_id = call_context.request_id({} if repeated else metadata)
             try:
                 call = Call(request_id, rpc, metadata=metadata)
                 try:
+                    _refuse_repeated(repeated)
                     caller, how = self._identify(metadata, context)
                     name = ANONYMOUS if caller is None else caller.name
                     call = Call(request_id, rpc, name, how, metadata)
