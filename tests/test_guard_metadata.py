@@ -4,7 +4,6 @@ second value is refused, never resolved by "the last one wins" (real server)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import jwt
 import pytest

@@ -46,7 +46,9 @@ def _scrape(port: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+def served(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     grpc_port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,

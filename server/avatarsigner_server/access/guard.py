@@ -16,6 +16,10 @@ grpcurl work), in this order:
     5. the handler runs with the `Call` current (call_context.current()); it adds the
        per-user gates (end-user token, per-user upload limit) and audits what it signs
 
+Only unary RPCs are guarded, and the service has no other kind: a streaming handler under
+the service's prefix (one added later) is refused with UNIMPLEMENTED rather than served
+unguarded.
+
 Refusals are audited (one line, a fixed reason) and answered through api.status.abort_with;
 every call is counted by method and final status code, with its latency. Without a callers
 file every caller is allowed as "anonymous" (local development; start-up warns).
@@ -24,6 +28,7 @@ file every caller is allowed as "anonymous" (local development; start-up warns).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -45,6 +50,8 @@ from ..telemetry.call_context import ANONYMOUS, Call
 from ..telemetry.metrics import Metrics
 from .callers import Caller, CallersFile, CallerTable
 from .rate_limits import RateLimiter
+
+log = logging.getLogger("avatarsigner.guard")
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -96,6 +103,29 @@ def _cost(rpc: str, request: Any) -> int:
     return 1
 
 
+def _refused_streaming(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same kind that answers UNIMPLEMENTED: the guard checks unary calls
+    only, so a streaming RPC under the service's prefix would otherwise run unguarded."""
+    log.error("streaming handler under the service's prefix refused", extra={"method": method})
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "only unary RPCs are served under " + METHOD_PREFIX
+        )
+
+    kinds = {
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    make = kinds[(bool(handler.request_streaming), bool(handler.response_streaming))]
+    return make(
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
 class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
     """Authentication, authorization, per-caller rate limits, call metrics (see module doc)."""
 
@@ -118,8 +148,10 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or not method.startswith(METHOD_PREFIX) or handler.unary_unary is None:
+        if handler is None or not method.startswith(METHOD_PREFIX):
             return handler
+        if handler.unary_unary is None:
+            return _refused_streaming(method, handler)
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
