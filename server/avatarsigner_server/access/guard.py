@@ -11,6 +11,10 @@ grpcurl work), in this order:
                     file) and/or the client certificate's URI / DNS SANs (`tls_identity`);
                     none, or an unknown one -> UNAUTHENTICATED; a token and a certificate
                     naming two different callers -> UNAUTHENTICATED
+       then parse   the request message is parsed only now, once the caller is known: an
+                    unauthenticated caller never costs a parse (gRPC has already read the
+                    bytes, up to its receive limit, before any handler runs); bytes that
+                    are not the RPC's message -> INVALID_ARGUMENT
     3. authorize    the RPC must be in the caller's `allow` -> else PERMISSION_DENIED
     4. rate limit   the caller's bucket for uploads or downloads -> RESOURCE_EXHAUSTED
     5. the handler runs with the `Call` current (call_context.current()); it adds the
@@ -20,7 +24,10 @@ Only unary RPCs are guarded, and the service has no other kind: a streaming hand
 the service's prefix (one added later) is refused with UNIMPLEMENTED rather than served
 unguarded.
 
-Refusals are audited (one line, a fixed reason) and answered through api.status.abort_with;
+Refusals are audited (one line, a fixed reason) and answered through api.status.abort_with.
+Refusals of unidentified callers are sampled per peer address (`RefusalSampler`): every one
+is counted in the metrics, but past a small burst only about one a second per address is
+written, and that line says how many were left out;
 every call is counted by method and final status code, with its latency. Without a callers
 file every caller is allowed as "anonymous" (local development; start-up warns).
 """
@@ -30,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -43,18 +51,59 @@ from avatarsigner.contract import (
 
 from ..api.status import abort_with
 from ..api.validation import MAX_BATCH
-from ..errors import PermissionDenied, ServiceError, Unauthenticated
+from ..errors import (
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+    ServiceError,
+    Unauthenticated,
+)
+from ..settings.access import RateLimit
 from ..telemetry import call_context
 from ..telemetry.audit import Audit
 from ..telemetry.call_context import ANONYMOUS, Call
 from ..telemetry.metrics import Metrics
 from .callers import Caller, CallersFile, CallerTable
-from .rate_limits import RateLimiter
+from .rate_limits import Buckets, Monotonic, RateLimiter
 
 log = logging.getLogger("avatarsigner.guard")
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Deserializer = Callable[[bytes], Any]
+
+# Audit lines of refusals before authentication, per peer address: a burst, then this rate.
+UNIDENTIFIED_LINES = RateLimit(rate=1.0, burst=10)
+MAX_PEERS = 10_000
+
+
+class RefusalSampler:
+    """Which refusals of unidentified callers get an audit line, per peer address.
+
+    A token bucket per address (UNIDENTIFIED_LINES) decides; `admit()` returns None for a
+    refusal left out, else how many from that address were left out since its last line.
+    Addresses are kept in bounded LRUs, like rate-limit buckets.
+    """
+
+    def __init__(self, limit: RateLimit = UNIDENTIFIED_LINES, clock: Monotonic = time.monotonic):
+        self._buckets = Buckets(limit, clock, MAX_PEERS)
+        self._left_out: OrderedDict[str, int] = OrderedDict()
+
+    def admit(self, peer: str) -> int | None:
+        if self._buckets.take(peer):
+            self._left_out[peer] = self._left_out.pop(peer, 0) + 1
+            if len(self._left_out) > MAX_PEERS:
+                self._left_out.popitem(last=False)
+            return None
+        return self._left_out.pop(peer, 0)
+
+
+def peer_address(context: grpc.aio.ServicerContext) -> str:
+    """The caller's address without its port ("ipv4:10.0.0.7"), or "unknown"."""
+    peer = context.peer() or "unknown"
+    if peer.startswith(("ipv4:", "ipv6:")):
+        return peer.rsplit(":", 1)[0]
+    return peer
 
 
 # Metadata a call may carry once: a second value would let "which one counts" decide who is
@@ -103,6 +152,18 @@ def _cost(rpc: str, request: Any) -> int:
     return 1
 
 
+def _parsed(rpc: str, parse: Deserializer | None, raw: bytes) -> Any:
+    """The request message from its bytes; INVALID_ARGUMENT when they are not one."""
+    if parse is None:
+        return raw
+    try:
+        return parse(raw)
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError, or anything a parser raises
+        raise InvalidArgument(
+            [FieldViolation("request", f"is not a valid {rpc} request message")]
+        ) from None
+
+
 def _refused_streaming(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """A handler of the same kind that answers UNIMPLEMENTED: the guard checks unary calls
     only, so a streaming RPC under the service's prefix would otherwise run unguarded."""
@@ -140,6 +201,7 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
         self._limiter = limiter
         self._audit = audit
         self._metrics = metrics
+        self._unidentified = RefusalSampler()
         # method -> (the handler gRPC gave us, our wrapper of it)
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
@@ -155,20 +217,25 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
+        # No deserializer: the guard gets the raw bytes and parses them once the caller is
+        # known (authentication first), with the handler's own deserializer.
         wrapped = grpc.unary_unary_rpc_method_handler(
-            self._guard(method[len(METHOD_PREFIX) :], handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            self._guard(
+                method[len(METHOD_PREFIX) :], handler.unary_unary, handler.request_deserializer
+            ),
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    def _guard(self, rpc: str, inner: Behavior) -> Behavior:
-        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def _guard(self, rpc: str, inner: Behavior, parse: Deserializer | None) -> Behavior:
+        async def guarded(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code: grpc.StatusCode | None = None
             metadata, repeated = _metadata(context)
             request_id = call_context.request_id({} if repeated else metadata)
+            request: Any = None
             try:
                 call = Call(request_id, rpc, metadata=metadata)
                 try:
@@ -176,9 +243,10 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
                     caller, how = self._identify(metadata, context)
                     name = ANONYMOUS if caller is None else caller.name
                     call = Call(request_id, rpc, name, how, metadata)
+                    request = _parsed(rpc, parse, raw)
                     self._authorize(call, caller, request)
                 except ServiceError as error:
-                    self._audit.denied(call, error, getattr(request, "user_id", None))
+                    self._refused(call, error, request, context)
                     await abort_with(context, error)
                 token = call_context.enter(call)
                 try:
@@ -194,6 +262,20 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
                     self._metrics.call(rpc, code, time.perf_counter() - started)
 
         return guarded
+
+    def _refused(
+        self, call: Call, error: ServiceError, request: Any, context: grpc.aio.ServicerContext
+    ) -> None:
+        """Audit a refusal; one of an unidentified caller is sampled per peer address."""
+        user_id = getattr(request, "user_id", None)
+        if call.caller is not None:
+            self._audit.denied(call, error, user_id)
+            return
+        left_out = self._unidentified.admit(peer_address(context))
+        if left_out is None:
+            self._audit.counted(call, error)
+        else:
+            self._audit.denied(call, error, user_id, left_out=left_out)
 
     def _identify(
         self, metadata: Mapping[str, str], context: grpc.aio.ServicerContext

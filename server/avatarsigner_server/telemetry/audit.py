@@ -3,7 +3,9 @@
     allowed  one line per signed URL (a batch of n gives n lines, written together): request_id,
              caller, auth, rpc, reason "signed", user_id, key, expires_at
     denied   one line per refused call: request_id, caller (null when unknown), auth, rpc,
-             user_id (when the request names one valid id), code, reason
+             user_id (when the request names one valid id), code, reason; where the
+             caller's refusals are sampled (unidentified callers, per address: see
+             access.guard), `left_out` says how many before this one got no line
 
 This is the only place that decides what is logged about a signed URL. Never a URL (its
 query string is a bearer credential), a signature, a secret, a bearer token or an end-user
@@ -66,8 +68,11 @@ class Audit:
             },
         )
 
-    def denied(self, call: Call, error: ServiceError, user_id: object = None) -> None:
-        """The line for a refused call. user_id is logged only when it is a valid user id."""
+    def denied(
+        self, call: Call, error: ServiceError, user_id: object = None, left_out: int = 0
+    ) -> None:
+        """The line for a refused call. user_id is logged only when it is a valid user id;
+        left_out > 0: that many refusals of this kind of caller had no line before it."""
         extra: dict[str, object] = {
             "decision": "denied",
             "request_id": call.request_id,
@@ -79,6 +84,12 @@ class Audit:
         }
         if isinstance(user_id, str) and is_valid_user_id(user_id):
             extra["user_id"] = user_id
+        if left_out:
+            extra["left_out"] = left_out
         log.info("denied", extra=extra)
+        self.counted(call, error)
+
+    def counted(self, call: Call, error: ServiceError) -> None:
+        """A refused call counted in the metrics, without a line (a sampled-out refusal)."""
         if self._metrics is not None:
             self._metrics.denied(call.rpc, error.reason)
