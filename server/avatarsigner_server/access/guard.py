@@ -8,9 +8,10 @@ grpcurl work), in this order:
                     for whom, or which request it is; so neither does)
     1. request id   the caller's `x-request-id` if it is a plain token, else a new one
     2. authenticate `authorization: Bearer <token>` (its SHA-256 is looked up in the callers
-                    file) and/or the client certificate's URI / DNS SANs (`tls_identity`);
-                    none, or an unknown one -> UNAUTHENTICATED; a token and a certificate
-                    naming two different callers -> UNAUTHENTICATED
+                    file) and/or the client certificate's URI / DNS SANs (`tls_identity`,
+                    URI SANs against URI identities, DNS against DNS); none, or an unknown
+                    one -> UNAUTHENTICATED; a certificate naming two callers, or a token
+                    and a certificate naming two different ones -> UNAUTHENTICATED
        then parse   the request message is parsed only now, once the caller is known: an
                     unauthenticated caller never costs a parse (gRPC has already read the
                     bytes, up to its receive limit, before any handler runs); bytes that
@@ -63,7 +64,7 @@ from ..telemetry import call_context
 from ..telemetry.audit import Audit
 from ..telemetry.call_context import ANONYMOUS, Call
 from ..telemetry.metrics import Metrics
-from .callers import Caller, CallersFile, CallerTable
+from .callers import DNS, URI, Caller, CallersFile, CallerTable, TlsIdentity
 from .rate_limits import Buckets, Monotonic, RateLimiter
 
 log = logging.getLogger("avatarsigner.guard")
@@ -131,12 +132,13 @@ def _refuse_repeated(key: str | None) -> None:
         raise Unauthenticated(f"metadata {key!r} sent more than once", "repeated_metadata")
 
 
-def _peer_identities(context: grpc.aio.ServicerContext) -> list[str]:
-    """URI and DNS SANs of the verified client certificate (none without mutual TLS)."""
+def _peer_identities(context: grpc.aio.ServicerContext) -> list[TlsIdentity]:
+    """The verified client certificate's URI and DNS SANs, each with its type (none without
+    mutual TLS): a DNS SAN is only ever compared with DNS identities, a URI with URIs."""
     auth = context.auth_context()
     return [
-        raw.decode("utf-8", "replace")
-        for prop in ("peer_uri", "peer_dns")
+        (kind, raw.decode("utf-8", "replace"))
+        for prop, kind in (("peer_uri", URI), ("peer_dns", DNS))
         for raw in auth.get(prop, ())
     ]
 
@@ -310,10 +312,15 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
             if by_token is None:
                 raise Unauthenticated("unknown bearer token", "unknown_token")
         by_certificate = None
-        identities: list[str] = []
+        identities: list[TlsIdentity] = []
         if table.by_tls_identity:
             identities = _peer_identities(context)
-            by_certificate = table.by_certificate(identities)
+            matches = table.by_certificate(identities)
+            if len(matches) > 1:
+                raise Unauthenticated(
+                    "the client certificate names more than one caller", "ambiguous_certificate"
+                )
+            by_certificate = matches[0] if matches else None
         if by_token is not None and by_certificate is not None:
             if by_token is not by_certificate:
                 raise Unauthenticated(
