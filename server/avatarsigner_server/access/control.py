@@ -38,6 +38,7 @@ class AccessControl:
             for path in (
                 settings.callers_file,
                 settings.end_user.jwks_file if settings.end_user else None,
+                settings.end_user.hs256_secret_file if settings.end_user else None,
                 *(
                     (settings.tls.cert_file, settings.tls.key_file, settings.tls.client_ca_file)
                     if settings.tls
