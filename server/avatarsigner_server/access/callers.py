@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from avatarsigner.contract import RPC_NAMES, SERVICE_NAME
 
 from ..settings import SettingsError
+from ..settings.file_modes import require_not_writable_by_others
 
 SETTING = "CALLERS_FILE"
 
@@ -184,6 +185,7 @@ def parse(document: Mapping[str, object]) -> CallerTable:
 
 def load(path: str) -> CallerTable:
     """Read and check the callers file; SettingsError (one line naming CALLERS_FILE)."""
+    require_not_writable_by_others(SETTING, path)
     try:
         with open(path, "rb") as file:
             document = tomllib.load(file)

@@ -32,6 +32,7 @@ from avatarsigner.contract import END_USER_TOKEN_METADATA as TOKEN_METADATA
 from ..errors import PermissionDenied, Unauthenticated
 from ..settings import SettingsError
 from ..settings.access import EndUserSettings
+from ..settings.file_modes import require_not_writable_by_others
 from ..telemetry.call_context import Call
 
 MAX_TOKEN_BYTES = 8192
@@ -97,6 +98,7 @@ def _jwk(entry: object, number: int) -> tuple[str | None, _VerificationKey]:
 
 def load_jwks(path: str) -> Mapping[str | None, _VerificationKey]:
     """kid -> key from a JWKS file (a single key may have no kid); SettingsError otherwise."""
+    require_not_writable_by_others(JWKS_SETTING, path)
     try:
         with open(path, "rb") as file:
             document = json.load(file)
@@ -123,6 +125,7 @@ def load_jwks(path: str) -> Mapping[str | None, _VerificationKey]:
 
 def load_hs256_secret(path: str) -> bytes:
     """The HS256 secret in a file (one trailing newline ignored); SettingsError otherwise."""
+    require_not_writable_by_others(SECRET_FILE_SETTING, path)
     try:
         with open(path, "rb") as file:
             secret = file.read()

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..credentials.watcher import CredentialWatcher
 from ..settings import Settings, host_port
+from ..settings.file_modes import world_readable_secrets
 from ..settings.identities import describe
 from ..signing.clock import Clock, utc_now
 from ..telemetry import logs
@@ -183,7 +184,7 @@ async def serve(settings: Settings, on_serving: Callable[[int], None] | None = N
 
     loop.add_signal_handler(signal.SIGHUP, reload_in_thread)
     port = await server.start()
-    for warning in server.access.startup_warnings():
+    for warning in (*server.access.startup_warnings(), *world_readable_secrets(settings)):
         logs.log.warning(warning)
     logs.log.info(
         "serving",
