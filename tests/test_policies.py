@@ -2,7 +2,8 @@
 
 The IAM statements are compared with the seed's own JSON, copied verbatim below from
 the design this service grows from (shared/seed/000_8f11b302f288d0cb.txt, sections 4 and
-13), so a drift from the seed fails here.
+13): the same actions, narrowed to the key prefix and to presigned URLs no older than a
+URL may live, so any other drift from the seed fails here.
 """
 
 from __future__ import annotations
@@ -50,10 +51,10 @@ SEED_CORS = """
 """
 
 
-def _policies(*args: str) -> subprocess.CompletedProcess[str]:
+def _policies(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "avatarsigner_server.commands.cli", "policies", *args],
-        env=dict(os.environ),
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -79,28 +80,77 @@ def test_prints_exactly_the_six_documents(printed: dict[str, Any]) -> None:
     ]
 
 
-def test_uploader_policy_is_the_seeds_statement_exactly(printed: dict[str, Any]) -> None:
-    assert printed["uploader_policy"] == {
-        "Version": "2012-10-17",
-        "Statement": [json.loads(SEED_UPLOAD_STATEMENT)],
+def _presigned_only(max_ttl: int) -> dict[str, Any]:
+    return {
+        "StringEquals": {
+            "s3:authType": "REST-QUERY-STRING",
+            "s3:signatureversion": "AWS4-HMAC-SHA256",
+        },
+        "NumericLessThanEquals": {"s3:signatureAge": str((max_ttl + 60) * 1000)},
     }
 
 
-def test_reader_policy_is_the_seeds_statement_exactly(printed: dict[str, Any]) -> None:
-    assert printed["reader_policy"] == {
-        "Version": "2012-10-17",
-        "Statement": [json.loads(SEED_READ_STATEMENT)],
-    }
+def _narrowed(seed: str, prefix: str, max_ttl: int) -> dict[str, Any]:
+    """The seed's statement on <bucket>/<prefix>* only, for presigned URLs only."""
+    statement = json.loads(seed)
+    statement["Resource"] = statement["Resource"].replace("/*", f"/{prefix}*")
+    statement["Condition"] = _presigned_only(max_ttl)
+    return {"Version": "2012-10-17", "Statement": [statement]}
 
 
-def test_the_test_s3_enforces_the_same_policies() -> None:
-    """SeaweedFS in the tests carries these very documents (dev/seaweed_s3.py)."""
-    assert seaweed_s3.uploader_policy("avatars") == policies.uploader_policy("avatars")
-    assert seaweed_s3.reader_policy("avatars") == policies.reader_policy("avatars")
+def test_uploader_policy_is_the_seeds_statement_on_the_prefix(printed: dict[str, Any]) -> None:
+    assert printed["uploader_policy"] == _narrowed(SEED_UPLOAD_STATEMENT, "profiles/", 1200)
+
+
+def test_reader_policy_is_the_seeds_statement_on_the_prefix(printed: dict[str, Any]) -> None:
+    assert printed["reader_policy"] == _narrowed(SEED_READ_STATEMENT, "profiles/", 1200)
+
+
+@pytest.mark.slow
+def test_policies_follow_the_key_prefix_and_the_max_ttls() -> None:
+    result = _policies(
+        "--bucket", SEED_BUCKET,
+        S3_KEY_PREFIX="tenants/a/", UPLOAD_MAX_TTL_SECONDS="900", DOWNLOAD_MAX_TTL_SECONDS="300",
+    )  # fmt: skip
+    printed = json.loads(result.stdout)
+    assert printed["uploader_policy"] == _narrowed(SEED_UPLOAD_STATEMENT, "tenants/a/", 900)
+    assert printed["reader_policy"] == _narrowed(SEED_READ_STATEMENT, "tenants/a/", 300)
+    assert "does not deny other principals" in result.stderr
+
+
+@pytest.mark.slow
+def test_bucket_policy_denies_other_principals_the_prefix() -> None:
+    uploader = "arn:aws:iam::123456789012:user/avatar-uploader"
+    reader = "arn:aws:iam::123456789012:role/avatar-reader"
+    result = _policies(
+        "--bucket", SEED_BUCKET, "--uploader-arn", uploader, "--reader-arn", reader,
+        S3_KEY_PREFIX="tenants/a/",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    _, writes, reads = json.loads(result.stdout)["bucket_policy"]["Statement"]
+    expected = ((writes, "s3:PutObject", uploader), (reads, "s3:GetObject", reader))
+    for statement, action, arn in expected:
+        assert statement["Effect"] == "Deny" and statement["Principal"] == "*"
+        assert statement["Action"] == action
+        assert statement["Resource"] == f"arn:aws:s3:::{SEED_BUCKET}/tenants/a/*"
+        assert statement["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": arn}}
+
+
+def test_the_test_s3_grants_the_same_actions() -> None:
+    """SeaweedFS in the tests carries the seed's statements (dev/seaweed_s3.py): the same
+    actions; the prefix and the conditions are AWS's to enforce (its policy evaluator
+    there knows neither s3:authType nor s3:signatureAge)."""
+    for seaweed, ours in (
+        (seaweed_s3.uploader_policy("avatars"), policies.uploader_policy("avatars")),
+        (seaweed_s3.reader_policy("avatars"), policies.reader_policy("avatars")),
+    ):
+        (theirs,) = seaweed["Statement"]
+        (mine,) = ours["Statement"]
+        assert (theirs["Effect"], theirs["Action"]) == (mine["Effect"], mine["Action"])
 
 
 def test_bucket_policy_denies_requests_without_tls(printed: dict[str, Any]) -> None:
-    (statement,) = printed["bucket_policy"]["Statement"]
+    (statement,) = printed["bucket_policy"]["Statement"]  # no ARNs given: TLS only
     assert printed["bucket_policy"]["Version"] == "2012-10-17"
     assert statement["Effect"] == "Deny"
     assert statement["Principal"] == "*"
@@ -179,8 +229,21 @@ def test_several_origins_and_none() -> None:
         (["--bucket", "avatars", "--allowed-origin", "https://a.example/"], "--allowed-origin"),
         (["--bucket", "avatars", "--allowed-origin", "a.example"], "--allowed-origin"),
         (["--bucket", "avatars", "--allowed-origin", "https://*.example"], "--allowed-origin"),
+        (["--bucket", "avatars", "--uploader-arn", "avatar-uploader"], "--uploader-arn"),
+        (
+            ["--bucket", "avatars", "--uploader-arn", "arn:aws:iam::123456789012:user/u"],
+            "--reader-arn",
+        ),
     ],
-    ids=["bucket-name", "wildcard", "trailing-slash", "no-scheme", "wildcard-subdomain"],
+    ids=[
+        "bucket-name",
+        "wildcard",
+        "trailing-slash",
+        "no-scheme",
+        "wildcard-subdomain",
+        "arn-not-an-arn",
+        "one-arn-only",
+    ],
 )
 def test_bad_argument_is_one_line_naming_it(args: list[str], named: str) -> None:
     result = _policies(*args)

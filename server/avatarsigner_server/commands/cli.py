@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 from ..app import server, workers
 from ..credentials.watcher import check_sources
-from ..settings import SettingsError, is_valid_bucket, load
+from ..settings import SettingsError, bucket, is_valid_bucket, limits, load
+from ..settings.env import Env
 from ..telemetry import logs
 from . import check, policies
 
@@ -56,10 +57,31 @@ def _check(args: argparse.Namespace) -> int:
 def _policies(args: argparse.Namespace) -> int:
     if not is_valid_bucket(args.bucket):
         raise SettingsError("--bucket", "must be a valid S3 bucket name")
+    for option, arn in (("--uploader-arn", args.uploader_arn), ("--reader-arn", args.reader_arn)):
+        problem = arn and policies.principal_arn_problem(arn)
+        if problem:
+            raise SettingsError(option, problem)
+    if bool(args.uploader_arn) != bool(args.reader_arn):
+        raise SettingsError("--reader-arn", "give --uploader-arn and --reader-arn together")
+    env = Env(os.environ)  # the prefix and lifetimes `serve` would use
     try:
-        documents = policies.documents(args.bucket, args.allowed_origin)
+        documents = policies.documents(
+            args.bucket,
+            args.allowed_origin,
+            prefix=bucket.key_prefix(env),
+            upload_max_ttl=limits.ttl(env, "UPLOAD", *limits.DEFAULT_UPLOAD_TTL).maximum,
+            download_max_ttl=limits.ttl(env, "DOWNLOAD", *limits.DEFAULT_DOWNLOAD_TTL).maximum,
+            uploader_arn=args.uploader_arn,
+            reader_arn=args.reader_arn,
+        )
     except ValueError as error:
         raise SettingsError("--allowed-origin", str(error)) from None
+    if not args.uploader_arn:
+        print(
+            "avatar-signer policies: without --uploader-arn and --reader-arn the bucket "
+            "policy does not deny other principals the avatars",
+            file=sys.stderr,
+        )
     print(json.dumps(documents, indent=2))
     return 0
 
@@ -101,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="URL",
         help="a browser origin allowed to PUT and GET with presigned URLs (repeatable)",
+    )
+    documents.add_argument(
+        "--uploader-arn",
+        metavar="ARN",
+        help="the uploader's IAM user or role: the bucket policy denies writes to anyone else",
+    )
+    documents.add_argument(
+        "--reader-arn",
+        metavar="ARN",
+        help="the reader's IAM user or role: the bucket policy denies reads to anyone else",
     )
     documents.set_defaults(func=_policies)
     return parser
