@@ -8,6 +8,7 @@ do, using plain HTTP requests with presigned URLs made by the service's own sign
     the uploader can PUT a canary object (a reserved key no user id can produce),
     the uploader cannot GET it, the reader can, the reader cannot PUT (canary unchanged),
     an unsigned GET or LIST is refused (the bucket is not public),
+    an unsigned PUT of the canary is refused (nobody writes without a signature),
     neither identity can DELETE or LIST,
     both URLs are SigV4 for AWS_REGION on the regional virtual-hosted endpoint,
     the bucket answers from AWS_REGION (no redirect).
@@ -18,6 +19,7 @@ the region) and never counts as a pass. The exit status is 1 when any row fails.
 
 The canary stays in the bucket (by design neither identity may delete it); each run
 overwrites it. Nothing printed contains a secret, a session token or a presigned URL.
+Below the table, NOT_PROVEN lists what these requests cannot show.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ environment, as for `serve`), with real requests signed by the service's own sig
   uploader can PUT a canary object (a reserved key no user id can produce)
   uploader cannot GET it; reader can; reader cannot PUT (and the canary is unchanged)
   an unsigned GET or LIST is refused (the bucket is not public)
+  an unsigned PUT of the canary is refused (the bucket is not publicly writable)
   neither identity can DELETE or LIST
   URLs are SigV4 for AWS_REGION on the regional virtual-hosted endpoint
   the bucket answers from AWS_REGION (no redirect)
@@ -60,6 +63,20 @@ Prints a table of PASS / FAIL / SKIP rows; exits 1 when any row fails, 2 on a se
 error. SKIP marks a check that means nothing for this endpoint (an S3-compatible server at
 S3_ENDPOINT_URL has no regional endpoint and ignores the region); it is never a pass.
 """
+
+# What the table cannot show: printed under it, so nobody takes "ok" for more than it is.
+NOT_PROVEN = (
+    "the IAM conditions (s3:authType, s3:signatureAge) and the bucket policy's denial of "
+    "other principals: compare the applied policies with `avatar-signer policies`",
+    "that no other principal of the account (an admin role, a CI user) can read or write "
+    "the avatars: only these two identities were tried",
+    "that the identities are refused outside S3_KEY_PREFIX, or on other buckets",
+    "the Block Public Access, Object Ownership and CORS settings themselves: only that "
+    "unsigned requests are refused",
+    "that requests without TLS are refused (the check uses the configured endpoint as is)",
+    "anything about what the service signs (types, sizes, fixed headers) or about a CDN "
+    "in front of the bucket: the test suite proves those",
+)
 
 URL_TTL_SECONDS = 120
 CANARY_TYPE = "application/octet-stream"
@@ -78,7 +95,7 @@ class BucketProbe:
         self.endpoint = BucketEndpoint(settings.bucket, settings.region, settings.endpoint_url)
         self.on_aws = settings.endpoint_url is None
         self.canary = ObjectKeys(settings.key_prefix).canary_key()
-        self.objects = policies.objects_arn(settings.bucket)
+        self.objects = policies.objects_arn(settings.bucket, settings.key_prefix)
         self.results: list[Result] = []
         self.replies: list[Reply] = []
         self.urls: list[str] = []
@@ -257,6 +274,23 @@ class BucketProbe:
         else:
             self.add(name, FAIL, f"unexpected answers: GET {obj}, LIST {listing}")
 
+    def not_publicly_writable(self) -> None:
+        """An unsigned PUT of the canary (a reserved key no user id maps to)."""
+        name = "bucket is not publicly writable"
+        body = b"unsigned write: must never be stored\n"
+        reply = self.http(
+            "PUT",
+            self.endpoint.origin + self.endpoint.path(self.canary),
+            body,
+            {"Content-Type": CANARY_TYPE, "Content-Length": str(len(body))},
+        )
+        if 200 <= reply.status < 300:
+            self.add(name, FAIL, advice.public("PUT an object", reply))
+        elif reply.refused:
+            self.add(name, PASS, f"unsigned PUT {reply}")
+        else:
+            self.add(name, FAIL, f"unexpected answer to an unsigned PUT: {reply}")
+
     def cannot_delete(self, identity: str, source: CredentialSource) -> None:
         reply = self.raw("DELETE", source, self.endpoint.path(self.canary), ())
         name = f"{identity} cannot DELETE"
@@ -361,6 +395,7 @@ def run(settings: Settings, clock: Clock = utc_now) -> list[Result]:
         read_get = probe.reader_can_get(reader, upload_put)
         read_put = probe.reader_cannot_put(reader, reader if read_get else None)
     probe.not_public()
+    probe.not_publicly_writable()
     for identity, source in (("uploader", uploader), ("reader", reader)):
         if source is not None:
             probe.cannot_delete(identity, source)
@@ -386,3 +421,6 @@ def render(settings: Settings, results: Sequence[Result], out: TextIO) -> None:
         results,
         out,
     )
+    out.write("\nNot proven by these requests:\n")
+    for item in NOT_PROVEN:
+        out.write(f"  - {item}\n")
