@@ -11,8 +11,8 @@ import grpc
 import pytest
 from avatarsigner import AvatarSignerClient, PlaintextCredentialsError, cli
 from avatarsigner.client import AsyncAvatarSignerClient, is_loopback_target
-from guarded import caller, write_callers
-from servers import ServerThread, settings_from
+from guarded import caller, server_with_callers
+from servers import ServerThread
 
 FEED = caller("feed-service", ["CreateDownloadUrl"])
 ELSEWHERE = "10.20.30.40:50051"  # never contacted: the refusal comes first
@@ -63,9 +63,7 @@ def test_end_user_token_to_another_machine_in_plaintext_is_refused() -> None:
 
 @pytest.fixture
 def guarded(tmp_path: Path) -> Iterator[ServerThread]:
-    running = ServerThread(
-        settings_from(CALLERS_FILE=str(write_callers(tmp_path / "callers.toml", [FEED])))
-    )
+    running = server_with_callers(tmp_path, [FEED])
     yield running
     running.stop()
 

@@ -3,17 +3,13 @@ by everyone (real server: start-up, reload, and the `serve` process's warnings).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from avatarsigner_server.settings import SettingsError
 from guarded import caller, code_of, write_callers
-from servers import FAKE_ENV, ServerThread, free_port, settings_from, wait_serving
+from servers import FAKE_ENV, ServerThread, free_port, serve_process, settings_from
 from test_jwt import HS_SECRET, JWT_ENV, RSA_KEY, _jwk, _jwks
 
 PROFILE = caller("profile-service", ["CreateDownloadUrl"])
@@ -81,27 +77,14 @@ def test_world_readable_secret_file_is_a_start_up_warning(tmp_path: Path) -> Non
     key_file.write_text(FAKE_ENV["S3_UPLOAD_KEY"])
     secret_file.write_text(FAKE_ENV["S3_UPLOAD_SECRET"])
     secret_file.chmod(0o644)
-    grpc_port = free_port()
     env = {
-        **os.environ,
         **{k: v for k, v in FAKE_ENV.items() if not k.startswith("S3_UPLOAD_")},
         "S3_UPLOAD_KEY_FILE": str(key_file),
         "S3_UPLOAD_SECRET_FILE": str(secret_file),
-        "GRPC_PORT": str(grpc_port),
     }
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "avatarsigner_server.commands.cli", "serve"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_serving(f"127.0.0.1:{grpc_port}", time.monotonic() + 30)
-        finally:
-            process.terminate()
-            process.wait(30)
+    with serve_process(env, free_port(), log):
+        pass
     warnings = [line for line in log.read_text().splitlines() if '"WARNING"' in line]
     assert any("S3_UPLOAD_SECRET_FILE" in line and "readable" in line for line in warnings)
     assert not any("S3_READ" in line for line in warnings)

@@ -17,8 +17,8 @@ from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from avatarsigner_server.access.guard import UNIDENTIFIED_LINES
 from avatarsigner_server.telemetry.logs import JsonFormatter
-from guarded import caller, new_token, write_callers
-from servers import ServerThread, settings_from
+from guarded import caller, new_token, server_with_callers
+from servers import ServerThread
 from test_metrics import scrape
 
 FEED = caller("feed-service", ["CreateDownloadUrl", "BatchCreateDownloadUrls"])
@@ -38,9 +38,7 @@ class _Lines(logging.Handler):
 
 @pytest.fixture
 def guarded(tmp_path: Path) -> Iterator[ServerThread]:
-    running = ServerThread(
-        settings_from(CALLERS_FILE=str(write_callers(tmp_path / "callers.toml", [FEED])))
-    )
+    running = server_with_callers(tmp_path, [FEED])
     yield running
     running.stop()
 

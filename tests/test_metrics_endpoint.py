@@ -7,11 +7,9 @@ timeouts); everything listens on 127.0.0.1.
 
 from __future__ import annotations
 
-import os
 import select
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from avatarsigner_server.telemetry import metrics_http
-from servers import FAKE_ENV, free_port, settings_from, wait_serving
+from servers import FAKE_ENV, free_port, serve_process, settings_from
 
 IDLE_CONNECTIONS = 2000
 # What 2,000 idle connections may add to the server process, at most.
@@ -49,29 +47,11 @@ def _scrape(port: int) -> str:
 def served(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    grpc_port, metrics_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        **FAKE_ENV,
-        "GRPC_HOST": "127.0.0.1",
-        "GRPC_PORT": str(grpc_port),
-        "METRICS_HOST": "127.0.0.1",
-        "METRICS_PORT": str(metrics_port),
-    }
-    log = (tmp_path_factory.mktemp("metrics") / "server.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "avatarsigner_server.commands.cli", "serve"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_serving(f"127.0.0.1:{grpc_port}", time.monotonic() + 30)
+    metrics_port = free_port()
+    env = {**FAKE_ENV, "METRICS_HOST": "127.0.0.1", "METRICS_PORT": str(metrics_port)}
+    log = tmp_path_factory.mktemp("metrics") / "server.log"
+    with serve_process(env, free_port(), log) as process:
         yield process, metrics_port
-    finally:
-        process.terminate()
-        process.wait(30)
-        log.close()
 
 
 def _connect_idle(port: int, count: int) -> list[socket.socket]:
