@@ -57,7 +57,9 @@ class Reason(StrEnum):
     chunks, or more progressive JPEG scans, than any ordinary encoder writes."""
     OUT_OF_MEMORY = "OUT_OF_MEMORY"
     """The server ran out of memory while decoding. Not a verdict on the image: a caller
-    should answer it as a retryable server condition."""
+    should answer it as a retryable server condition. Best effort: libwebp reports its own
+    failed allocations as a decoding error, so a WebP then comes back CORRUPT; keep memory
+    headroom with a limit on verifications in flight."""
 
 
 class Metadata(StrEnum):
