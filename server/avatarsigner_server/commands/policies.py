@@ -3,9 +3,10 @@
 `avatar-signer policies --bucket B [--allowed-origin URL ...]` prints `documents()` as one
 JSON object:
 
-    uploader_policy      IAM policy of the uploader: the seed's statement, exactly
+    uploader_policy      IAM policy of the uploader: the original design's statement, exactly
                          (s3:PutObject and s3:AbortMultipartUpload on B/*)
-    reader_policy        IAM policy of the reader: the seed's statement (s3:GetObject on B/*)
+    reader_policy        IAM policy of the reader: the original design's statement
+                         (s3:GetObject on B/*)
     bucket_policy        denies every request made without TLS
     public_access_block  all four Block Public Access settings on
     ownership_controls   BucketOwnerEnforced (ACLs off)
@@ -28,7 +29,7 @@ from ..signing.url_signers import UploadSigner
 VERSION = "2012-10-17"
 # The headers an upload URL signs and the uploader sends.
 UPLOAD_HEADERS = UploadSigner.HEADERS
-CORS_MAX_AGE_SECONDS = 3000  # the seed's value
+CORS_MAX_AGE_SECONDS = 3000  # the original design's value
 
 
 def bucket_arn(bucket: str) -> str:
