@@ -107,8 +107,9 @@ class LocalBuckets(Protocol):
 class StoreUnavailable(Exception):
     """The store did not decide a check (closed mode; or `check()`).
 
-    str() is safe to send to a caller; `reason` is one of Reason and `detail` (the error's
-    type name, for operators) never holds the store's address or password.
+    str() is safe to send to a caller. `reason` is one of Reason; `detail`, for operators,
+    is the error's type name (from `check()`, with the server's own error text when the
+    store answered with an error) and never holds the store's address or password.
     """
 
     def __init__(self, reason: Reason, detail: str) -> None:
@@ -171,7 +172,7 @@ class _Outage:
             self._hook(reason)
         if self._warned_at is None or now - self._warned_at >= self._warn_every:
             log.warning(
-                "rate limit store %s unreachable (%s, %s): %d check(s) not decided by it",
+                "rate limit store %s unreachable (%s: %s): %d check(s) not decided by it",
                 self._address,
                 reason,
                 detail,
@@ -191,7 +192,13 @@ class _Outage:
 
 
 class SharedStore:
-    """The connection pool to the store holding every shared bucket, and its failure policy."""
+    """The connection pool to the store holding every shared bucket, and its failure policy.
+
+    One per serving process, used from its event loop only. `on_unreachable` is called on
+    that loop for every check the store did not decide: it must be cheap and not raise (a
+    metric counter's inc). The store is asked again `retry_after` seconds after a failure,
+    so it is back in use at most `retry_after + timeout` seconds after it returns.
+    """
 
     def __init__(
         self,
