@@ -11,6 +11,8 @@ through OTEL_* variables.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent import futures
 from typing import Any, TypeVar
@@ -353,6 +355,28 @@ def test_settings_it_cannot_honour_fail_in_one_line(environ: dict[str, str], var
     with pytest.raises(TracingSettingsError) as caught:
         wanted(environ)
     assert str(caught.value).startswith(f"{variable}: ") and "\n" not in str(caught.value)
+
+
+PROPAGATORS_CHECK = """
+import os, sys
+from avatarsigner_server.telemetry.tracing import Tracing, TracingSettingsError
+assert not Tracing.from_environ({}).enabled  # off: OTEL_PROPAGATORS is not even read
+try:
+    Tracing.from_environ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+except TracingSettingsError as error:
+    print(error)
+"""
+
+
+def test_a_propagator_that_is_not_installed_stops_only_a_traced_service() -> None:
+    env = {**os.environ, "OTEL_PROPAGATORS": "tracecontext,b3"}
+    done = subprocess.run(
+        [sys.executable, "-c", PROPAGATORS_CHECK], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "OTEL_PROPAGATORS: names a propagator that is not installed (tracecontext is)"
+    ]
 
 
 def test_off_is_one_shared_do_nothing_span() -> None:

@@ -29,7 +29,7 @@ on a shared do-nothing span.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import Token
 from importlib import metadata as distribution
@@ -37,7 +37,7 @@ from types import TracebackType
 from typing import Protocol
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -226,6 +226,7 @@ class Tracing:
     def __init__(self, provider: TracerProvider | None) -> None:
         self._provider = provider
         self._tracer = None if provider is None else provider.get_tracer(TRACER_NAME, _version())
+        self._extract = _extract_function() if provider is not None else None
 
     @classmethod
     def off(cls) -> Tracing:
@@ -240,6 +241,7 @@ class Tracing:
         """
         if not wanted(environ):
             return cls.off()
+        _extract_function()  # OTEL_PROPAGATORS checked before anything is started
         exporter: SpanExporter
         if (environ.get("OTEL_TRACES_EXPORTER") or "").strip().lower() == "console":
             exporter = ConsoleSpanExporter()
@@ -276,9 +278,9 @@ class Tracing:
         `metadata` is the call's text metadata (lowercase keys); only the propagation
         headers are read from it.
         """
-        if self._tracer is None:
+        if self._tracer is None or self._extract is None:
             return _OFF
-        parent = propagate.extract(metadata)
+        parent = self._extract(metadata)
         attributes: dict[str, str] = {RPC_SYSTEM: "grpc", RPC_METHOD: f"{service}/{rpc}"}
         if request_id is not None:
             attributes[REQUEST_ID] = _word(request_id)
@@ -312,6 +314,21 @@ class Tracing:
         if self._provider is not None:
             self.flush(timeout_seconds)
             self._provider.shutdown()
+
+
+def _extract_function() -> Callable[[Mapping[str, str]], otel_context.Context]:
+    """The propagators' extract (OTEL_PROPAGATORS; W3C trace context and baggage by default).
+
+    Imported only when tracing is on: the import reads OTEL_PROPAGATORS and fails on a
+    propagator that is not installed, which must not stop a service that does not trace.
+    """
+    try:
+        from opentelemetry import propagate
+    except ValueError:
+        raise TracingSettingsError(
+            "OTEL_PROPAGATORS", "names a propagator that is not installed (tracecontext is)"
+        ) from None
+    return propagate.extract
 
 
 def current_trace_id() -> str | None:
