@@ -10,11 +10,12 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml client/pyproject.toml examples/node/package-lock.json
+$(STAMP): pyproject.toml client/pyproject.toml examples/node/package-lock.json tests/node_cloudfront/package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ./client -e '.[dev]'
 	@if [ -f examples/node/package-lock.json ]; then cd examples/node && npm ci --no-audit --no-fund --loglevel=error; fi
+	@if [ -f tests/node_cloudfront/package-lock.json ]; then cd tests/node_cloudfront && npm ci --no-audit --no-fund --loglevel=error; fi
 	touch $(STAMP)
 
 run: install  ## start SeaweedFS + the service on 127.0.0.1:50051 and print commands to try
@@ -23,9 +24,10 @@ run: install  ## start SeaweedFS + the service on 127.0.0.1:50051 and print comm
 test: install  ## the whole suite (starts its own SeaweedFS and servers on 127.0.0.1)
 	$(PY) -m pytest
 
-lint: install  ## ruff, mypy --strict, buf lint + breaking, hadolint, kubernetes-validate
+lint: install  ## ruff, mypy --strict, import layers, buf lint + breaking, hadolint, kubernetes-validate
 	$(BIN)/ruff check server client tests dev bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/buf lint
 	$(BIN)/buf breaking --against protos/baseline/avatar_signer.binpb
 	$(PY) dev/check_deploy.py

@@ -168,7 +168,7 @@ def start_server(name: str, argv: list[str], workdir: Path, **env: str) -> Serve
 
 
 def serve_command(*args: str) -> list[str]:
-    return [PY, "-m", "avatarsigner_server.cli", "serve", *args]
+    return [PY, "-m", "avatarsigner_server.commands.cli", "serve", *args]
 
 
 def variant_command(variant: str) -> list[str]:

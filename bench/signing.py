@@ -19,9 +19,13 @@ from typing import Any
 
 import boto3
 from avatarsigner.v1 import avatar_signer_pb2 as pb
-from avatarsigner_server import app, config, sigv4
-from avatarsigner_server.credentials import Credentials, StaticCredentials
-from avatarsigner_server.signers import BucketEndpoint, DownloadSigner, UploadSigner
+from avatarsigner_server import settings as config
+from avatarsigner_server.app import wiring
+from avatarsigner_server.credentials.sources import StaticCredentials
+from avatarsigner_server.credentials.watcher import build_watcher
+from avatarsigner_server.signing import sigv4
+from avatarsigner_server.signing.key_pairs import Credentials
+from avatarsigner_server.signing.url_signers import BucketEndpoint, DownloadSigner, UploadSigner
 from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
@@ -165,7 +169,7 @@ def url_breakdown(env: Mapping[str, str], batch_size: int = 100) -> dict[str, fl
     line (the one JSON line per URL, written to /dev/null here) and the rest (validation,
     response messages, Timestamp). Functions are found by name; a missing one reads 0.
     """
-    from avatarsigner_server import observability
+    from avatarsigner_server.telemetry import logs as observability
     from pyinstrument import Profiler
 
     settings = config.load(env)
@@ -175,7 +179,7 @@ def url_breakdown(env: Mapping[str, str], batch_size: int = 100) -> dict[str, fl
     for handler in root.handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(sink)
-    service = app.AvatarSignerServer(settings)._service
+    service = wiring.build_servicer(settings, build_watcher(settings))
     request = pb.BatchCreateDownloadUrlsRequest(user_ids=USERS[:batch_size])
     calls = 300
 

@@ -23,9 +23,12 @@ import boto3
 import grpc
 from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
-from avatarsigner_server import app, cli, config
-from avatarsigner_server.credentials import CredentialSource, utc_now
-from avatarsigner_server.signers import BucketEndpoint, SignedUrl
+from avatarsigner_server import settings
+from avatarsigner_server.app import wiring
+from avatarsigner_server.commands import cli
+from avatarsigner_server.signing.clock import utc_now
+from avatarsigner_server.signing.key_pairs import CredentialSource
+from avatarsigner_server.signing.url_signers import BucketEndpoint, SignedUrl
 from botocore.config import Config
 
 
@@ -88,10 +91,10 @@ def boto3_download_signer(bucket: str) -> Any:
 def main() -> int:
     variant = sys.argv[1]
     if variant == "empty":
-        setattr(app, "build_service", lambda *args, **kwargs: EmptyAvatarSigner())  # noqa: B010
+        setattr(wiring, "build_servicer", lambda *args, **kwargs: EmptyAvatarSigner())  # noqa: B010
     elif variant == "boto3":
-        bucket = config.load(os.environ).bucket
-        setattr(app, "DownloadSigner", boto3_download_signer(bucket))  # noqa: B010
+        bucket = settings.load(os.environ).bucket
+        setattr(wiring, "DownloadSigner", boto3_download_signer(bucket))  # noqa: B010
     elif variant != "real":
         raise SystemExit(f"unknown variant {variant!r}")
     return cli.main(["serve", *sys.argv[2:]])

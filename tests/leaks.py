@@ -20,7 +20,7 @@ import re
 import threading
 from collections.abc import Iterable
 
-from avatarsigner_server.observability import JsonFormatter
+from avatarsigner_server.telemetry.logs import JsonFormatter
 
 SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("presigned URL parameter", re.compile(r"x-amz-(signature|credential|security-token)", re.I)),

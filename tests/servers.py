@@ -15,8 +15,11 @@ from concurrent.futures import Future
 from typing import Any
 
 import grpc
-from avatarsigner_server import config
-from avatarsigner_server.app import AvatarSignerServer
+from avatarsigner_server.access.control import AccessControl
+from avatarsigner_server.app.server import AvatarSignerServer
+from avatarsigner_server.settings import Settings
+from avatarsigner_server.settings import load as load_settings
+from avatarsigner_server.telemetry.audit import Audit
 
 FAKE_ENV: dict[str, str] = {
     "S3_UPLOAD_KEY": "UPLOADERKEYID0001",
@@ -31,10 +34,15 @@ FAKE_ENV: dict[str, str] = {
 }
 
 
-def settings_from(env: Mapping[str, str] | None = None, **overrides: str) -> config.Settings:
+def settings_from(env: Mapping[str, str] | None = None, **overrides: str) -> Settings:
     merged = dict(FAKE_ENV if env is None else env)
     merged.update(overrides)
-    return config.load(merged)
+    return load_settings(merged)
+
+
+def access_control(settings: Settings) -> AccessControl:
+    """Access control as the server builds it (its files read and checked), on its own."""
+    return AccessControl(settings.access, Audit())
 
 
 class ServerThread:
@@ -42,7 +50,7 @@ class ServerThread:
 
     def __init__(
         self,
-        settings: config.Settings,
+        settings: Settings,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         **kwargs: Any,
     ) -> None:

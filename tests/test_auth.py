@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
-from avatarsigner_server import callers, config, observability
-from avatarsigner_server.security import CallSecurity
+from avatarsigner_server.access import callers
+from avatarsigner_server.settings import SettingsError
+from avatarsigner_server.telemetry import logs as observability
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from guarded import ALL_RPCS, CallerSpec, caller, code_of, new_token, write_callers
-from servers import ServerThread, settings_from
+from servers import ServerThread, access_control, settings_from
 
 PROFILE = caller("profile-service", ["CreateUploadUrl", "CreateDownloadUrl"])
 FEED = caller("feed-service", ["CreateDownloadUrl", "BatchCreateDownloadUrls"])
@@ -129,7 +130,7 @@ def test_audit_line_per_decision_with_request_id_and_reason(
 
 
 def test_without_callers_file_everyone_is_allowed_and_startup_warns() -> None:
-    security = CallSecurity(settings_from())
+    security = access_control(settings_from())
     warnings = security.startup_warnings()
     assert any("CALLERS_FILE is not set" in w for w in warnings)
     assert any("no TLS and no CALLERS_FILE" in w for w in warnings)
@@ -195,7 +196,7 @@ def test_malformed_callers_file_is_one_line_naming_it(
 ) -> None:
     path = tmp_path / "callers.toml"
     path.write_text(text)
-    with pytest.raises(config.SettingsError) as caught:
+    with pytest.raises(SettingsError) as caught:
         callers.load(str(path))
     message = str(caught.value)
     assert message.startswith("CALLERS_FILE: ") and problem in message
@@ -204,7 +205,7 @@ def test_malformed_callers_file_is_one_line_naming_it(
 
 
 def test_missing_callers_file_is_a_settings_error() -> None:
-    with pytest.raises(config.SettingsError) as caught:
+    with pytest.raises(SettingsError) as caught:
         settings_from(CALLERS_FILE="/nonexistent/callers.toml")
     assert caught.value.name == "CALLERS_FILE"
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 import seaweed_s3
-from avatarsigner_server import check, config
-from avatarsigner_server.keys import KeyPolicy
+from avatarsigner_server.commands import check
+from avatarsigner_server.settings import load as load_settings
+from avatarsigner_server.signing.object_keys import ObjectKeys
 from conftest import s3_env
 
 LocalS3 = tuple[seaweed_s3.LocalS3, seaweed_s3.Identity, seaweed_s3.Identity]
@@ -38,7 +39,7 @@ def _allow(bucket: str, action: str) -> dict[str, Any]:
 def _run(
     s3: seaweed_s3.LocalS3, uploader: seaweed_s3.Identity, reader: seaweed_s3.Identity
 ) -> dict[str, check.Result]:
-    results = check.run(config.load(s3_env(s3, uploader, reader)))
+    results = check.run(load_settings(s3_env(s3, uploader, reader)))
     return {r.check: r for r in results}
 
 
@@ -74,11 +75,11 @@ def test_check_passes_with_the_seeds_policies(local_s3: LocalS3) -> None:
 def test_check_wrote_the_canary_under_the_reserved_key(local_s3: LocalS3) -> None:
     s3, uploader, reader = local_s3
     _run(s3, uploader, reader)
-    canary = KeyPolicy().canary_key()
+    canary = ObjectKeys().canary_key()
     body = s3.client("s3").get_object(Bucket=s3.bucket, Key=canary)["Body"].read()
     assert body.startswith(b"avatar-signer check canary ")
     with pytest.raises(ValueError):
-        KeyPolicy().key_for(canary.split("/")[1])  # no user id produces its segment
+        ObjectKeys().key_for(canary.split("/")[1])  # no user id produces its segment
 
 
 def test_check_fails_when_the_uploader_can_also_get(local_s3: LocalS3) -> None:
@@ -138,7 +139,7 @@ def test_check_command_prints_a_table_and_exits_1_on_failure(local_s3: LocalS3) 
 
     def run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "avatarsigner_server.cli", "check"],
+            [sys.executable, "-m", "avatarsigner_server.commands.cli", "check"],
             env=clean | env,
             capture_output=True,
             text=True,

@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from avatarsigner_server import config
+from avatarsigner_server.credentials.watcher import check_sources
+from avatarsigner_server.settings import SettingsError, host_port
+from avatarsigner_server.settings import load as load_settings
 from servers import FAKE_ENV
 
 MISSING = object()
@@ -84,8 +86,9 @@ def _env_with(name: str, value: object) -> dict[str, str]:
     ("name", "value", "named"), [c[1:] for c in BAD_SETTINGS], ids=[c[0] for c in BAD_SETTINGS]
 )
 def test_bad_setting_is_refused_naming_the_variable(name: str, value: object, named: str) -> None:
-    with pytest.raises(config.SettingsError) as caught:
-        config.load(_env_with(name, value))
+    with pytest.raises(SettingsError) as caught:
+        # What `serve` checks before anything runs: the settings, then the identities' sources.
+        check_sources(load_settings(_env_with(name, value)))
     message = str(caught.value)
     assert caught.value.name == named
     assert message.startswith(f"{named}: ")
@@ -94,7 +97,7 @@ def test_bad_setting_is_refused_naming_the_variable(name: str, value: object, na
 
 def test_defaults_follow_the_design() -> None:
     defaults = {k: v for k, v in FAKE_ENV.items() if k != "METRICS_PORT"}
-    settings = config.load(defaults | {"GRPC_PORT": "50051"})
+    settings = load_settings(defaults | {"GRPC_PORT": "50051"})
     assert settings.grpc_port == 50051
     assert settings.metrics_port == 9464
     assert (settings.upload_ttl.default, settings.download_ttl.default) == (600, 300)
@@ -106,21 +109,21 @@ def test_defaults_follow_the_design() -> None:
 
 
 def test_settings_repr_hides_secrets() -> None:
-    settings = config.load(FAKE_ENV)
+    settings = load_settings(FAKE_ENV)
     text = repr(settings) + repr(settings.uploader) + repr(settings.reader)
     assert FAKE_ENV["S3_UPLOAD_SECRET"] not in text
     assert FAKE_ENV["S3_READ_SECRET"] not in text
 
 
 def test_endpoint_is_normalised_to_origin() -> None:
-    settings = config.load(FAKE_ENV | {"S3_ENDPOINT_URL": "http://127.0.0.1:8333/"})
+    settings = load_settings(FAKE_ENV | {"S3_ENDPOINT_URL": "http://127.0.0.1:8333/"})
     assert settings.endpoint_url == "http://127.0.0.1:8333"
 
 
 def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in FAKE_ENV}
     return subprocess.run(
-        [sys.executable, "-m", "avatarsigner_server.cli", "serve"],
+        [sys.executable, "-m", "avatarsigner_server.commands.cli", "serve"],
         env=clean | env,
         capture_output=True,
         text=True,
@@ -151,11 +154,11 @@ def test_serve_exits_2_with_one_line_and_no_secret(name: str, value: object) -> 
 
 
 def test_defaults_keep_max_ttls_inside_a_one_hour_role_session() -> None:
-    settings = config.load(FAKE_ENV)
+    settings = load_settings(FAKE_ENV)
     assert (settings.upload_ttl.maximum, settings.download_ttl.maximum) == (1200, 1200)
     role = FAKE_ENV | {"S3_UPLOAD_ROLE_ARN": "arn:aws:iam::123456789012:role/uploader"}
     del role["S3_UPLOAD_KEY"], role["S3_UPLOAD_SECRET"]
-    assert config.load(role).uploader  # 3600 s sessions cover 1200 s URLs with room to renew
+    assert load_settings(role).uploader  # 3600 s sessions cover 1200 s URLs with room to renew
 
 
 def test_role_session_too_short_for_the_longest_url_is_refused() -> None:
@@ -165,8 +168,8 @@ def test_role_session_too_short_for_the_longest_url_is_refused() -> None:
         "UPLOAD_MAX_TTL_SECONDS": "1800",
     }
     del env["S3_UPLOAD_KEY"], env["S3_UPLOAD_SECRET"]
-    with pytest.raises(config.SettingsError) as caught:
-        config.load(env)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env)
     assert caught.value.name == "S3_ROLE_DURATION_SECONDS"
     assert "UPLOAD_MAX_TTL_SECONDS" in str(caught.value) and "3720" in str(caught.value)
 
@@ -175,19 +178,19 @@ def test_role_session_too_short_for_the_longest_url_is_refused() -> None:
     ("given", "kept"), [("::1", "::1"), ("[::1]", "::1"), ("localhost", "localhost")]
 )
 def test_grpc_host_is_kept_bare_and_bracketed_for_binding(given: str, kept: str) -> None:
-    settings = config.load(FAKE_ENV | {"GRPC_HOST": given})
+    settings = load_settings(FAKE_ENV | {"GRPC_HOST": given})
     assert settings.grpc_host == kept
-    assert config.host_port(kept, 1) == (f"[{kept}]:1" if ":" in kept else f"{kept}:1")
+    assert host_port(kept, 1) == (f"[{kept}]:1" if ":" in kept else f"{kept}:1")
 
 
 def test_endpoint_host_is_lowercased_like_the_signed_host_header() -> None:
-    settings = config.load(FAKE_ENV | {"S3_ENDPOINT_URL": "http://MinIO.Example:9000"})
+    settings = load_settings(FAKE_ENV | {"S3_ENDPOINT_URL": "http://MinIO.Example:9000"})
     assert settings.endpoint_url == "http://minio.example:9000"
 
 
 def test_other_partitions_are_fine_behind_an_s3_compatible_endpoint() -> None:
     env = FAKE_ENV | {"AWS_REGION": "cn-north-1", "S3_ENDPOINT_URL": "http://127.0.0.1:9000"}
-    assert config.load(env).region == "cn-north-1"
+    assert load_settings(env).region == "cn-north-1"
 
 
 @pytest.mark.parametrize(("health", "workers"), [("9464", "1"), ("9465", "2")])
@@ -198,6 +201,6 @@ def test_health_port_must_not_be_a_metrics_port(health: str, workers: str) -> No
         "HEALTH_PORT": health,
         "WORKERS": workers,
     }
-    with pytest.raises(config.SettingsError) as caught:
-        config.load(env)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env)
     assert caught.value.name == "HEALTH_PORT"

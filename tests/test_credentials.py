@@ -26,19 +26,21 @@ import pytest
 import seaweed_s3
 from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
-from avatarsigner_server import config
-from avatarsigner_server.credentials import (
-    AssumedRole,
-    Credentials,
-    CredentialWatcher,
-    FileCredentials,
-    KeyFiles,
-    RoleCredentials,
-    StaticCredentials,
-    default_sts_client,
-)
+from avatarsigner_server.credentials.key_files import FileCredentials
+from avatarsigner_server.credentials.roles import RoleCredentials, default_sts_client
+from avatarsigner_server.credentials.sources import StaticCredentials
+from avatarsigner_server.credentials.watcher import CredentialWatcher, check_sources
 from avatarsigner_server.errors import CredentialsUnavailable
-from avatarsigner_server.signers import BucketEndpoint, DownloadSigner, SignedUrl, UploadSigner
+from avatarsigner_server.settings import Settings, SettingsError
+from avatarsigner_server.settings import load as load_settings
+from avatarsigner_server.settings.identities import AssumedRole, KeyPairFiles
+from avatarsigner_server.signing.key_pairs import Credentials
+from avatarsigner_server.signing.url_signers import (
+    BucketEndpoint,
+    DownloadSigner,
+    SignedUrl,
+    UploadSigner,
+)
 from botocore.exceptions import EndpointConnectionError
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -101,8 +103,8 @@ def _volume(tmp_path: Path, key: str, secret: str) -> SecretVolume:
     return SecretVolume(tmp_path / "uploader", {"access-key-id": key, "secret-access-key": secret})
 
 
-def _key_files(volume: SecretVolume) -> KeyFiles:
-    return KeyFiles(
+def _key_files(volume: SecretVolume) -> KeyPairFiles:
+    return KeyPairFiles(
         volume.path("access-key-id"),
         volume.path("secret-access-key"),
         "S3_UPLOAD_KEY_FILE",
@@ -149,23 +151,30 @@ def credential_log() -> Iterator[Captured]:
         logger.setLevel(previous)
 
 
-# --- settings: exactly one source per identity --------------------------------------------
+# --- start-up: exactly one source per identity ----------------------------------------------
+
+
+def _start_up(env: dict[str, str]) -> Settings:
+    """What `serve` does before anything runs: the settings, then every key file read."""
+    settings = load_settings(env)
+    check_sources(settings)
+    return settings
 
 
 def test_static_keys_stay_the_default_source() -> None:
-    settings = config.load(FAKE_ENV)
+    settings = _start_up(FAKE_ENV)
     assert settings.uploader == Credentials(FAKE_ENV["S3_UPLOAD_KEY"], FAKE_ENV["S3_UPLOAD_SECRET"])
 
 
 def test_key_files_are_read_at_start_up(tmp_path: Path) -> None:
     volume = _volume(tmp_path, "FILEKEY0001", "file-secret-0001")
-    settings = config.load(_file_env(volume))
+    settings = _start_up(_file_env(volume))
     assert settings.uploader == _key_files(volume)
     assert isinstance(settings.reader, Credentials)
 
 
 def test_role_arn_is_a_source() -> None:
-    settings = config.load(
+    settings = _start_up(
         _without_upload_keys(S3_UPLOAD_ROLE_ARN=UPLOAD_ROLE, S3_ROLE_DURATION_SECONDS="2700")
     )
     assert settings.uploader == AssumedRole(UPLOAD_ROLE, "S3_UPLOAD_ROLE_ARN", 2700)
@@ -194,8 +203,8 @@ AMBIGUOUS = [
 def test_two_sources_for_one_identity_stop_start_up(
     changes: dict[str, str | None], named: list[str]
 ) -> None:
-    with pytest.raises(config.SettingsError) as caught:
-        config.load(_env(**changes))
+    with pytest.raises(SettingsError) as caught:
+        _start_up(_env(**changes))
     message = str(caught.value)
     assert "\n" not in message
     for name in named:
@@ -248,8 +257,8 @@ BAD_SOURCES = [
     ("make", "named"), [c[1:] for c in BAD_SOURCES], ids=[c[0] for c in BAD_SOURCES]
 )
 def test_bad_source_names_its_variable(tmp_path: Path, make: Any, named: str) -> None:
-    with pytest.raises(config.SettingsError) as caught:
-        config.load(_without_upload_keys(**make(tmp_path)))
+    with pytest.raises(SettingsError) as caught:
+        _start_up(_without_upload_keys(**make(tmp_path)))
     assert caught.value.name == named
     assert "\n" not in str(caught.value)
     assert "file-secret-0001" not in str(caught.value)
@@ -262,8 +271,8 @@ def test_uploader_and_reader_must_be_two_identities(tmp_path: Path) -> None:
         S3_UPLOAD_ROLE_ARN=UPLOAD_ROLE,
         S3_READ_ROLE_ARN=UPLOAD_ROLE,
     )
-    with pytest.raises(config.SettingsError) as caught:
-        config.load(same_role)
+    with pytest.raises(SettingsError) as caught:
+        _start_up(same_role)
     assert caught.value.name == "S3_READ_ROLE_ARN"
 
     # The reader's key id, read from a file, is the uploader's (from the environment).
@@ -275,8 +284,8 @@ def test_uploader_and_reader_must_be_two_identities(tmp_path: Path) -> None:
         S3_READ_KEY_FILE=str(tmp_path / "key"),
         S3_READ_SECRET_FILE=str(tmp_path / "secret"),
     )
-    with pytest.raises(config.SettingsError) as caught:
-        config.load(same_key)
+    with pytest.raises(SettingsError) as caught:
+        _start_up(same_key)
     assert caught.value.name == "S3_READ_KEY_FILE"
     assert "S3_UPLOAD_KEY" in str(caught.value)
 
@@ -285,7 +294,7 @@ def test_serve_refuses_ambiguous_sources_with_one_line(tmp_path: Path) -> None:
     env = _env(S3_UPLOAD_ROLE_ARN=UPLOAD_ROLE)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "AWS_"))}
     result = subprocess.run(
-        [sys.executable, "-m", "avatarsigner_server.cli", "serve"],
+        [sys.executable, "-m", "avatarsigner_server.commands.cli", "serve"],
         env=clean | env,
         capture_output=True,
         text=True,
@@ -333,7 +342,7 @@ def test_half_written_file_is_not_adopted_mid_write(tmp_path: Path) -> None:
     key, secret = tmp_path / "key", tmp_path / "secret"
     key.write_text("OLDKEY00001")
     secret.write_text("old-secret-0001")
-    files = KeyFiles(key, secret, "S3_UPLOAD_KEY_FILE", "S3_UPLOAD_SECRET_FILE")
+    files = KeyPairFiles(key, secret, "S3_UPLOAD_KEY_FILE", "S3_UPLOAD_SECRET_FILE")
     source = FileCredentials(files, "uploader")
 
     # Edited in place, by a tool that writes the secret in two steps.
@@ -363,7 +372,8 @@ def test_no_usable_files_means_failed_precondition(tmp_path: Path) -> None:
     key, secret = tmp_path / "key", tmp_path / "secret"
     key.write_text("")
     secret.write_text("")
-    source = FileCredentials(KeyFiles(key, secret, "S3_UPLOAD_KEY_FILE", "S3_UPLOAD_SECRET_FILE"))
+    files = KeyPairFiles(key, secret, "S3_UPLOAD_KEY_FILE", "S3_UPLOAD_SECRET_FILE")
+    source = FileCredentials(files)
     with pytest.raises(CredentialsUnavailable) as caught:
         source.get(datetime.now(UTC))
     assert "S3_UPLOAD_KEY_FILE" in caught.value.message
@@ -634,7 +644,7 @@ def test_sts_outage_keeps_the_old_session_while_it_covers(
 # --- on a running server ------------------------------------------------------------------
 
 
-def _role_settings(**extra: str) -> config.Settings:
+def _role_settings(**extra: str) -> Settings:
     env = _env(
         **dict.fromkeys(STATIC_KEYS),
         S3_UPLOAD_ROLE_ARN=UPLOAD_ROLE,
@@ -646,7 +656,7 @@ def _role_settings(**extra: str) -> config.Settings:
         DOWNLOAD_MAX_TTL_SECONDS="390",
         **extra,
     )
-    return config.load(env)
+    return load_settings(env)
 
 
 def test_server_signs_with_role_sessions_and_refuses_uncoverable_ttl(clock: Clock) -> None:

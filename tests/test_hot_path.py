@@ -23,11 +23,19 @@ import botocore.signers
 import pytest
 from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
-from avatarsigner_server import observability, service, sigv4
+from avatarsigner_server.api import servicer as service
+from avatarsigner_server.signing import sigv4
+from avatarsigner_server.telemetry import logs as observability
 from google.protobuf import timestamp_pb2
 
 # The modules a signing request runs through (see avatarsigner_server/__init__.py).
-REQUEST_PATH = ("service.py", "signers.py", "sigv4.py", "keys.py", "validation.py")
+REQUEST_PATH = (
+    "api/servicer.py",
+    "api/validation.py",
+    "signing/url_signers.py",
+    "signing/sigv4.py",
+    "signing/object_keys.py",
+)
 
 
 def _imported_modules(source: Path) -> set[str]:

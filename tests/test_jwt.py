@@ -23,7 +23,9 @@ import leaks
 import pytest
 from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
-from avatarsigner_server import config, enduser, errors
+from avatarsigner_server import errors
+from avatarsigner_server.access import end_users as enduser
+from avatarsigner_server.settings import SettingsError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from servers import ServerThread, settings_from
@@ -351,7 +353,7 @@ def test_bad_jwks_file_is_one_line_naming_it(
 ) -> None:
     path = tmp_path / "jwks.json"
     path.write_text(text.replace(', "kid": null', ""))
-    with pytest.raises(config.SettingsError) as caught:
+    with pytest.raises(SettingsError) as caught:
         enduser.load_jwks(str(path))
     assert caught.value.name == "END_USER_JWT_JWKS_FILE"
     assert problem in str(caught.value) and "\n" not in str(caught.value)
@@ -382,7 +384,7 @@ SETTINGS_ERRORS = [
 def test_end_user_settings_errors_name_the_variable(
     jwks_file: Path, case: str, env: dict[str, str], named: str
 ) -> None:
-    with pytest.raises(config.SettingsError) as caught:
+    with pytest.raises(SettingsError) as caught:
         settings_from(**{k: v.format(jwks=jwks_file) for k, v in env.items()})
     assert caught.value.name == named
     assert HS_SECRET not in str(caught.value) and "too-short" not in str(caught.value)
@@ -390,13 +392,13 @@ def test_end_user_settings_errors_name_the_variable(
 
 def test_settings_repr_hides_the_hs256_secret() -> None:
     settings = settings_from(END_USER_JWT_SECRET=HS_SECRET, **JWT_ENV)
-    assert settings.auth.end_user is not None
-    assert HS_SECRET not in repr(settings) and HS_SECRET not in str(settings.auth)
+    assert settings.access.end_user is not None
+    assert HS_SECRET not in repr(settings) and HS_SECRET not in str(settings.access)
 
 
 def test_oversized_token_is_refused_before_parsing() -> None:
     """gRPC itself limits metadata to about 8 KiB; the verifier does not rely on it."""
-    settings = settings_from(END_USER_JWT_SECRET=HS_SECRET, **JWT_ENV).auth.end_user
+    settings = settings_from(END_USER_JWT_SECRET=HS_SECRET, **JWT_ENV).access.end_user
     assert settings is not None
     verifier = enduser.EndUserVerifier(settings)
     with pytest.raises(errors.Unauthenticated) as caught:

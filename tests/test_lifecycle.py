@@ -94,7 +94,7 @@ def test_sigterm_exits_0_and_logs_the_drain() -> None:
     env = {k: v for k, v in os.environ.items() if k not in FAKE_ENV}
     env |= FAKE_ENV | {"GRPC_PORT": str(port), "SHUTDOWN_GRACE_SECONDS": "3"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "avatarsigner_server.cli", "serve"],
+        [sys.executable, "-m", "avatarsigner_server.commands.cli", "serve"],
         env=env,
         stderr=subprocess.PIPE,
         text=True,
@@ -121,7 +121,7 @@ def test_port_in_use_is_one_line_naming_grpc_port() -> None:
         env = {k: v for k, v in os.environ.items() if k not in FAKE_ENV}
         env |= FAKE_ENV | {"GRPC_PORT": str(port)}
         result = subprocess.run(
-            [sys.executable, "-m", "avatarsigner_server.cli", "serve"],
+            [sys.executable, "-m", "avatarsigner_server.commands.cli", "serve"],
             env=env,
             capture_output=True,
             text=True,

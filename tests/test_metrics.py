@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
-from avatarsigner_server.app import AvatarSignerServer, StartupError, build_credentials
-from avatarsigner_server.credentials import Credentials as Creds
-from avatarsigner_server.credentials import CredentialWatcher, StaticCredentials
+from avatarsigner_server.app.server import AvatarSignerServer, StartupError
+from avatarsigner_server.credentials.sources import StaticCredentials
+from avatarsigner_server.credentials.watcher import CredentialWatcher, build_watcher
+from avatarsigner_server.signing.key_pairs import Credentials as Creds
 from guarded import caller, code_of, new_token, write_callers
 from prometheus_client.parser import text_string_to_metric_families
 from servers import ServerThread, settings_from
@@ -78,7 +79,7 @@ def test_counters_move_with_calls_and_refusals(tmp_path: Path) -> None:
 def test_expiry_gauge_counts_down_for_temporary_credentials() -> None:
     settings = settings_from()
     soon = datetime.now(UTC) + timedelta(minutes=30)
-    watcher = build_credentials(settings)
+    watcher = build_watcher(settings)
     temporary = CredentialWatcher(
         {
             "uploader": StaticCredentials(Creds("ASIATEMPUPLOADER", "x" * 40, "t" * 20, soon)),

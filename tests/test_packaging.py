@@ -19,17 +19,17 @@ from typing import Any
 
 import pytest
 import yaml
-from avatarsigner_server import callers, cli
-from avatarsigner_server.app import HEALTH_SERVICES
-from avatarsigner_server.config import Settings
-from avatarsigner_server.security import CallSecurity
-from avatarsigner_server.service import SERVICE_NAME
+from avatarsigner.contract import SERVICE_NAME
+from avatarsigner_server.access import callers
+from avatarsigner_server.app.server import HEALTH_SERVICES
+from avatarsigner_server.commands import cli
+from avatarsigner_server.settings import Settings
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 from pki import Pki
-from servers import settings_from
+from servers import access_control, settings_from
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "deploy" / "kubernetes"
@@ -204,7 +204,7 @@ def test_image_exposes_exactly_the_default_grpc_and_metrics_ports() -> None:
 def test_image_entrypoint_is_the_server_console_script_serving() -> None:
     entrypoint = json.loads(RUNTIME.last("ENTRYPOINT"))
     assert entrypoint == ["avatar-signer"]
-    assert SERVER_PROJECT["scripts"]["avatar-signer"] == "avatarsigner_server.cli:main"
+    assert SERVER_PROJECT["scripts"]["avatar-signer"] == "avatarsigner_server.commands.cli:main"
     command = json.loads(RUNTIME.last("CMD"))
     assert cli.build_parser().parse_args(command).command == "serve"
 
@@ -469,7 +469,7 @@ def test_shipped_configuration_starts_without_a_security_warning(tmp_path: Path)
         "TLS_CLIENT_CA_FILE": pki.ca_file,
     }
     env = {name: str(path) for name, path in files.items() if name in _env()}
-    assert CallSecurity(settings_from(**env)).startup_warnings() == []
+    assert access_control(settings_from(**env)).startup_warnings() == []
 
 
 def test_kustomization_lists_every_manifest_except_the_secrets_example() -> None:

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 import seaweed_s3
-from avatarsigner_server import policies
-from avatarsigner_server.credentials import Credentials, StaticCredentials
-from avatarsigner_server.signers import BucketEndpoint, UploadSigner
+from avatarsigner_server.commands import policies
+from avatarsigner_server.credentials.sources import StaticCredentials
+from avatarsigner_server.signing.key_pairs import Credentials
+from avatarsigner_server.signing.url_signers import BucketEndpoint, UploadSigner
 
 SEED_BUCKET = "myapp-profile-images"
 SEED_UPLOAD_STATEMENT = """
@@ -51,7 +52,7 @@ SEED_CORS = """
 
 def _policies(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "avatarsigner_server.cli", "policies", *args],
+        [sys.executable, "-m", "avatarsigner_server.commands.cli", "policies", *args],
         env=dict(os.environ),
         capture_output=True,
         text=True,

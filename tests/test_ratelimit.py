@@ -10,11 +10,11 @@ import grpc
 import pytest
 from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
-from avatarsigner_server import config
-from avatarsigner_server.calls import Call
-from avatarsigner_server.config import RateLimit, RateLimits
+from avatarsigner_server.access.rate_limits import Buckets, RateLimiter
 from avatarsigner_server.errors import RateLimited
-from avatarsigner_server.ratelimit import Buckets, RateLimiter
+from avatarsigner_server.settings import SettingsError
+from avatarsigner_server.settings.access import RateLimit, RateLimits
+from avatarsigner_server.telemetry.call_context import Call
 from guarded import caller, code_of, retry_delay, write_callers
 from servers import ServerThread, settings_from
 
@@ -81,16 +81,16 @@ def test_limiter_reasons_and_retry_after() -> None:
         ),
         clock,
     )
-    limiter.check_caller("svc", "CreateUploadUrl", 1)
+    limiter.admit_caller("svc", "CreateUploadUrl", 1)
     with pytest.raises(RateLimited) as caught:
-        limiter.check_caller("svc", "CreateUploadUrl", 1)
+        limiter.admit_caller("svc", "CreateUploadUrl", 1)
     assert (caught.value.reason, caught.value.retry_after_seconds) == ("rate_limited_caller", 1.0)
     for _ in range(100):  # downloads unlimited
-        limiter.check_caller("svc", "BatchCreateDownloadUrls", 1000)
+        limiter.admit_caller("svc", "BatchCreateDownloadUrls", 1000)
     call = Call(request_id="r", rpc="CreateUploadUrl", caller="svc")
-    limiter.check_upload_user(call, "alice")
+    limiter.admit_upload_user(call, "alice")
     with pytest.raises(RateLimited) as caught:
-        limiter.check_upload_user(call, "alice")
+        limiter.admit_upload_user(call, "alice")
     assert (caught.value.reason, caught.value.retry_after_seconds) == ("rate_limited_user", 2.0)
 
 
@@ -161,21 +161,21 @@ def test_per_caller_download_limit_counts_urls(limited: pb_grpc.AvatarSignerStub
     ],
 )
 def test_bad_rate_limit_settings_name_the_variable(name: str, value: str) -> None:
-    with pytest.raises(config.SettingsError) as caught:
+    with pytest.raises(SettingsError) as caught:
         settings_from(**{name: value})
     assert caught.value.name == name
 
 
 def test_zero_turns_a_limit_off() -> None:
-    limits = settings_from(UPLOADS_PER_USER_PER_SECOND="0").auth.rate_limits
+    limits = settings_from(UPLOADS_PER_USER_PER_SECOND="0").access.rate_limits
     assert limits.upload_per_user is None
     assert limits.upload_per_caller == RateLimit(100.0, 200)
 
 
 def test_an_oversized_batch_costs_no_more_than_a_valid_one() -> None:
     from avatarsigner.v1 import avatar_signer_pb2 as pb_
-    from avatarsigner_server import auth
-    from avatarsigner_server.validation import MAX_BATCH
+    from avatarsigner_server.access import guard as auth
+    from avatarsigner_server.api.validation import MAX_BATCH
 
     huge = pb_.BatchCreateDownloadUrlsRequest(user_ids=["u"] * (MAX_BATCH * 200))
     assert auth._cost("BatchCreateDownloadUrls", huge) == MAX_BATCH

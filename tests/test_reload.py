@@ -17,10 +17,9 @@ import grpc
 import leaks
 import pytest
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
-from avatarsigner_server import app
-from avatarsigner_server.security import CallSecurity
+from avatarsigner_server.app import server as app
 from guarded import caller, code_of, write_callers
-from servers import FAKE_ENV, ServerThread, free_port, settings_from
+from servers import FAKE_ENV, ServerThread, access_control, free_port, settings_from
 
 STEADY = caller("profile-service", ["CreateDownloadUrl"])
 ROTATING = caller("feed-service", ["CreateDownloadUrl"])
@@ -75,7 +74,7 @@ class Serve:
         environ = {k: v for k, v in os.environ.items() if k not in FAKE_ENV}
         environ |= FAKE_ENV | {"GRPC_PORT": str(self.port)} | env
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "avatarsigner_server.cli", "serve"],
+            [sys.executable, "-m", "avatarsigner_server.commands.cli", "serve"],
             env=environ,
             stderr=subprocess.PIPE,
             text=True,
@@ -136,7 +135,7 @@ def test_a_changed_callers_file_is_reloaded_without_sighup(
                 assert time.monotonic() < deadline, "the changed file was not picked up"
                 time.sleep(0.1)
             assert code_of(stub, "CreateDownloadUrl", STEADY.metadata()) == "OK"
-            assert running.server.security.reload_if_changed() is False  # nothing new since
+            assert running.server.access.reloader.reload_if_changed() is False  # nothing new since
     finally:
         running.stop()
 
@@ -193,7 +192,7 @@ def test_malformed_callers_file_stops_start_up_with_one_line(tmp_path: Path) -> 
     environ = {k: v for k, v in os.environ.items() if k not in FAKE_ENV}
     environ |= FAKE_ENV | {"CALLERS_FILE": str(path)}
     result = subprocess.run(
-        [sys.executable, "-m", "avatarsigner_server.cli", "serve"],
+        [sys.executable, "-m", "avatarsigner_server.commands.cli", "serve"],
         env=environ,
         capture_output=True,
         text=True,
@@ -208,7 +207,7 @@ def test_reloads_from_sighup_and_the_change_check_never_overlap(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write_callers(tmp_path / "callers.toml", [STEADY])
-    security = CallSecurity(settings_from(CALLERS_FILE=str(path)))
+    security = access_control(settings_from(CALLERS_FILE=str(path)))
     assert security.callers is not None
     active, most = [0], [0]
     original = security.callers.reload
@@ -222,8 +221,8 @@ def test_reloads_from_sighup_and_the_change_check_never_overlap(
 
     monkeypatch.setattr(security.callers, "reload", slow_reload)
     write_callers(path, [STEADY, ROTATING])
-    threads = [threading.Thread(target=security.reload_if_changed)] + [
-        threading.Thread(target=security.reload) for _ in range(2)
+    threads = [threading.Thread(target=security.reloader.reload_if_changed)] + [
+        threading.Thread(target=security.reloader.reload) for _ in range(2)
     ]
     for thread in threads:
         thread.start()

@@ -17,9 +17,11 @@ import pytest
 import seaweed_s3
 from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
-from avatarsigner_server import config
-from avatarsigner_server.credentials import Credentials, StaticCredentials
-from avatarsigner_server.signers import BucketEndpoint, DownloadSigner
+from avatarsigner_server.credentials.sources import StaticCredentials
+from avatarsigner_server.settings import SettingsError
+from avatarsigner_server.settings import load as load_settings
+from avatarsigner_server.signing.key_pairs import Credentials
+from avatarsigner_server.signing.url_signers import BucketEndpoint, DownloadSigner
 from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotocoreCredentials
@@ -160,8 +162,8 @@ def test_reuse_is_off_by_default() -> None:
 )
 def test_bad_reuse_window_is_one_line_naming_the_variable(value: str, ttl: str) -> None:
     env = FAKE_ENV | {"DOWNLOAD_URL_REUSE_SECONDS": value, "DOWNLOAD_TTL_SECONDS": ttl}
-    with pytest.raises(config.SettingsError) as raised:
-        config.load(env)
+    with pytest.raises(SettingsError) as raised:
+        load_settings(env)
     message = str(raised.value)
     assert message.startswith("DOWNLOAD_URL_REUSE_SECONDS: ") and "\n" not in message
 
@@ -220,7 +222,7 @@ def test_reused_url_works_on_s3_and_returns_the_cache_control_header(
     )
     assert request("PUT", upload.url, image, dict(upload.headers)).status == 200
 
-    settings = config.load(s3_env(*local_s3) | {"DOWNLOAD_URL_REUSE_SECONDS": str(WINDOW)})
+    settings = load_settings(s3_env(*local_s3) | {"DOWNLOAD_URL_REUSE_SECONDS": str(WINDOW)})
     server = ServerThread(settings)  # the real clock: S3 judges the expiry
     try:
         with server.channel() as channel:

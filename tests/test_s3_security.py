@@ -17,8 +17,9 @@ import pytest
 import seaweed_s3
 from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
-from avatarsigner_server.credentials import Credentials, StaticCredentials
-from avatarsigner_server.signers import BucketEndpoint, DownloadSigner, UploadSigner
+from avatarsigner_server.credentials.sources import StaticCredentials
+from avatarsigner_server.signing.key_pairs import Credentials
+from avatarsigner_server.signing.url_signers import BucketEndpoint, DownloadSigner, UploadSigner
 from google.protobuf import duration_pb2
 from s3http import Reply, request
 

@@ -22,7 +22,7 @@ from unittest import mock
 from urllib.parse import urlencode, urlsplit
 
 import pytest
-from avatarsigner_server import sigv4
+from avatarsigner_server.signing import sigv4
 from botocore.auth import S3SigV4QueryAuth, SigV4Auth, _host_from_url
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials

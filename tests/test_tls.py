@@ -8,12 +8,13 @@ from pathlib import Path
 import grpc
 import pytest
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
-from avatarsigner_server import config, tls
-from avatarsigner_server.security import CallSecurity
+from avatarsigner_server.access import tls
+from avatarsigner_server.settings import SettingsError
+from avatarsigner_server.settings.access import TlsSettings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from guarded import ALL_RPCS, CallerSpec, caller, code_of, write_callers
 from pki import Issued, Pki
-from servers import ServerThread, settings_from
+from servers import ServerThread, access_control, settings_from
 
 PROFILE_ID = "spiffe://cluster.local/ns/app/sa/profile"
 FEED_ID = "feed.app.svc.cluster.local"
@@ -177,7 +178,7 @@ def test_tls_without_client_ca_serves_token_callers(
             stub = pb_grpc.AvatarSignerStub(channel)
             assert code_of(stub, "BatchCreateDownloadUrls", BATCH.metadata()) == "OK"
             assert code_of(stub, "BatchCreateDownloadUrls", ()) == "UNAUTHENTICATED"
-        warnings = running.server.security.startup_warnings()
+        warnings = running.server.access.startup_warnings()
         assert any("feed-service can only authenticate by token" in w for w in warnings)
     finally:
         running.stop()
@@ -187,7 +188,7 @@ CLEARTEXT = "bearer tokens travel in cleartext"
 
 
 def _warnings(**env: str) -> list[str]:
-    warnings: list[str] = CallSecurity(settings_from(**env)).startup_warnings()
+    warnings: list[str] = access_control(settings_from(**env)).startup_warnings()
     return warnings
 
 
@@ -235,8 +236,8 @@ def test_reload_rotates_the_server_certificate(pki: Pki, tmp_path: Path) -> None
 
 def test_key_that_does_not_match_the_certificate(pki: Pki) -> None:
     one, two = pki.server("one"), pki.server("two")
-    with pytest.raises(config.SettingsError) as caught:
-        tls.load(config.TlsSettings(str(one.cert_file), str(two.key_file)))
+    with pytest.raises(SettingsError) as caught:
+        tls.load(TlsSettings(str(one.cert_file), str(two.key_file)))
     assert caught.value.name == "TLS_KEY_FILE"
 
 
@@ -245,14 +246,14 @@ def test_files_that_are_not_pem(pki: Pki, tmp_path: Path) -> None:
     junk.write_text("not a certificate")
     good = pki.server("good")
     for settings, name in [
-        (config.TlsSettings(str(junk), str(good.key_file)), "TLS_CERT_FILE"),
-        (config.TlsSettings(str(good.cert_file), str(junk)), "TLS_KEY_FILE"),
+        (TlsSettings(str(junk), str(good.key_file)), "TLS_CERT_FILE"),
+        (TlsSettings(str(good.cert_file), str(junk)), "TLS_KEY_FILE"),
         (
-            config.TlsSettings(str(good.cert_file), str(good.key_file), str(junk)),
+            TlsSettings(str(good.cert_file), str(good.key_file), str(junk)),
             "TLS_CLIENT_CA_FILE",
         ),
     ]:
-        with pytest.raises(config.SettingsError) as caught:
+        with pytest.raises(SettingsError) as caught:
             tls.load(settings)
         assert caught.value.name == name
         assert "\n" not in str(caught.value)
@@ -276,6 +277,6 @@ def test_incomplete_tls_settings(
         "key": str(server_cert.key_file),
         "ca": str(pki.ca_file),
     }
-    with pytest.raises(config.SettingsError) as caught:
+    with pytest.raises(SettingsError) as caught:
         settings_from(**{k: v.format(**paths) for k, v in env.items()})
     assert caught.value.name == named

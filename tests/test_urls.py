@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
-from avatarsigner_server import observability
+from avatarsigner_server.telemetry import logs as observability
 from google.protobuf import duration_pb2
 from servers import FAKE_ENV, ServerThread, settings_from
 

@@ -20,8 +20,9 @@ import grpc
 import pytest
 from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
-from avatarsigner_server import config
-from avatarsigner_server.workers import WORKER_ENV
+from avatarsigner_server.app.workers import WORKER_ENV
+from avatarsigner_server.settings import SettingsError
+from avatarsigner_server.settings import load as load_settings
 from servers import FAKE_ENV, free_port, wait_serving
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; SO_REUSEPORT")
@@ -45,7 +46,7 @@ def _env(port: int, **extra: str) -> dict[str, str]:
 
 def _start(port: int, *args: str, **extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "avatarsigner_server.cli", "serve", *args],
+        [sys.executable, "-m", "avatarsigner_server.commands.cli", "serve", *args],
         env=_env(port, **extra),
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -101,25 +102,25 @@ def port() -> Iterator[int]:
     ids=["zero", "too-many", "word", "ephemeral-port"],
 )
 def test_bad_workers_setting_is_one_line_naming_workers(value: str, port: str) -> None:
-    with pytest.raises(config.SettingsError) as raised:
-        config.load(FAKE_ENV | {"WORKERS": value, "GRPC_PORT": port})
+    with pytest.raises(SettingsError) as raised:
+        load_settings(FAKE_ENV | {"WORKERS": value, "GRPC_PORT": port})
     assert str(raised.value).startswith("WORKERS: ")
 
 
 def test_workers_metrics_ports_must_not_include_the_grpc_port() -> None:
     env = FAKE_ENV | {"WORKERS": "3", "METRICS_PORT": "9464", "GRPC_PORT": "9466"}
-    with pytest.raises(config.SettingsError) as raised:
-        config.load(env)
+    with pytest.raises(SettingsError) as raised:
+        load_settings(env)
     assert str(raised.value).startswith("METRICS_PORT: ")
 
 
 def test_workers_default_to_one() -> None:
-    assert config.load(FAKE_ENV).workers == 1
+    assert load_settings(FAKE_ENV).workers == 1
 
 
 def test_workers_flag_is_checked_like_the_variable(port: int) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "avatarsigner_server.cli", "serve", "--workers", "0"],
+        [sys.executable, "-m", "avatarsigner_server.commands.cli", "serve", "--workers", "0"],
         env=_env(port),
         capture_output=True,
         text=True,
@@ -223,7 +224,7 @@ def test_busy_port_fails_loudly_in_workers_mode_too(port: int) -> None:
     try:
         wait_serving(f"127.0.0.1:{port}", time.monotonic() + 20)
         second = subprocess.run(
-            [sys.executable, "-m", "avatarsigner_server.cli", "serve", "--workers", "2"],
+            [sys.executable, "-m", "avatarsigner_server.commands.cli", "serve", "--workers", "2"],
             env=_env(port),
             capture_output=True,
             text=True,

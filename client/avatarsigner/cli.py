@@ -41,6 +41,7 @@ from .client import (
     UploadUrl,
     upload_bytes,
 )
+from .contract import AUTHORIZATION_METADATA
 from .images import detect_content_type, sha256_base64
 
 PROG = "avatar-signer-client"
@@ -324,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else EXIT_OK
     try:
         credentials = _channel_credentials(args)
-        metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
+        metadata = [(AUTHORIZATION_METADATA, f"Bearer {args.token}")] if args.token else None
         with AvatarSignerClient(
             args.target,
             timeout=args.timeout,

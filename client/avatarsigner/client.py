@@ -35,6 +35,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from .contract import END_USER_TOKEN_METADATA
 from .v1 import avatar_signer_pb2 as pb
 from .v1 import avatar_signer_pb2_grpc as pb_grpc
 
@@ -218,9 +219,6 @@ def _upload_request(
         checksum_sha256=checksum_sha256 or "",
         ttl=_ttl_field(ttl),
     )
-
-
-END_USER_TOKEN_METADATA = "x-end-user-token"  # noqa: S105 - a metadata key, not a secret
 
 
 def _end_user(token: str | None) -> tuple[tuple[str, str], ...]:

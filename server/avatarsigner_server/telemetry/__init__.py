@@ -1,0 +1,7 @@
+"""What the service tells its operators: logs, the audit trail, metrics.
+
+    logs          JSON lines on stderr (never a URL, signature, secret or token)
+    call_context  the call being served (request id, caller, RPC), a context variable
+    audit         one line per decision: each signed URL, each refusal
+    metrics       Prometheus counters and histograms, served on METRICS_PORT
+"""

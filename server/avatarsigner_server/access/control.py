@@ -1,0 +1,104 @@
+"""Everything between a caller and the servicer, built (and checked) from AccessSettings.
+
+    tls           server credentials (TLS, or mutual TLS with a client CA), or plaintext
+    callers       the callers file (CALLERS_FILE), or None: every caller allowed
+    end_users     the end-user token verifier for uploads, or None (off)
+    limiter       token buckets per caller and per user
+    guard         the interceptor that authenticates, authorizes and rate-limits each call
+    upload_gates  what the servicer runs before signing an upload URL
+    reloader      re-reads the callers, JWKS and TLS files on SIGHUP or when they change
+
+The audit log and the metrics are the server's, passed in.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from ..api.servicer import UploadGate
+from ..settings.access import AccessSettings
+from ..telemetry.audit import Audit
+from ..telemetry.metrics import Metrics
+from .callers import CallersFile
+from .end_users import EndUserVerifier
+from .guard import CallGuard
+from .rate_limits import RateLimiter
+from .reloading import FileReloader
+from .tls import ServerTls
+
+
+class AccessControl:
+    """Who may call which RPC, how fast, and over what transport (see module docstring)."""
+
+    def __init__(
+        self, settings: AccessSettings, audit: Audit, metrics: Metrics | None = None
+    ) -> None:
+        watched = [
+            path
+            for path in (
+                settings.callers_file,
+                settings.end_user.jwks_file if settings.end_user else None,
+                *(
+                    (settings.tls.cert_file, settings.tls.key_file, settings.tls.client_ca_file)
+                    if settings.tls
+                    else ()
+                ),
+            )
+            if path is not None
+        ]
+        # Before the files are read: a change while they are being read is seen next time.
+        self.reloader = FileReloader(watched)
+        self.tls = ServerTls(settings.tls) if settings.tls else None
+        self.callers = CallersFile(settings.callers_file) if settings.callers_file else None
+        self.end_users = EndUserVerifier(settings.end_user) if settings.end_user else None
+        self.reloader.track(self.callers, self.end_users, self.tls)
+        self.limiter = RateLimiter(settings.rate_limits)
+        self.guard = CallGuard(self.callers, self.limiter, audit, metrics)
+        gates: list[UploadGate] = []
+        if self.end_users is not None:
+            # First: a call without the user's token must not use up the user's bucket.
+            gates.append(self.end_users.admit_upload)
+        gates.append(self.limiter.admit_upload_user)
+        self.upload_gates: tuple[UploadGate, ...] = tuple(gates)
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS credentials for the port, or None for plaintext."""
+        return None if self.tls is None else self.tls.credentials()
+
+    def startup_warnings(self) -> list[str]:
+        """What an operator must hear about at start-up."""
+        warnings = []
+        if self.callers is None:
+            warnings.append(
+                "CALLERS_FILE is not set: every caller may call every RPC (local development only)"
+            )
+            if self.tls is None:
+                warnings.append(
+                    "no TLS and no CALLERS_FILE: anyone who can reach the port gets URLs "
+                    "in plaintext (local development only)"
+                )
+        else:
+            by_token = [c.name for c in self.callers.table.callers if c.token_sha256]
+            if self.tls is None and by_token:
+                warnings.append(
+                    "no TLS (TLS_CERT_FILE, TLS_KEY_FILE not set): bearer tokens travel in "
+                    "cleartext; anyone on the path can replay those of callers "
+                    f"{', '.join(by_token)} (local development only)"
+                )
+            by_certificate = [c.name for c in self.callers.table.callers if c.tls_identity]
+            if by_certificate and (self.tls is None or not self.tls.mutual):
+                warnings.append(
+                    "TLS_CLIENT_CA_FILE is not set, so no client certificate is checked: "
+                    f"callers {', '.join(by_certificate)} can only authenticate by token"
+                )
+        return warnings
+
+    def describe(self) -> dict[str, object]:
+        """Fields for the start-up log line (no secrets)."""
+        return {
+            "tls": "off" if self.tls is None else ("mutual" if self.tls.mutual else "on"),
+            "callers": "open"
+            if self.callers is None
+            else [c.name for c in self.callers.table.callers],
+            "end_user_tokens": "off" if self.end_users is None else self.end_users.mode,
+        }

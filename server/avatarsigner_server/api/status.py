@@ -1,0 +1,64 @@
+"""Errors -> gRPC status, in one place.
+
+Each `ServiceError` becomes a status with its code, its message and the google.rpc details
+that say more to a program: a BadRequest with the field violations, a RetryInfo with the
+time until a retry can succeed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from ..errors import InvalidArgument, RateLimited, ServiceError
+
+
+def status_code(error: ServiceError) -> grpc.StatusCode:
+    """The grpc.StatusCode the error names."""
+    return grpc.StatusCode[error.code]
+
+
+def _packed(message: Message) -> any_pb2.Any:
+    detail = any_pb2.Any()
+    detail.Pack(message)
+    return detail
+
+
+def details(error: ServiceError) -> list[any_pb2.Any]:
+    """The google.rpc detail messages that go with the error."""
+    if isinstance(error, InvalidArgument):
+        return [
+            _packed(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in error.violations
+                    ]
+                )
+            )
+        ]
+    if isinstance(error, RateLimited):
+        delay = duration_pb2.Duration()
+        # Whole milliseconds, rounded up: retrying at the advertised moment must succeed.
+        delay.FromMilliseconds(max(1, math.ceil(error.retry_after_seconds * 1000)))
+        return [_packed(error_details_pb2.RetryInfo(retry_delay=delay))]
+    return []
+
+
+def to_status(error: ServiceError) -> grpc.Status:
+    """The error as a grpc.Status carrying a google.rpc.Status in its trailers."""
+    status = status_pb2.Status(code=getattr(code_pb2, error.code), message=error.message)
+    status.details.extend(details(error))
+    return rpc_status.to_status(status)
+
+
+async def abort_with(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+    """End the call with the error's status (raises, as context.abort does)."""
+    await context.abort_with_status(to_status(error))

@@ -1,0 +1,6 @@
+"""Running the service: build it, serve it, stop it.
+
+    wiring   builds every part from Settings, in one place
+    server   the grpc.aio server's lifecycle (start, health, reload, graceful shutdown)
+    workers  `serve --workers N`: N server processes on one port under a supervisor
+"""

@@ -1,0 +1,125 @@
+"""`avatar-signer` command line: `serve` runs the service; `check` audits the credentials
+and least privilege against the real bucket; `policies` prints the IAM and bucket documents.
+
+Configuration comes from the environment (see the README for every setting). Start-up
+problems print one line naming the setting and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from ..app import server, workers
+from ..credentials.watcher import check_sources
+from ..settings import SettingsError, is_valid_bucket, load
+from ..telemetry import logs
+from . import check, policies
+
+EXIT_CONFIG = 2
+
+
+def _run(coro_factory: object) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(coro_factory)  # type: ignore[arg-type]
+    else:
+        uvloop.run(coro_factory)  # type: ignore[arg-type]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    environ = dict(os.environ)
+    if args.workers is not None:
+        environ["WORKERS"] = str(args.workers)
+    settings = load(environ)
+    check_sources(settings)  # a bad key file stops start-up here, once, not in each worker
+    logs.configure_logging(settings.log_level)
+    if settings.workers > 1 and not workers.is_worker(environ):
+        return workers.supervise(settings, environ)
+    _run(server.serve(settings, on_serving=workers.worker_ready_notifier(environ)))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    settings = load(os.environ)
+    logs.configure_logging("WARNING")
+    results = check.run(settings)
+    check.render(settings, results, sys.stdout)
+    return 1 if check.failed(results) else 0
+
+
+def _policies(args: argparse.Namespace) -> int:
+    if not is_valid_bucket(args.bucket):
+        raise SettingsError("--bucket", "must be a valid S3 bucket name")
+    try:
+        documents = policies.documents(args.bucket, args.allowed_origin)
+    except ValueError as error:
+        raise SettingsError("--allowed-origin", str(error)) from None
+    print(json.dumps(documents, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="avatar-signer",
+        description="gRPC service that hands out short-lived S3 presigned URLs for avatars.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve", help="run the gRPC server (settings from the environment; see README)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="server processes sharing GRPC_PORT under one supervisor (default: WORKERS or 1)",
+    )
+    serve.set_defaults(func=_serve)
+    audit = commands.add_parser(
+        "check",
+        help="prove the credentials work and the IAM split holds, against the real bucket",
+        description=check.HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    audit.set_defaults(func=_check)
+    documents = commands.add_parser(
+        "policies",
+        help="print the IAM policies and bucket settings as one JSON object",
+        description="Print the two IAM policies and the bucket settings as one JSON object.",
+        epilog=policies.APPLY_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    documents.add_argument("--bucket", required=True, help="the avatar bucket's name")
+    documents.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a browser origin allowed to PUT and GET with presigned URLs (repeatable)",
+    )
+    documents.set_defaults(func=_policies)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except SettingsError as error:
+        print(f"avatar-signer: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except server.StartupError as error:
+        print(f"avatar-signer: cannot start: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The IAM and bucket documents the security model rests on, ready for the AWS CLI.
+
+`avatar-signer policies --bucket B [--allowed-origin URL ...]` prints `documents()` as one
+JSON object:
+
+    uploader_policy      IAM policy of the uploader: the seed's statement, exactly
+                         (s3:PutObject and s3:AbortMultipartUpload on B/*)
+    reader_policy        IAM policy of the reader: the seed's statement (s3:GetObject on B/*)
+    bucket_policy        denies every request made without TLS
+    public_access_block  all four Block Public Access settings on
+    ownership_controls   BucketOwnerEnforced (ACLs off)
+    cors                 PUT and GET from the given origins, the upload headers allowed,
+                         ETag exposed; null without --allowed-origin (then no browser
+                         talks to the bucket, and it needs no CORS)
+
+Each value has the shape its `aws iam` / `aws s3api` command takes (see APPLY_HELP).
+`avatar-signer check` then proves, against the real bucket, that the policies hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..signing.url_signers import UploadSigner
+
+VERSION = "2012-10-17"
+# The headers an upload URL signs and the uploader sends.
+UPLOAD_HEADERS = UploadSigner.HEADERS
+CORS_MAX_AGE_SECONDS = 3000  # the seed's value
+
+
+def bucket_arn(bucket: str) -> str:
+    return f"arn:aws:s3:::{bucket}"
+
+
+def objects_arn(bucket: str) -> str:
+    return f"{bucket_arn(bucket)}/*"
+
+
+def uploader_policy(bucket: str) -> dict[str, Any]:
+    """Put objects (and abort multipart uploads): no Get, no Delete, no List."""
+    return {
+        "Version": VERSION,
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+                "Resource": objects_arn(bucket),
+            }
+        ],
+    }
+
+
+def reader_policy(bucket: str) -> dict[str, Any]:
+    """Get objects, nothing else."""
+    return {
+        "Version": VERSION,
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": objects_arn(bucket),
+            }
+        ],
+    }
+
+
+def bucket_policy(bucket: str) -> dict[str, Any]:
+    """Deny any request to the bucket or its objects that does not use TLS."""
+    return {
+        "Version": VERSION,
+        "Statement": [
+            {
+                "Sid": "DenyRequestsWithoutTLS",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": [bucket_arn(bucket), objects_arn(bucket)],
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            }
+        ],
+    }
+
+
+def public_access_block() -> dict[str, bool]:
+    return {
+        "BlockPublicAcls": True,
+        "IgnorePublicAcls": True,
+        "BlockPublicPolicy": True,
+        "RestrictPublicBuckets": True,
+    }
+
+
+def ownership_controls() -> dict[str, Any]:
+    return {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+
+
+def origin_problem(origin: str) -> str | None:
+    """Why `origin` is not a browser origin (scheme://host[:port]), or None."""
+    if "*" in origin:
+        return f"{origin!r}: name each origin; wildcards are refused"
+    parts = urlsplit(origin)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return f"{origin!r}: invalid port"
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return f"{origin!r}: must be https://host[:port] (or http:// for local development)"
+    if parts.path or parts.query or parts.fragment or parts.username or parts.password:
+        return f"{origin!r}: an origin is scheme://host[:port] only, no path or trailing '/'"
+    return None
+
+
+def cors(origins: Sequence[str]) -> dict[str, Any] | None:
+    """Browsers at `origins` may PUT with an upload URL and GET with a download URL."""
+    if not origins:
+        return None
+    for origin in origins:
+        problem = origin_problem(origin)
+        if problem:
+            raise ValueError(problem)
+    return {
+        "CORSRules": [
+            {
+                "AllowedOrigins": list(dict.fromkeys(origins)),
+                "AllowedMethods": ["PUT", "GET"],
+                "AllowedHeaders": list(UPLOAD_HEADERS),
+                "ExposeHeaders": ["ETag"],
+                "MaxAgeSeconds": CORS_MAX_AGE_SECONDS,
+            }
+        ]
+    }
+
+
+def documents(bucket: str, origins: Sequence[str] = ()) -> dict[str, Any]:
+    """Everything `avatar-signer policies` prints (raises ValueError for a bad origin)."""
+    return {
+        "uploader_policy": uploader_policy(bucket),
+        "reader_policy": reader_policy(bucket),
+        "bucket_policy": bucket_policy(bucket),
+        "public_access_block": public_access_block(),
+        "ownership_controls": ownership_controls(),
+        "cors": cors(origins),
+    }
+
+
+APPLY_HELP = """\
+Prints one JSON object. Apply each part with the AWS CLI (jq picks a part out):
+
+  avatar-signer policies --bucket "$BUCKET" --allowed-origin https://app.example.com \\
+      > policies.json
+
+  # The two identities. IAM users (static keys or key files):
+  aws iam put-user-policy --user-name avatar-uploader --policy-name avatar-upload \\
+      --policy-document "$(jq -c .uploader_policy policies.json)"
+  aws iam put-user-policy --user-name avatar-reader --policy-name avatar-read \\
+      --policy-document "$(jq -c .reader_policy policies.json)"
+  # ... or IAM roles (S3_UPLOAD_ROLE_ARN / S3_READ_ROLE_ARN): the same documents with
+  #   aws iam put-role-policy --role-name ROLE --policy-name NAME --policy-document ...
+  # and a trust policy on each role that lets the pod's own role (IRSA or EKS Pod
+  # Identity) call sts:AssumeRole; that base role needs nothing else.
+
+  # The bucket:
+  aws s3api put-public-access-block --bucket "$BUCKET" \\
+      --public-access-block-configuration "$(jq -c .public_access_block policies.json)"
+  aws s3api put-bucket-ownership-controls --bucket "$BUCKET" \\
+      --ownership-controls "$(jq -c .ownership_controls policies.json)"
+  aws s3api put-bucket-policy --bucket "$BUCKET" \\
+      --policy "$(jq -c .bucket_policy policies.json)"
+  aws s3api put-bucket-cors --bucket "$BUCKET" \\
+      --cors-configuration "$(jq -c .cors policies.json)"
+  # (cors is null without --allowed-origin: no browser talks to the bucket, so skip
+  #  put-bucket-cors, or remove an old configuration with delete-bucket-cors.)
+
+Terraform takes the same documents: aws_iam_user_policy / aws_iam_role_policy
+(policy = jsonencode(...)), aws_s3_bucket_public_access_block,
+aws_s3_bucket_ownership_controls, aws_s3_bucket_policy and
+aws_s3_bucket_cors_configuration (its cors_rule blocks take the CORSRules fields).
+
+Then run `avatar-signer check` with the service's settings: it proves against the real
+bucket that the uploader cannot read, the reader cannot write, and neither can delete
+or list.
+"""

@@ -1,0 +1,198 @@
+"""Every identity's credential source, built from the settings and kept fresh.
+
+`build_watcher(settings)` makes one source per identity (key files are read now: a missing
+or bad file stops start-up with a one-line SettingsError naming its variable) and refuses
+two identities that are one (the same key id or the same role): the least-privilege model
+needs them apart. `CredentialWatcher.refresh_all()` refreshes every source and says whether
+each identity can sign a URL of its default ttl; the server runs it every
+`REFRESH_PERIOD_SECONDS` in a worker thread and turns the answer into health SERVING /
+NOT_SERVING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
+
+from ..settings import Settings, SettingsError
+from ..settings.identities import (
+    AssumedRole,
+    IdentitySetting,
+    KeyPairFiles,
+    naming_variable,
+)
+from ..signing.clock import Clock, utc_now
+from ..signing.key_pairs import Credentials, covers
+from .key_files import FileCredentials, KeyFileError, read_key_pair
+from .roles import RoleCredentials, StsClientFactory, default_sts_client
+from .sources import ManagedSource, StaticCredentials
+
+log = logging.getLogger("avatarsigner.credentials")
+
+#: How often the server's watcher re-checks key files and role sessions.
+REFRESH_PERIOD_SECONDS = 1.0
+
+
+def source_for(
+    setting: IdentitySetting,
+    *,
+    identity: str,
+    region: str,
+    max_ttl_seconds: int,
+    clock: Clock = utc_now,
+    sts: StsClientFactory | None = None,
+) -> ManagedSource:
+    """The source for one identity's setting (files are read now; a role is assumed later)."""
+    if isinstance(setting, Credentials):
+        return StaticCredentials(setting, identity)
+    if isinstance(setting, KeyPairFiles):
+        return FileCredentials(setting, identity)
+    half = setting.duration_seconds // 2
+    return RoleCredentials(
+        setting,
+        identity=identity,
+        sts=sts or default_sts_client(region),
+        refresh_before=timedelta(seconds=min(max_ttl_seconds + 60, half)),
+        clock=clock,
+    )
+
+
+def _identifier(setting: IdentitySetting) -> str | None:
+    """What makes an identity itself: its key id (read now for files) or its role ARN."""
+    if isinstance(setting, Credentials):
+        return setting.access_key_id
+    if isinstance(setting, KeyPairFiles):
+        try:
+            _, creds = read_key_pair(setting)
+        except KeyFileError as error:
+            raise SettingsError(error.variable, error.problem) from None
+        return creds.access_key_id
+    if isinstance(setting, AssumedRole):
+        return setting.role_arn
+    return None
+
+
+def require_distinct(settings: Mapping[str, IdentitySetting]) -> None:
+    """SettingsError when two identities share a key id or a role (one line, no secret)."""
+    seen: dict[str, str] = {}
+    for identity, setting in settings.items():
+        identifier = _identifier(setting)
+        if identifier is None:
+            continue
+        if identifier in seen:
+            first = seen[identifier]
+            raise SettingsError(
+                naming_variable(identity, setting),
+                f"must differ from {naming_variable(first, settings[first])}: the {first} "
+                f"and the {identity} must be two identities",
+            )
+        seen[identifier] = identity
+
+
+def check_sources(settings: Settings) -> None:
+    """What start-up needs before anything runs: every key file readable and valid, and
+    every identity distinct (SettingsError, one line naming the variable)."""
+    require_distinct(settings.identities())
+
+
+class CredentialWatcher:
+    """Keeps every identity's source fresh and says whether all of them can sign.
+
+    An identity is usable when it holds credentials that outlive a URL of its default ttl.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, ManagedSource],
+        needed: Mapping[str, timedelta],
+        *,
+        clock: Clock = utc_now,
+        period: float = REFRESH_PERIOD_SECONDS,
+    ) -> None:
+        self.sources = dict(sources)
+        self._needed = dict(needed)
+        self._clock = clock
+        self.period = period
+        self._usable: dict[str, bool] = {}
+
+    def __getitem__(self, identity: str) -> ManagedSource:
+        return self.sources[identity]
+
+    def refresh_all(self) -> bool:
+        """Blocking: refresh every source, then True when every identity is usable."""
+        for source in self.sources.values():
+            source.refresh()
+        now = self._clock()
+        for identity, source in self.sources.items():
+            creds = source.current()
+            needed = self._needed.get(identity, timedelta(0))
+            usable = covers(creds, now + needed)
+            if usable != self._usable.get(identity, True):
+                if usable:
+                    log.info("%s credentials usable again", identity)
+                else:
+                    log.warning(
+                        "%s has no credentials that outlive a %d s URL",
+                        identity,
+                        needed.total_seconds(),
+                        extra={"identity": identity},
+                    )
+            self._usable[identity] = usable
+        return all(self._usable.values())
+
+    def seconds_left(self) -> dict[str, float]:
+        """Seconds until each identity's current credentials expire (inf: never; 0: none)."""
+        now = self._clock()
+        left: dict[str, float] = {}
+        for identity, source in self.sources.items():
+            creds = source.current()
+            if creds is None:
+                left[identity] = 0.0
+            elif creds.expires_at is None:
+                left[identity] = float("inf")
+            else:
+                left[identity] = max(0.0, (creds.expires_at - now).total_seconds())
+        return left
+
+    async def watch(
+        self, on_change: Callable[[bool], Awaitable[None]], last: bool | None = None
+    ) -> None:
+        """Forever: refresh (in a thread) every `period` s; await on_change(usable) when it
+        differs from the last answer (`last`: what the caller already knows)."""
+        while True:
+            try:
+                usable = await asyncio.to_thread(self.refresh_all)
+            except Exception:
+                log.exception("credential refresh failed")
+                usable = False
+            if usable != last:
+                await on_change(usable)
+                last = usable
+            await asyncio.sleep(self.period)
+
+
+def build_watcher(settings: Settings, clock: Clock = utc_now) -> CredentialWatcher:
+    """Each identity's source (key files are read now) and their watcher.
+
+    SettingsError (one line naming the variable) when a key file cannot be used or two
+    identities are one.
+    """
+    identities = settings.identities()
+    require_distinct(identities)
+    rules = settings.ttl_rules()
+    return CredentialWatcher(
+        {
+            identity: source_for(
+                setting,
+                identity=identity,
+                region=settings.region,
+                max_ttl_seconds=rules[identity].maximum,
+                clock=clock,
+            )
+            for identity, setting in identities.items()
+        },
+        needed={identity: timedelta(seconds=rule.default) for identity, rule in rules.items()},
+        clock=clock,
+    )

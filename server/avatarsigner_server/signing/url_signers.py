@@ -1,0 +1,186 @@
+"""The two URL signers. Each holds one identity's credentials and can sign one method.
+
+`UploadSigner` is built from the uploader's credential source and only produces PUT URLs;
+`DownloadSigner` is built from the reader's and only produces GET URLs. Each fixes its
+method as a class constant and nothing passes a method in, so no code path can ask one
+for the other's method. Both sign with
+`sigv4.presign`: pure computation, no network call.
+
+URLs address the bucket on the regional virtual-hosted endpoint
+(`https://<bucket>.s3.<region>.amazonaws.com/<key>`), never the global one, or path-style
+on S3_ENDPOINT_URL for S3-compatible servers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+from ..errors import CredentialsUnavailable
+from . import sigv4
+from .clock import Clock, utc_now_to_the_second
+from .key_pairs import CredentialSource
+
+
+@dataclass(frozen=True, slots=True)
+class SignedUrl:
+    """A presigned URL, when it stops working, and the headers the request must carry."""
+
+    url: str
+    expires_at: datetime
+    headers: Mapping[str, str]
+    access_key_id: str
+
+
+class BucketEndpoint:
+    """Where the bucket's objects live: origin, Host header and path for a key."""
+
+    def __init__(self, bucket: str, region: str, endpoint_url: str | None = None) -> None:
+        if endpoint_url:
+            self.origin = endpoint_url.rstrip("/")
+            self._path_prefix = f"/{bucket}/"
+        else:
+            self.origin = f"https://{bucket}.s3.{region}.amazonaws.com"
+            self._path_prefix = "/"
+        parts = urlsplit(self.origin)
+        self.host = sigv4.host_header(parts.scheme, parts.hostname or "", parts.port)
+
+    def path(self, key: str) -> str:
+        return self._path_prefix + sigv4.encode_key_path(key)
+
+
+class _Signer:
+    """What the two signers share. Each subclass fixes METHOD; nothing passes a method in."""
+
+    METHOD: str
+
+    def __init__(
+        self,
+        credentials: CredentialSource,
+        endpoint: BucketEndpoint,
+        region: str,
+        clock: Clock = utc_now_to_the_second,
+    ) -> None:
+        self._credentials = credentials
+        self._endpoint = endpoint
+        self._region = region
+        self._clock = clock
+        # Under load most URLs share a second and a ttl: keep the last expiry computed.
+        self._last_expiry: tuple[datetime, int, datetime] | None = None
+
+    def _expiry(self, signed_at: datetime, ttl_seconds: int) -> datetime:
+        last = self._last_expiry
+        if last is not None and last[0] == signed_at and last[1] == ttl_seconds:
+            return last[2]
+        expires_at = signed_at + timedelta(seconds=ttl_seconds)
+        self._last_expiry = (signed_at, ttl_seconds, expires_at)
+        return expires_at
+
+    def _presign(
+        self,
+        key: str,
+        ttl_seconds: int,
+        *,
+        signed_headers: Mapping[str, str] | None = None,
+        send_headers: Mapping[str, str] | None = None,
+        query: tuple[tuple[str, str], ...] = (),
+        signed_at: datetime | None = None,
+    ) -> SignedUrl:
+        if signed_at is None:
+            signed_at = self._clock()
+            if signed_at.microsecond:  # SigV4 dates have whole seconds
+                signed_at = signed_at.replace(microsecond=0)
+        expires_at = self._expiry(signed_at, ttl_seconds)
+        creds = self._credentials.get(expires_at)
+        if creds.expires_at is not None and creds.expires_at < expires_at:
+            # Honest expiry, whatever the source: a URL never outlives its credentials.
+            raise CredentialsUnavailable(
+                "the signing credentials expire before the URL would; ask for a shorter ttl"
+            )
+        url = sigv4.presign(
+            method=self.METHOD,
+            origin=self._endpoint.origin,
+            host=self._endpoint.host,
+            path=self._endpoint.path(key),
+            access_key_id=creds.access_key_id,
+            secret_access_key=creds.secret_access_key,
+            session_token=creds.session_token,
+            region=self._region,
+            signed_at=signed_at,
+            expires_in=ttl_seconds,
+            headers=signed_headers,
+            query=query,
+        )
+        return SignedUrl(url, expires_at, send_headers or {}, creds.access_key_id)
+
+
+class UploadSigner(_Signer):
+    """PUT URLs with the uploader's credentials, bound to type, length and checksum."""
+
+    METHOD = "PUT"
+    # What an upload URL signs besides host (and the uploader must send): type, length and,
+    # when given, the SHA-256 of the bytes.
+    HEADERS = ("content-type", "content-length", "x-amz-checksum-sha256")
+
+    def sign(
+        self,
+        key: str,
+        *,
+        content_type: str,
+        content_length: int,
+        checksum_sha256: str | None,
+        ttl_seconds: int,
+    ) -> SignedUrl:
+        """A PUT URL for key; the returned headers are exactly what the uploader sends."""
+        length = str(content_length)
+        send = {"Content-Type": content_type, "Content-Length": length}
+        sign = {"content-type": content_type, "content-length": length}
+        if checksum_sha256:
+            send["x-amz-checksum-sha256"] = sign["x-amz-checksum-sha256"] = checksum_sha256
+        return self._presign(key, ttl_seconds, signed_headers=sign, send_headers=send)
+
+
+class DownloadSigner(_Signer):
+    """GET URLs with the reader's credentials.
+
+    With `reuse_seconds` (DOWNLOAD_URL_REUSE_SECONDS) > 0, a URL is signed at the time
+    rounded down to a window of that many seconds (windows start at the Unix epoch), so every
+    caller asking for the same key and ttl within a window — on any worker or replica with the
+    same credentials — gets the byte-identical URL, and browsers can cache the avatar. Signed
+    into it is `response-cache-control: private, max-age=<ttl - window>`: the least remaining
+    life any holder of that URL can see (one who got it at the window's last moment). The URL
+    lives exactly `ttl` from the window's start, never longer than asked; `expires_at` is that
+    true expiry. A ttl not longer than the window would hand out URLs that are dead (or
+    nearly) on arrival, so such a request gets a fresh, unshared URL, as with reuse off.
+    """
+
+    METHOD = "GET"
+
+    def __init__(
+        self,
+        credentials: CredentialSource,
+        endpoint: BucketEndpoint,
+        region: str,
+        clock: Clock = utc_now_to_the_second,
+        reuse_seconds: int = 0,
+    ) -> None:
+        if reuse_seconds < 0:
+            raise ValueError("reuse_seconds must be 0 (off) or positive")
+        super().__init__(credentials, endpoint, region, clock)
+        self._reuse = reuse_seconds
+
+    def sign(self, key: str, *, ttl_seconds: int) -> SignedUrl:
+        window = self._reuse
+        if not 0 < window < ttl_seconds:
+            return self._presign(key, ttl_seconds)
+        now = int(self._clock().timestamp())
+        signed_at = datetime.fromtimestamp(now - now % window, UTC)
+        cache_control = f"private, max-age={ttl_seconds - window}"
+        return self._presign(
+            key,
+            ttl_seconds,
+            query=(("response-cache-control", cache_control),),
+            signed_at=signed_at,
+        )

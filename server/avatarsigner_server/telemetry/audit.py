@@ -1,0 +1,84 @@
+"""The audit log: one JSON line per decision, on the `avatarsigner.audit` logger.
+
+    allowed  one line per signed URL (a batch of n gives n lines, written together): request_id,
+             caller, auth, rpc, reason "signed", user_id, key, expires_at
+    denied   one line per refused call: request_id, caller (null when unknown), auth, rpc,
+             user_id (when the request names one valid id), code, reason
+
+This is the only place that decides what is logged about a signed URL. Never a URL (its
+query string is a bearer credential), a signature, a secret, a bearer token or an end-user
+token; `reason` is a fixed snake_case word, never text from the request. Each decision also
+moves the matching counter in `Metrics` (URLs signed by kind and caller, denials by reason).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+from ..errors import ServiceError
+from ..signing.object_keys import is_valid_user_id
+from .call_context import ANONYMOUS, Call
+from .logs import EACH
+from .metrics import Metrics
+
+SignedEntry = tuple[str, str, datetime]  # user_id, key, expires_at
+
+LOGGER_NAME = "avatarsigner.audit"
+log = logging.getLogger(LOGGER_NAME)
+
+
+class Audit:
+    """Writes decision lines and counts them."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics
+
+    def signed(self, call: Call, kind: str, urls: Sequence[SignedEntry]) -> None:
+        """The lines for the URLs one call signed (kind: upload or download), one per URL.
+
+        urls: (user_id, key, expires_at) each. A batch's lines share one log record.
+        """
+        if self._metrics is not None:
+            self._metrics.url_signed(kind, call.caller or ANONYMOUS, len(urls))
+        if not log.isEnabledFor(logging.INFO):
+            return
+        iso: dict[datetime, str] = {}  # a batch's URLs share their expiry: format it once
+        log.info(
+            "allowed",
+            extra={
+                "decision": "allowed",
+                "request_id": call.request_id,
+                "caller": call.caller,
+                "auth": call.auth,
+                "rpc": call.rpc,
+                "reason": "signed",
+                EACH: [
+                    {
+                        "user_id": user_id,
+                        "key": key,
+                        "expires_at": iso.get(expires_at)
+                        or iso.setdefault(expires_at, expires_at.isoformat()),
+                    }
+                    for user_id, key, expires_at in urls
+                ],
+            },
+        )
+
+    def denied(self, call: Call, error: ServiceError, user_id: object = None) -> None:
+        """The line for a refused call. user_id is logged only when it is a valid user id."""
+        extra: dict[str, object] = {
+            "decision": "denied",
+            "request_id": call.request_id,
+            "caller": call.caller,
+            "auth": call.auth,
+            "rpc": call.rpc,
+            "code": error.code,
+            "reason": error.reason,
+        }
+        if isinstance(user_id, str) and is_valid_user_id(user_id):
+            extra["user_id"] = user_id
+        log.info("denied", extra=extra)
+        if self._metrics is not None:
+            self._metrics.denied(call.rpc, error.reason)

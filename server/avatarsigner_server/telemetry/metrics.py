@@ -1,0 +1,147 @@
+"""Prometheus metrics, served over HTTP on METRICS_PORT (`/metrics`).
+
+    avatarsigner_rpcs_total{method, code}                 AvatarSigner calls by final status
+    avatarsigner_rpc_duration_seconds{method}             time in the handler (histogram)
+    avatarsigner_urls_signed_total{kind, caller}          kind: upload | download
+    avatarsigner_denials_total{method, reason}            reason: a fixed word (see audit)
+    avatarsigner_credentials_expiry_seconds{identity}     seconds until the identity's
+                                                          current credentials expire;
+                                                          +Inf for static keys (never)
+    process_*, python_gc_*, python_info                   the usual process metrics
+
+Health and reflection calls are not counted. Every label value comes from a small fixed set
+(RPC names, status codes, reasons) or from the callers file (caller names), never from a
+request. Each `Metrics` has its own registry, so several servers can live in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# identity name -> seconds until its current credentials expire (math.inf: never; 0: none)
+CredentialExpiry = Callable[[], Mapping[str, float]]
+
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+
+log = logging.getLogger("avatarsigner.metrics")
+
+
+class _CredentialExpiryCollector(Collector):
+    """Asks the callable at scrape time, so the gauge is never stale."""
+
+    def __init__(self) -> None:
+        self.source: CredentialExpiry | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "avatarsigner_credentials_expiry_seconds",
+            "Seconds until each identity's current signing credentials expire "
+            "(+Inf: static keys that never expire; 0: none usable now).",
+            labels=["identity"],
+        )
+        if self.source is not None:
+            try:
+                expiries = dict(self.source())
+            except Exception as error:  # noqa: BLE001 - a scrape must not fail for this
+                log.warning("credential expiry unknown", extra={"exc_type": type(error).__name__})
+                expiries = {}
+            for identity, seconds in sorted(expiries.items()):
+                gauge.add_metric([identity], max(0.0, seconds))
+        yield gauge
+
+
+class Metrics:
+    """The service's counters and histograms, and the HTTP endpoint that serves them."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self._calls = Counter(
+            "avatarsigner_rpcs",
+            "AvatarSigner calls by RPC and final gRPC status code.",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            "avatarsigner_rpc_duration_seconds",
+            "Time from the call reaching the server's handlers to its answer, by RPC.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._urls = Counter(
+            "avatarsigner_urls_signed",
+            "Presigned URLs handed out, by kind (upload, download) and caller.",
+            ["kind", "caller"],
+            registry=self.registry,
+        )
+        self._denials = Counter(
+            "avatarsigner_denials",
+            "Calls refused, by RPC and reason (unknown_token, rpc_not_allowed, ...).",
+            ["method", "reason"],
+            registry=self.registry,
+        )
+        self._expiry = _CredentialExpiryCollector()
+        self.registry.register(self._expiry)
+        self._http: tuple[WSGIServer, threading.Thread] | None = None
+        self._per_call: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
+        self._per_url: dict[tuple[str, str], Any] = {}
+
+    # -- what the service reports ----------------------------------------------------------
+
+    def watch_credentials(self, source: CredentialExpiry) -> None:
+        """Feed the expiry gauge from `source`, asked at every scrape."""
+        self._expiry.source = source
+
+    def call(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        children = self._per_call.get((method, code))
+        if children is None:  # labels() costs a lock and a lookup: once per pair
+            children = (self._calls.labels(method, code.name), self._latency.labels(method))
+            self._per_call[(method, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def url_signed(self, kind: str, caller: str, count: int = 1) -> None:
+        child = self._per_url.get((kind, caller))
+        if child is None:
+            child = self._per_url[(kind, caller)] = self._urls.labels(kind, caller)
+        child.inc(count)
+
+    def denied(self, method: str, reason: str) -> None:
+        self._denials.labels(method, reason).inc()
+
+    # -- the endpoint ----------------------------------------------------------------------
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve /metrics on host:port in a daemon thread; the bound port (OSError if busy)."""
+        self._http = start_http_server(port, host, registry=self.registry)
+        return int(self._http[0].server_port)
+
+    def stop(self) -> None:
+        if self._http is not None:
+            server, thread = self._http
+            self._http = None
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
