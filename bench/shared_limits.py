@@ -28,9 +28,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 import uvloop
+from avatarsigner_server.access.rate_limits import Buckets
 from avatarsigner_server.access.shared_rate_limits import SharedStore
-from avatarsigner_server.config import RateLimit
-from avatarsigner_server.ratelimit import Buckets
+from avatarsigner_server.settings.access import RateLimit
 
 ROUNDS = 9
 CHECKS = 2_000

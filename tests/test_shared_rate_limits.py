@@ -22,6 +22,7 @@ import leaks
 import pytest
 import redis
 import uvloop
+from avatarsigner_server.access.rate_limits import Buckets
 from avatarsigner_server.access.shared_rate_limits import (
     KEY_PREFIX,
     Reason,
@@ -30,8 +31,7 @@ from avatarsigner_server.access.shared_rate_limits import (
     StoreAddress,
     StoreUnavailable,
 )
-from avatarsigner_server.config import RateLimit
-from avatarsigner_server.ratelimit import Buckets
+from avatarsigner_server.settings.access import RateLimit
 
 if TYPE_CHECKING:
     from redis_server import RedisServer
