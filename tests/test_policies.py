@@ -1,9 +1,10 @@
 """`avatar-signer policies`: the documents the security model rests on, as one JSON object.
 
-The IAM statements are compared with the seed's own JSON, copied verbatim below from
-the design this service grows from (shared/seed/000_8f11b302f288d0cb.txt, sections 4 and
-13): the same actions, narrowed to the key prefix and to presigned URLs no older than a
-URL may live, so any other drift from the seed fails here.
+Direct mode's IAM statements and the CORS rule are compared with the original design's own
+JSON, copied verbatim below: the same actions, narrowed to the key prefix and to presigned
+requests no older than they may live, so any other drift from it fails here. Verified mode's three
+identities are prefix-scoped; the test S3 (dev/seaweed_s3.py) creates its identities from
+these very documents, so the s3 tests (test_check, test_verified_uploads) judge them.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ import sys
 from typing import Any
 
 import pytest
-import seaweed_s3
 from avatarsigner_server.commands import policies
 from avatarsigner_server.credentials.sources import StaticCredentials
 from avatarsigner_server.signing.key_pairs import Credentials
 from avatarsigner_server.signing.url_signers import BucketEndpoint, UploadSigner
 
-SEED_BUCKET = "myapp-profile-images"
-SEED_UPLOAD_STATEMENT = """
+ORIGINAL_BUCKET = "myapp-profile-images"
+ORIGINAL_UPLOAD_STATEMENT = """
 {
   "Effect": "Allow",
   "Action": [
@@ -32,14 +32,14 @@ SEED_UPLOAD_STATEMENT = """
   "Resource": "arn:aws:s3:::myapp-profile-images/*"
 }
 """
-SEED_READ_STATEMENT = """
+ORIGINAL_READ_STATEMENT = """
 {
   "Effect": "Allow",
   "Action": "s3:GetObject",
   "Resource": "arn:aws:s3:::myapp-profile-images/*"
 }
 """
-SEED_CORS = """
+ORIGINAL_CORS = """
 [
   {
     "AllowedOrigins": ["https://yourapp.com"],
@@ -51,114 +51,199 @@ SEED_CORS = """
 """
 
 
-def _policies(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+SETTINGS = (
+    "UPLOAD_MODE",
+    "S3_KEY_PREFIX",
+    "S3_STAGING_PREFIX",
+    "UPLOAD_MAX_TTL_SECONDS",
+    "DOWNLOAD_MAX_TTL_SECONDS",
+)
+
+
+def _policies(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "avatarsigner_server.commands.cli", "policies", *args],
-        env={**os.environ, **env},
+        # The service's own settings would change the defaults: only those a test gives.
+        env={k: v for k, v in os.environ.items() if k not in SETTINGS} | settings,
         capture_output=True,
         text=True,
         timeout=60,
     )
 
 
-@pytest.fixture(scope="module")
-def printed() -> dict[str, Any]:
-    result = _policies("--bucket", SEED_BUCKET, "--allowed-origin", "https://yourapp.com")
+def _printed(*args: str) -> dict[str, Any]:
+    origin = ("--allowed-origin", "https://yourapp.com")
+    result = _policies("--bucket", ORIGINAL_BUCKET, *origin, *args)
     assert result.returncode == 0, result.stderr
     document: dict[str, Any] = json.loads(result.stdout)  # one JSON object, nothing else
     return document
 
 
-def test_prints_exactly_the_six_documents(printed: dict[str, Any]) -> None:
-    assert list(printed) == [
-        "uploader_policy",
-        "reader_policy",
-        "bucket_policy",
-        "public_access_block",
-        "ownership_controls",
-        "cors",
-    ]
+@pytest.fixture(scope="module")
+def printed() -> dict[str, Any]:
+    """Direct mode: the original two-identity design."""
+    return _printed("--mode", "direct")
 
 
-def _presigned_only(max_ttl: int) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def verified() -> dict[str, Any]:
+    """Verified mode, the default (the environment's UPLOAD_MODE is not set in tests)."""
+    return _printed()
+
+
+DOCUMENTS = [
+    "uploader_policy",
+    "reader_policy",
+    "verifier_policy",
+    "bucket_policy",
+    "public_access_block",
+    "ownership_controls",
+    "lifecycle",
+    "cors",
+]
+
+
+def test_prints_exactly_the_eight_documents(
+    printed: dict[str, Any], verified: dict[str, Any]
+) -> None:
+    assert list(printed) == DOCUMENTS
+    assert list(verified) == DOCUMENTS
+    # Direct mode has no verifier and leaves nothing behind to expire.
+    assert printed["verifier_policy"] is None and printed["lifecycle"] is None
+
+
+def test_verified_identities_each_have_one_prefix_scoped_job(verified: dict[str, Any]) -> None:
+    staged = f"arn:aws:s3:::{ORIGINAL_BUCKET}/uploads/*"
+    avatars = f"arn:aws:s3:::{ORIGINAL_BUCKET}/profiles/*"
+
+    def allowed(document: str) -> set[tuple[str, str]]:
+        found = set()
+        for statement in verified[document]["Statement"]:
+            assert statement["Effect"] == "Allow"
+            actions = statement["Action"]
+            for action in [actions] if isinstance(actions, str) else actions:
+                found.add((action, statement["Resource"]))
+        return found
+
+    assert allowed("uploader_policy") == {
+        ("s3:PutObject", staged),
+        ("s3:AbortMultipartUpload", staged),
+    }
+    assert allowed("reader_policy") == {("s3:GetObject", avatars)}
+    assert allowed("verifier_policy") == {("s3:GetObject", staged), ("s3:PutObject", avatars)}
+
+
+def test_lifecycle_expires_staged_uploads_and_markers(verified: dict[str, Any]) -> None:
+    rules = {rule["Filter"]["Prefix"]: rule for rule in verified["lifecycle"]["Rules"]}
+    assert rules["uploads/"]["Expiration"] == {"Days": 1}
+    assert rules["uploads/"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    assert rules["profiles/.avatar-signer/confirmed/"]["Expiration"] == {"Days": 2}
+    assert all(rule["Status"] == "Enabled" for rule in rules.values())
+
+
+def test_prefixes_follow_the_flags_and_may_not_overlap() -> None:
+    custom = _printed("--key-prefix", "img/p/", "--staging-prefix", "img/u/")
+    assert custom["reader_policy"]["Statement"][0]["Resource"] == (
+        f"arn:aws:s3:::{ORIGINAL_BUCKET}/img/p/*"
+    )
+    overlapping = _policies("--bucket", "avatars", "--staging-prefix", "profiles/in/")
+    assert overlapping.returncode == 2
+    assert overlapping.stderr.startswith("avatar-signer: configuration error: --staging-prefix:")
+
+
+def _presigned_only(max_life: int) -> dict[str, Any]:
     return {
         "StringEquals": {
             "s3:authType": "REST-QUERY-STRING",
             "s3:signatureversion": "AWS4-HMAC-SHA256",
         },
-        "NumericLessThanEquals": {"s3:signatureAge": str((max_ttl + 60) * 1000)},
+        "NumericLessThanEquals": {"s3:signatureAge": str((max_life + 60) * 1000)},
     }
 
 
-def _narrowed(seed: str, prefix: str, max_ttl: int) -> dict[str, Any]:
-    """The seed's statement on <bucket>/<prefix>* only, for presigned URLs only."""
-    statement = json.loads(seed)
+def _narrowed(original: str, prefix: str, max_life: int) -> dict[str, Any]:
+    """The original statement on <bucket>/<prefix>* only, for presigned requests only."""
+    statement = json.loads(original)
     statement["Resource"] = statement["Resource"].replace("/*", f"/{prefix}*")
-    statement["Condition"] = _presigned_only(max_ttl)
+    statement["Condition"] = _presigned_only(max_life)
     return {"Version": "2012-10-17", "Statement": [statement]}
 
 
-def test_uploader_policy_is_the_seeds_statement_on_the_prefix(printed: dict[str, Any]) -> None:
-    assert printed["uploader_policy"] == _narrowed(SEED_UPLOAD_STATEMENT, "profiles/", 1200)
+def test_uploader_policy_is_the_original_statement_on_the_prefix(printed: dict[str, Any]) -> None:
+    assert printed["uploader_policy"] == _narrowed(ORIGINAL_UPLOAD_STATEMENT, "profiles/", 1200)
 
 
-def test_reader_policy_is_the_seeds_statement_on_the_prefix(printed: dict[str, Any]) -> None:
-    assert printed["reader_policy"] == _narrowed(SEED_READ_STATEMENT, "profiles/", 1200)
+def test_reader_policy_is_the_original_statement_on_the_prefix(printed: dict[str, Any]) -> None:
+    assert printed["reader_policy"] == _narrowed(ORIGINAL_READ_STATEMENT, "profiles/", 1200)
+
+
+def test_every_grant_is_for_presigned_requests_no_older_than_they_live(
+    verified: dict[str, Any],
+) -> None:
+    lives = {"uploader_policy": 1200, "reader_policy": 1200, "verifier_policy": 60}
+    for document, life in lives.items():
+        for statement in verified[document]["Statement"]:
+            assert statement["Condition"] == _presigned_only(life), document
 
 
 @pytest.mark.slow
 def test_policies_follow_the_key_prefix_and_the_max_ttls() -> None:
     result = _policies(
-        "--bucket", SEED_BUCKET,
+        "--bucket", ORIGINAL_BUCKET, "--mode", "direct",
         S3_KEY_PREFIX="tenants/a/", UPLOAD_MAX_TTL_SECONDS="900", DOWNLOAD_MAX_TTL_SECONDS="300",
     )  # fmt: skip
     printed = json.loads(result.stdout)
-    assert printed["uploader_policy"] == _narrowed(SEED_UPLOAD_STATEMENT, "tenants/a/", 900)
-    assert printed["reader_policy"] == _narrowed(SEED_READ_STATEMENT, "tenants/a/", 300)
+    assert printed["uploader_policy"] == _narrowed(ORIGINAL_UPLOAD_STATEMENT, "tenants/a/", 900)
+    assert printed["reader_policy"] == _narrowed(ORIGINAL_READ_STATEMENT, "tenants/a/", 300)
     assert "does not deny other principals" in result.stderr
 
 
-@pytest.mark.slow
-def test_bucket_policy_denies_other_principals_the_prefix() -> None:
-    uploader = "arn:aws:iam::123456789012:user/avatar-uploader"
-    reader = "arn:aws:iam::123456789012:role/avatar-reader"
-    result = _policies(
-        "--bucket", SEED_BUCKET, "--uploader-arn", uploader, "--reader-arn", reader,
-        S3_KEY_PREFIX="tenants/a/",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    _, writes, reads = json.loads(result.stdout)["bucket_policy"]["Statement"]
-    expected = ((writes, "s3:PutObject", uploader), (reads, "s3:GetObject", reader))
-    for statement, action, arn in expected:
+UPLOADER_ARN = "arn:aws:iam::123456789012:user/avatar-uploader"
+READER_ARN = "arn:aws:iam::123456789012:role/avatar-reader"
+VERIFIER_ARN = "arn:aws:iam::123456789012:role/avatar-verifier"
+
+
+def _denials(document: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """(action, resource) -> the one principal not denied it, from the bucket policy."""
+    found = {}
+    for statement in document["bucket_policy"]["Statement"][1:]:
         assert statement["Effect"] == "Deny" and statement["Principal"] == "*"
-        assert statement["Action"] == action
-        assert statement["Resource"] == f"arn:aws:s3:::{SEED_BUCKET}/tenants/a/*"
-        assert statement["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": arn}}
+        arn = statement["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]
+        found[(statement["Action"], statement["Resource"])] = arn
+    return found
 
 
-def test_the_test_s3_grants_the_same_actions() -> None:
-    """SeaweedFS in the tests carries the seed's statements (dev/seaweed_s3.py): the same
-    actions; the prefix and the conditions are AWS's to enforce (its policy evaluator
-    there knows neither s3:authType nor s3:signatureAge)."""
-    for seaweed, ours in (
-        (seaweed_s3.uploader_policy("avatars"), policies.uploader_policy("avatars")),
-        (seaweed_s3.reader_policy("avatars"), policies.reader_policy("avatars")),
-    ):
-        (theirs,) = seaweed["Statement"]
-        (mine,) = ours["Statement"]
-        assert (theirs["Effect"], theirs["Action"]) == (mine["Effect"], mine["Action"])
+@pytest.mark.slow
+def test_bucket_policy_denies_each_prefix_to_all_but_its_identity() -> None:
+    arns = ("--uploader-arn", UPLOADER_ARN, "--reader-arn", READER_ARN)
+    staged = f"arn:aws:s3:::{ORIGINAL_BUCKET}/uploads/*"
+    avatars = f"arn:aws:s3:::{ORIGINAL_BUCKET}/profiles/*"
+    verified = _policies("--bucket", ORIGINAL_BUCKET, *arns, "--verifier-arn", VERIFIER_ARN)
+    assert verified.returncode == 0, verified.stderr
+    assert _denials(json.loads(verified.stdout)) == {
+        ("s3:PutObject", staged): UPLOADER_ARN,
+        ("s3:GetObject", staged): VERIFIER_ARN,
+        ("s3:PutObject", avatars): VERIFIER_ARN,
+        ("s3:GetObject", avatars): READER_ARN,
+    }
+    direct = _policies("--bucket", ORIGINAL_BUCKET, "--mode", "direct", *arns)
+    assert direct.returncode == 0, direct.stderr
+    assert _denials(json.loads(direct.stdout)) == {
+        ("s3:PutObject", avatars): UPLOADER_ARN,
+        ("s3:GetObject", avatars): READER_ARN,
+    }
 
 
 def test_bucket_policy_denies_requests_without_tls(printed: dict[str, Any]) -> None:
-    (statement,) = printed["bucket_policy"]["Statement"]  # no ARNs given: TLS only
+    (statement,) = printed["bucket_policy"]["Statement"]
     assert printed["bucket_policy"]["Version"] == "2012-10-17"
     assert statement["Effect"] == "Deny"
     assert statement["Principal"] == "*"
     assert statement["Action"] == "s3:*"
     assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     assert sorted(statement["Resource"]) == [
-        f"arn:aws:s3:::{SEED_BUCKET}",
-        f"arn:aws:s3:::{SEED_BUCKET}/*",
+        f"arn:aws:s3:::{ORIGINAL_BUCKET}",
+        f"arn:aws:s3:::{ORIGINAL_BUCKET}/*",
     ]
 
 
@@ -175,16 +260,17 @@ def test_public_access_is_blocked_and_acls_are_off(printed: dict[str, Any]) -> N
 def test_cors_allows_put_and_get_from_the_origins_with_upload_headers_only(
     printed: dict[str, Any],
 ) -> None:
-    (seed_rule,) = json.loads(SEED_CORS)
+    (original_rule,) = json.loads(ORIGINAL_CORS)
     (rule,) = printed["cors"]["CORSRules"]
-    assert rule["AllowedOrigins"] == seed_rule["AllowedOrigins"]
-    assert sorted(rule["AllowedMethods"]) == sorted(seed_rule["AllowedMethods"])
-    assert rule["MaxAgeSeconds"] == seed_rule["MaxAgeSeconds"]
-    # Not the seed's "*": exactly the headers an upload URL signs that a page sets (the
+    assert rule["AllowedOrigins"] == original_rule["AllowedOrigins"]
+    assert sorted(rule["AllowedMethods"]) == sorted(original_rule["AllowedMethods"])
+    assert rule["MaxAgeSeconds"] == original_rule["MaxAgeSeconds"]
+    # Not the original "*": exactly the headers an upload URL signs that a page sets (the
     # browser sets Content-Length itself).
     assert rule["AllowedHeaders"] == [
         "content-type",
         "x-amz-checksum-sha256",
+        "if-none-match",
         "cache-control",
         "content-disposition",
         "content-encoding",
@@ -202,6 +288,7 @@ def test_cors_headers_are_the_ones_upload_urls_ask_for() -> None:
         content_length=10,
         checksum_sha256="a" * 43 + "=",
         ttl_seconds=60,
+        write_once=True,
     )
     assert {name.lower() for name in signed.headers} == set(policies.UPLOAD_HEADERS)
     (rule,) = policies.cors(["https://app.example"])["CORSRules"]  # type: ignore[index]
@@ -230,9 +317,10 @@ def test_several_origins_and_none() -> None:
         (["--bucket", "avatars", "--allowed-origin", "a.example"], "--allowed-origin"),
         (["--bucket", "avatars", "--allowed-origin", "https://*.example"], "--allowed-origin"),
         (["--bucket", "avatars", "--uploader-arn", "avatar-uploader"], "--uploader-arn"),
+        (["--bucket", "avatars", "--uploader-arn", UPLOADER_ARN], "--reader-arn"),
         (
-            ["--bucket", "avatars", "--uploader-arn", "arn:aws:iam::123456789012:user/u"],
-            "--reader-arn",
+            ["--bucket", "avatars", "--uploader-arn", UPLOADER_ARN, "--reader-arn", READER_ARN],
+            "--verifier-arn",
         ),
     ],
     ids=[
@@ -243,6 +331,7 @@ def test_several_origins_and_none() -> None:
         "wildcard-subdomain",
         "arn-not-an-arn",
         "one-arn-only",
+        "verified-mode-without-verifier",
     ],
 )
 def test_bad_argument_is_one_line_naming_it(args: list[str], named: str) -> None:

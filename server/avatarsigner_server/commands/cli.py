@@ -1,7 +1,7 @@
 """`avatar-signer` command line: `serve` runs the service; `check` audits the credentials
 and least privilege against the real bucket; `policies` prints the IAM and bucket documents.
 
-Configuration comes from the environment (see the README for every setting). Start-up
+Configuration comes from the environment (docs/operating.md lists every setting). Start-up
 problems print one line naming the setting and exit with status 2; no traceback.
 """
 
@@ -14,10 +14,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..app import server, workers
-from ..credentials.watcher import check_sources
-from ..settings import SettingsError, bucket, is_valid_bucket, limits, load
+from ..app import server, wiring, workers
+from ..settings import SettingsError, bucket, is_valid_bucket, limits, load, uploads
 from ..settings.env import Env
+from ..settings.uploads import UploadMode
 from ..telemetry import logs
 from . import check, policies
 
@@ -38,7 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers is not None:
         environ["WORKERS"] = str(args.workers)
     settings = load(environ)
-    check_sources(settings)  # a bad key file stops start-up here, once, not in each worker
+    wiring.check(settings)  # a bad key file stops start-up here, once, not in each worker
     logs.configure_logging(settings.log_level)
     if settings.workers > 1 and not workers.is_worker(environ):
         return workers.supervise(settings, environ)
@@ -54,32 +54,73 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if check.failed(results) else 0
 
 
+# `policies` flags that stand for a setting of the service (a flag given wins).
+_POLICY_FLAGS = {
+    "UPLOAD_MODE": "mode",
+    "S3_KEY_PREFIX": "key_prefix",
+    "S3_STAGING_PREFIX": "staging_prefix",
+}
+
+
+def _policy_layout(args: argparse.Namespace) -> policies.Layout:
+    """The layout the service's own settings rules give for these flags and environment."""
+    given = {var: getattr(args, attr) for var, attr in _POLICY_FLAGS.items()}
+    env = Env({**os.environ, **{var: value for var, value in given.items() if value is not None}})
+    try:
+        mode = uploads.mode(env)
+        prefix = bucket.key_prefix(env)
+        staging = uploads.uploads(env, mode, prefix).staging_prefix
+    except SettingsError as error:
+        if given.get(error.name) is None:
+            raise
+        flag = "--" + _POLICY_FLAGS[error.name].replace("_", "-")
+        raise SettingsError(flag, error.problem) from None
+    return policies.Layout(
+        args.bucket,
+        mode,
+        prefix,
+        staging,
+        upload_max_ttl=limits.ttl(env, "UPLOAD", *limits.DEFAULT_UPLOAD_TTL).maximum,
+        download_max_ttl=limits.ttl(env, "DOWNLOAD", *limits.DEFAULT_DOWNLOAD_TTL).maximum,
+    )
+
+
+def _principals(args: argparse.Namespace, layout: policies.Layout) -> policies.Principals | None:
+    """The identities' ARNs for the bucket policy, or None when none is given."""
+    given = {
+        "--uploader-arn": args.uploader_arn,
+        "--reader-arn": args.reader_arn,
+        "--verifier-arn": args.verifier_arn,
+    }
+    for flag, arn in given.items():
+        problem = arn and policies.principal_arn_problem(arn)
+        if problem:
+            raise SettingsError(flag, problem)
+    if not any(given.values()):
+        return None
+    needed = ["--uploader-arn", "--reader-arn"] + (["--verifier-arn"] if layout.verified else [])
+    missing = [flag for flag in needed if not given[flag]]
+    if missing:
+        raise SettingsError(missing[0], f"give {', '.join(needed)} together")
+    if not layout.verified and args.verifier_arn:
+        raise SettingsError("--verifier-arn", "direct mode has no verifier")
+    return policies.Principals(args.uploader_arn, args.reader_arn, args.verifier_arn)
+
+
 def _policies(args: argparse.Namespace) -> int:
     if not is_valid_bucket(args.bucket):
         raise SettingsError("--bucket", "must be a valid S3 bucket name")
-    for option, arn in (("--uploader-arn", args.uploader_arn), ("--reader-arn", args.reader_arn)):
-        problem = arn and policies.principal_arn_problem(arn)
-        if problem:
-            raise SettingsError(option, problem)
-    if bool(args.uploader_arn) != bool(args.reader_arn):
-        raise SettingsError("--reader-arn", "give --uploader-arn and --reader-arn together")
-    env = Env(os.environ)  # the prefix and lifetimes `serve` would use
+    layout = _policy_layout(args)
+    principals = _principals(args, layout)
     try:
-        documents = policies.documents(
-            args.bucket,
-            args.allowed_origin,
-            prefix=bucket.key_prefix(env),
-            upload_max_ttl=limits.ttl(env, "UPLOAD", *limits.DEFAULT_UPLOAD_TTL).maximum,
-            download_max_ttl=limits.ttl(env, "DOWNLOAD", *limits.DEFAULT_DOWNLOAD_TTL).maximum,
-            uploader_arn=args.uploader_arn,
-            reader_arn=args.reader_arn,
-        )
+        documents = policies.documents(layout, args.allowed_origin, principals)
     except ValueError as error:
         raise SettingsError("--allowed-origin", str(error)) from None
-    if not args.uploader_arn:
+    if principals is None:
         print(
-            "avatar-signer policies: without --uploader-arn and --reader-arn the bucket "
-            "policy does not deny other principals the avatars",
+            "avatar-signer policies: without the identities' ARNs (--uploader-arn, "
+            "--reader-arn, --verifier-arn) the bucket policy does not deny other principals "
+            "the avatars",
             file=sys.stderr,
         )
     print(json.dumps(documents, indent=2))
@@ -93,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
-        "serve", help="run the gRPC server (settings from the environment; see README)"
+        "serve", help="run the gRPC server (settings from the environment; see docs/operating.md)"
     )
     serve.add_argument(
         "--workers",
@@ -112,11 +153,23 @@ def build_parser() -> argparse.ArgumentParser:
     documents = commands.add_parser(
         "policies",
         help="print the IAM policies and bucket settings as one JSON object",
-        description="Print the two IAM policies and the bucket settings as one JSON object.",
+        description="Print the IAM policies and the bucket settings as one JSON object.",
         epilog=policies.APPLY_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     documents.add_argument("--bucket", required=True, help="the avatar bucket's name")
+    documents.add_argument(
+        "--mode",
+        choices=[m.value for m in UploadMode],
+        help="verified (default; three identities) or direct (two); default: UPLOAD_MODE",
+    )
+    documents.add_argument(
+        "--key-prefix", help="prefix of the avatars (default: S3_KEY_PREFIX or profiles/)"
+    )
+    documents.add_argument(
+        "--staging-prefix",
+        help="prefix of staged uploads (default: S3_STAGING_PREFIX or uploads/)",
+    )
     documents.add_argument(
         "--allowed-origin",
         action="append",
@@ -124,16 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="a browser origin allowed to PUT and GET with presigned URLs (repeatable)",
     )
-    documents.add_argument(
-        "--uploader-arn",
-        metavar="ARN",
-        help="the uploader's IAM user or role: the bucket policy denies writes to anyone else",
-    )
-    documents.add_argument(
-        "--reader-arn",
-        metavar="ARN",
-        help="the reader's IAM user or role: the bucket policy denies reads to anyone else",
-    )
+    for identity, job in (
+        ("uploader", "writes to its prefix"),
+        ("reader", "reads of the avatars"),
+        ("verifier", "reads of staged uploads and writes of avatars (verified mode)"),
+    ):
+        documents.add_argument(
+            f"--{identity}-arn",
+            metavar="ARN",
+            help=f"the {identity}'s IAM user or role: the bucket policy denies {job} to "
+            "anyone else",
+        )
     documents.set_defaults(func=_policies)
     return parser
 

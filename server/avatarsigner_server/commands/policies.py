@@ -1,24 +1,31 @@
 """The IAM and bucket documents the security model rests on, ready for the AWS CLI.
 
-`avatar-signer policies --bucket B [--allowed-origin URL ...] [--uploader-arn ARN
---reader-arn ARN]` prints `documents()` as one JSON object. S3_KEY_PREFIX,
-UPLOAD_MAX_TTL_SECONDS and DOWNLOAD_MAX_TTL_SECONDS are read from the environment, as
-`serve` reads them:
+`avatar-signer policies --bucket B [--mode verified|direct] [--allowed-origin URL ...]
+[--uploader-arn ARN --reader-arn ARN [--verifier-arn ARN]]` prints `documents()` as one
+JSON object. Every grant is on one prefix and only for SigV4 presigned requests
+(s3:authType REST-QUERY-STRING) signed at most the longest life of such a request ago
+(UPLOAD_MAX_TTL_SECONDS, DOWNLOAD_MAX_TTL_SECONDS, the verifier's own requests; plus a
+minute of clock skew, s3:signatureAge): a leaked key cannot sign a week-long URL, nor call
+S3 with a header-signed request.
 
-    uploader_policy      IAM policy of the uploader: the seed's actions (s3:PutObject and
-                         s3:AbortMultipartUpload) on B/<prefix>* only, and only by a SigV4
-                         presigned URL (s3:authType REST-QUERY-STRING) signed at most
-                         UPLOAD_MAX_TTL_SECONDS (+ a minute of clock skew) ago
-                         (s3:signatureAge): a leaked key cannot sign a week-long URL, nor
-                         call S3 with a header-signed request
-    reader_policy        the same for s3:GetObject, with DOWNLOAD_MAX_TTL_SECONDS
-    bucket_policy        denies every request made without TLS; with both ARNs, denies
-                         s3:PutObject on B/<prefix>* to every principal but the uploader
-                         and s3:GetObject to every principal but the reader (so a broad
-                         grant elsewhere in the account cannot write or read avatars;
-                         deleting, e.g. for erasure, stays with the account's admins)
+    uploader_policy      IAM policy of the uploader: s3:PutObject and
+                         s3:AbortMultipartUpload on the staging prefix (verified mode:
+                         B/uploads/*; direct mode: the avatars, B/profiles/*)
+    reader_policy        IAM policy of the reader: s3:GetObject on the avatars
+                         (B/profiles/*)
+    verifier_policy      verified mode only (else null): s3:GetObject on the staging
+                         prefix, s3:PutObject on the avatars; never read profiles/*, never
+                         write uploads/*
+    bucket_policy        denies every request made without TLS; given the identities'
+                         ARNs, denies each prefix's s3:PutObject and s3:GetObject to every
+                         principal but the one identity whose job it is (so a broad grant
+                         elsewhere in the account cannot write or read avatars; deleting,
+                         e.g. for erasure, stays with the account's admins)
     public_access_block  all four Block Public Access settings on
     ownership_controls   BucketOwnerEnforced (ACLs off)
+    lifecycle            verified mode only (else null): staged uploads and unfinished
+                         multipart uploads expire after a day, confirmed-upload markers
+                         after two (nobody may delete, so S3 cleans up)
     cors                 PUT and GET from the given origins, the upload headers a page
                          sets allowed, ETag exposed; null without --allowed-origin (then no browser
                          talks to the bucket, and it needs no CORS)
@@ -31,20 +38,25 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..settings.limits import DOWNLOAD_TTL, UPLOAD_TTL
-from ..signing.object_keys import DEFAULT_PREFIX
+from ..settings.uploads import UploadMode
+from ..signing.object_keys import DEFAULT_PREFIX, DEFAULT_STAGING_PREFIX, ObjectKeys
 from ..signing.url_signers import UploadSigner
+from ..storage.objects import DEFAULT_EXPIRES_IN
 
 VERSION = "2012-10-17"
-# A presigned URL's signature may look this much older to S3 than its ttl: clocks differ.
-CLOCK_SKEW_SECONDS = 60
-_PRINCIPAL_ARN = re.compile(r"arn:aws[a-z-]*:(?:iam|sts)::\d{12}:[A-Za-z-]+/[\w+=,.@/-]{1,512}")
 # The headers an upload URL signs and the uploader sends.
 UPLOAD_HEADERS = UploadSigner.HEADERS
-CORS_MAX_AGE_SECONDS = 3000  # the seed's value
+CORS_MAX_AGE_SECONDS = 3000  # the original design's value
+STAGED_UPLOAD_DAYS = 1
+MARKER_DAYS = 2  # outlives the staged uploads they mark, so a repeat confirm finds one
+# A presigned request's signature may look this much older to S3 than its life: clocks differ.
+CLOCK_SKEW_SECONDS = 60
+_PRINCIPAL_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:(?:user|role)/[\w+=,.@/-]{1,512}")
 
 
 def bucket_arn(bucket: str) -> str:
@@ -52,8 +64,43 @@ def bucket_arn(bucket: str) -> str:
 
 
 def objects_arn(bucket: str, prefix: str = "") -> str:
-    """The objects under prefix (all of them by default)."""
     return f"{bucket_arn(bucket)}/{prefix}*"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the bucket's objects live, and which upload design the service runs."""
+
+    bucket: str
+    mode: UploadMode = UploadMode.VERIFIED
+    key_prefix: str = DEFAULT_PREFIX
+    staging_prefix: str = DEFAULT_STAGING_PREFIX
+    # The longest a URL of each kind lives (UPLOAD_MAX_TTL_SECONDS, DOWNLOAD_MAX_TTL_SECONDS).
+    upload_max_ttl: int = UPLOAD_TTL.maximum
+    download_max_ttl: int = DOWNLOAD_TTL.maximum
+
+    @property
+    def verified(self) -> bool:
+        return self.mode is UploadMode.VERIFIED
+
+    @property
+    def avatars(self) -> str:
+        """The ARN of what readers read: the avatars."""
+        return objects_arn(self.bucket, self.key_prefix)
+
+    @property
+    def staged(self) -> str:
+        """The ARN of what upload URLs write (direct mode: the avatars)."""
+        return objects_arn(self.bucket, self.staging_prefix if self.verified else self.key_prefix)
+
+
+@dataclass(frozen=True)
+class Principals:
+    """The identities' IAM user or role ARNs, for the bucket policy's denials of others."""
+
+    uploader: str
+    reader: str
+    verifier: str | None = None
 
 
 def principal_arn_problem(arn: str) -> str | None:
@@ -63,88 +110,128 @@ def principal_arn_problem(arn: str) -> str | None:
     return None
 
 
-def presigned_only(max_ttl_seconds: int) -> dict[str, Any]:
-    """The condition of both identities' grants: SigV4 presigned URLs, no older than a URL
-    may live (plus the clock skew S3 may see)."""
+def presigned_only(max_life_seconds: int) -> dict[str, Any]:
+    """The condition of every grant: SigV4 presigned requests, signed no longer ago than
+    such a request may live (plus the clock skew S3 may see)."""
     return {
         "StringEquals": {
             "s3:authType": "REST-QUERY-STRING",
             "s3:signatureversion": "AWS4-HMAC-SHA256",
         },
         "NumericLessThanEquals": {
-            "s3:signatureAge": str((max_ttl_seconds + CLOCK_SKEW_SECONDS) * 1000)
+            "s3:signatureAge": str((max_life_seconds + CLOCK_SKEW_SECONDS) * 1000)
         },
     }
 
 
-def uploader_policy(
-    bucket: str, prefix: str = DEFAULT_PREFIX, max_ttl_seconds: int = UPLOAD_TTL.maximum
-) -> dict[str, Any]:
-    """Put objects under prefix (and abort multipart uploads), by presigned URL only."""
+def _policy(*statements: dict[str, Any]) -> dict[str, Any]:
+    return {"Version": VERSION, "Statement": list(statements)}
+
+
+def _allow(action: str | list[str], resource: str, max_life_seconds: int) -> dict[str, Any]:
     return {
-        "Version": VERSION,
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
-                "Resource": objects_arn(bucket, prefix),
-                "Condition": presigned_only(max_ttl_seconds),
-            }
-        ],
+        "Effect": "Allow",
+        "Action": action,
+        "Resource": resource,
+        "Condition": presigned_only(max_life_seconds),
     }
 
 
-def reader_policy(
-    bucket: str, prefix: str = DEFAULT_PREFIX, max_ttl_seconds: int = DOWNLOAD_TTL.maximum
-) -> dict[str, Any]:
-    """Get objects under prefix, by presigned URL only; nothing else."""
+def uploader_policy(layout: Layout) -> dict[str, Any]:
+    """Put objects (and abort multipart uploads): no Get, no Delete, no List."""
+    return _policy(
+        _allow(["s3:PutObject", "s3:AbortMultipartUpload"], layout.staged, layout.upload_max_ttl)
+    )
+
+
+def reader_policy(layout: Layout) -> dict[str, Any]:
+    """Get objects, nothing else (download URLs, and its own short reads of markers)."""
+    return _policy(
+        _allow("s3:GetObject", layout.avatars, max(layout.download_max_ttl, DEFAULT_EXPIRES_IN))
+    )
+
+
+def verifier_policy(layout: Layout) -> dict[str, Any] | None:
+    """Read staged uploads, write avatars (verified mode; None in direct mode), with its own
+    short-lived presigned requests."""
+    if not layout.verified:
+        return None
+    return _policy(
+        _allow("s3:GetObject", layout.staged, DEFAULT_EXPIRES_IN),
+        _allow("s3:PutObject", layout.avatars, DEFAULT_EXPIRES_IN),
+    )
+
+
+def lifecycle(layout: Layout) -> dict[str, Any] | None:
+    """Expiry of what the service leaves behind (verified mode; None in direct mode)."""
+    if not layout.verified:
+        return None
+    markers = ObjectKeys(layout.key_prefix, layout.staging_prefix).confirmed_prefix()
     return {
-        "Version": VERSION,
-        "Statement": [
+        "Rules": [
             {
-                "Effect": "Allow",
-                "Action": "s3:GetObject",
-                "Resource": objects_arn(bucket, prefix),
-                "Condition": presigned_only(max_ttl_seconds),
-            }
-        ],
+                "ID": "expire-staged-uploads",
+                "Filter": {"Prefix": layout.staging_prefix},
+                "Status": "Enabled",
+                "Expiration": {"Days": STAGED_UPLOAD_DAYS},
+                "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": STAGED_UPLOAD_DAYS},
+            },
+            {
+                "ID": "expire-confirmed-upload-markers",
+                "Filter": {"Prefix": markers},
+                "Status": "Enabled",
+                "Expiration": {"Days": MARKER_DAYS},
+            },
+        ]
     }
 
 
-def bucket_policy(
-    bucket: str,
-    prefix: str = DEFAULT_PREFIX,
-    uploader_arn: str | None = None,
-    reader_arn: str | None = None,
-) -> dict[str, Any]:
-    """Deny any request without TLS; with both ARNs, writes and reads of the avatars by
-    anyone but the uploader and the reader."""
-    statements: list[dict[str, Any]] = [
+def _only(sid: str, action: str, resource: str, arn: str) -> dict[str, Any]:
+    """Deny `action` on `resource` to every principal but `arn`."""
+    return {
+        "Sid": sid,
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": action,
+        "Resource": resource,
+        "Condition": {"ArnNotEquals": {"aws:PrincipalArn": arn}},
+    }
+
+
+def bucket_policy(layout: Layout, principals: Principals | None = None) -> dict[str, Any]:
+    """Deny any request without TLS; given the ARNs, each prefix's reads and writes to all
+    but the identity whose job they are."""
+    statements = [
         {
             "Sid": "DenyRequestsWithoutTLS",
             "Effect": "Deny",
             "Principal": "*",
             "Action": "s3:*",
-            "Resource": [bucket_arn(bucket), objects_arn(bucket)],
+            "Resource": [bucket_arn(layout.bucket), objects_arn(layout.bucket)],
             "Condition": {"Bool": {"aws:SecureTransport": "false"}},
         }
     ]
-    if uploader_arn and reader_arn:
-        for sid, action, arn in (
-            ("DenyAvatarWritesButTheUploaders", "s3:PutObject", uploader_arn),
-            ("DenyAvatarReadsButTheReaders", "s3:GetObject", reader_arn),
-        ):
+    if principals is not None:
+        if layout.verified:
+            if principals.verifier is None:
+                raise ValueError("verified mode has a third identity: give the verifier's ARN")
+            statements += [
+                _only("OnlyTheUploaderWritesStaged", "s3:PutObject", layout.staged,
+                      principals.uploader),
+                _only("OnlyTheVerifierReadsStaged", "s3:GetObject", layout.staged,
+                      principals.verifier),
+                _only("OnlyTheVerifierWritesAvatars", "s3:PutObject", layout.avatars,
+                      principals.verifier),
+            ]  # fmt: skip
+        else:
             statements.append(
-                {
-                    "Sid": sid,
-                    "Effect": "Deny",
-                    "Principal": "*",
-                    "Action": action,
-                    "Resource": objects_arn(bucket, prefix),
-                    "Condition": {"ArnNotEquals": {"aws:PrincipalArn": arn}},
-                }
-            )
-    return {"Version": VERSION, "Statement": statements}
+                _only("OnlyTheUploaderWritesAvatars", "s3:PutObject", layout.avatars,
+                      principals.uploader)
+            )  # fmt: skip
+        statements.append(
+            _only("OnlyTheReaderReadsAvatars", "s3:GetObject", layout.avatars, principals.reader)
+        )
+    return _policy(*statements)
 
 
 def public_access_block() -> dict[str, bool]:
@@ -198,22 +285,17 @@ def cors(origins: Sequence[str]) -> dict[str, Any] | None:
 
 
 def documents(
-    bucket: str,
-    origins: Sequence[str] = (),
-    *,
-    prefix: str = DEFAULT_PREFIX,
-    upload_max_ttl: int = UPLOAD_TTL.maximum,
-    download_max_ttl: int = DOWNLOAD_TTL.maximum,
-    uploader_arn: str | None = None,
-    reader_arn: str | None = None,
+    layout: Layout, origins: Sequence[str] = (), principals: Principals | None = None
 ) -> dict[str, Any]:
-    """Everything `avatar-signer policies` prints (raises ValueError for a bad origin)."""
+    """Everything `avatar-signer policies` prints (ValueError for a bad origin)."""
     return {
-        "uploader_policy": uploader_policy(bucket, prefix, upload_max_ttl),
-        "reader_policy": reader_policy(bucket, prefix, download_max_ttl),
-        "bucket_policy": bucket_policy(bucket, prefix, uploader_arn, reader_arn),
+        "uploader_policy": uploader_policy(layout),
+        "reader_policy": reader_policy(layout),
+        "verifier_policy": verifier_policy(layout),
+        "bucket_policy": bucket_policy(layout, principals),
         "public_access_block": public_access_block(),
         "ownership_controls": ownership_controls(),
+        "lifecycle": lifecycle(layout),
         "cors": cors(origins),
     }
 
@@ -223,18 +305,20 @@ Prints one JSON object. Apply each part with the AWS CLI (jq picks a part out):
 
   avatar-signer policies --bucket "$BUCKET" --allowed-origin https://app.example.com \\
       --uploader-arn arn:aws:iam::123456789012:user/avatar-uploader \\
-      --reader-arn arn:aws:iam::123456789012:user/avatar-reader > policies.json
+      --reader-arn arn:aws:iam::123456789012:user/avatar-reader \\
+      --verifier-arn arn:aws:iam::123456789012:user/avatar-verifier > policies.json
+  (Roles: give the role ARN; an assumed role's sessions carry it as aws:PrincipalArn.)
 
-  (S3_KEY_PREFIX, UPLOAD_MAX_TTL_SECONDS and DOWNLOAD_MAX_TTL_SECONDS come from the
-  environment, as for serve: the policies cover that prefix and those lifetimes only.
-  Roles: give the role ARN; an assumed role's sessions carry it as aws:PrincipalArn.)
-
-  # The two identities. IAM users (static keys or key files):
+  # The identities (verified mode, the default, has three; direct mode two). IAM users
+  # (static keys or key files):
   aws iam put-user-policy --user-name avatar-uploader --policy-name avatar-upload \\
       --policy-document "$(jq -c .uploader_policy policies.json)"
   aws iam put-user-policy --user-name avatar-reader --policy-name avatar-read \\
       --policy-document "$(jq -c .reader_policy policies.json)"
-  # ... or IAM roles (S3_UPLOAD_ROLE_ARN / S3_READ_ROLE_ARN): the same documents with
+  aws iam put-user-policy --user-name avatar-verifier --policy-name avatar-verify \\
+      --policy-document "$(jq -c .verifier_policy policies.json)"
+  # ... or IAM roles (S3_UPLOAD_ROLE_ARN / S3_READ_ROLE_ARN / S3_VERIFY_ROLE_ARN): the
+  # same documents with
   #   aws iam put-role-policy --role-name ROLE --policy-name NAME --policy-document ...
   # and a trust policy on each role that lets the pod's own role (IRSA or EKS Pod
   # Identity) call sts:AssumeRole; that base role needs nothing else.
@@ -246,6 +330,8 @@ Prints one JSON object. Apply each part with the AWS CLI (jq picks a part out):
       --ownership-controls "$(jq -c .ownership_controls policies.json)"
   aws s3api put-bucket-policy --bucket "$BUCKET" \\
       --policy "$(jq -c .bucket_policy policies.json)"
+  aws s3api put-bucket-lifecycle-configuration --bucket "$BUCKET" \\
+      --lifecycle-configuration "$(jq -c .lifecycle policies.json)"
   aws s3api put-bucket-cors --bucket "$BUCKET" \\
       --cors-configuration "$(jq -c .cors policies.json)"
   # (cors is null without --allowed-origin: no browser talks to the bucket, so skip
@@ -253,10 +339,15 @@ Prints one JSON object. Apply each part with the AWS CLI (jq picks a part out):
 
 Terraform takes the same documents: aws_iam_user_policy / aws_iam_role_policy
 (policy = jsonencode(...)), aws_s3_bucket_public_access_block,
-aws_s3_bucket_ownership_controls, aws_s3_bucket_policy and
-aws_s3_bucket_cors_configuration (its cors_rule blocks take the CORSRules fields).
+aws_s3_bucket_ownership_controls, aws_s3_bucket_policy,
+aws_s3_bucket_lifecycle_configuration and aws_s3_bucket_cors_configuration (their rule
+blocks take the Rules and CORSRules fields).
 
-Then run `avatar-signer check` with the service's settings: it proves against the real
-bucket that the uploader cannot read, the reader cannot write, and neither can delete
-or list.
+--mode, --key-prefix and --staging-prefix default to the service's own UPLOAD_MODE,
+S3_KEY_PREFIX and S3_STAGING_PREFIX when those are set; UPLOAD_MAX_TTL_SECONDS and
+DOWNLOAD_MAX_TTL_SECONDS bound s3:signatureAge as they bound the URLs. Then run
+`avatar-signer check` with the service's settings: it proves against the real bucket that
+each identity can do its one job and nothing else: the uploader cannot read, the reader
+cannot write, the verifier cannot read avatars or write staged uploads, and none can
+delete or list.
 """

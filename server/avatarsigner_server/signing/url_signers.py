@@ -150,11 +150,13 @@ class UploadSigner(_Signer):
 
     METHOD = "PUT"
     # What an upload URL signs besides host (and the uploader must send): type, length,
-    # when given the SHA-256 of the bytes, and the fixed OBJECT_HEADERS.
+    # when given the SHA-256 of the bytes, for a staged upload `If-None-Match: *` (so the
+    # URL writes its key at most once), and the fixed OBJECT_HEADERS.
     HEADERS = (
         "content-type",
         "content-length",
         "x-amz-checksum-sha256",
+        "if-none-match",
         *_SIGNED_OBJECT_HEADERS,
     )
     # Of HEADERS, those a web page sets on its request (CORS must allow them): a browser
@@ -169,6 +171,7 @@ class UploadSigner(_Signer):
         content_length: int,
         checksum_sha256: str | None,
         ttl_seconds: int,
+        write_once: bool = False,
     ) -> SignedUrl:
         """A PUT URL for key; the returned headers are exactly what the uploader sends."""
         length = str(content_length)
@@ -176,6 +179,8 @@ class UploadSigner(_Signer):
         sign = {"content-type": content_type, "content-length": length, **_SIGNED_OBJECT_HEADERS}
         if checksum_sha256:
             send["x-amz-checksum-sha256"] = sign["x-amz-checksum-sha256"] = checksum_sha256
+        if write_once:
+            send["If-None-Match"] = sign["if-none-match"] = "*"
         return self._presign(key, ttl_seconds, signed_headers=sign, send_headers=send)
 
 

@@ -1,7 +1,6 @@
 """`avatar-signer check`: prove the least privilege against the real bucket.
 
     least_privilege  the checks, in order, with the service's own signers
-    s3_http          plain HTTP requests to S3 (no redirect followed)
     advice           what to fix, in words, for each failure
     report           the PASS / FAIL / SKIP table
 """
