@@ -6,6 +6,7 @@ is, and which RPCs each may call.
     token_sha256 = "9f86d0..."   # hex SHA-256 of its bearer token; never the token itself
     tls_identity = "spiffe://cluster.local/ns/app/sa/profile"   # optional: URI or DNS SAN
     allow = ["CreateUploadUrl", "CreateDownloadUrl"]
+    account_deletion = false     # optional: true lets it DeleteAvatar without end-user tokens
 
 A `tls_identity` is typed by its form: with a scheme (`spiffe://...`, `https://...`) it is
 a URI and matches only a certificate's URI SANs; otherwise it must be a DNS name and
@@ -46,7 +47,7 @@ _DNS_NAME = re.compile(
 URI, DNS = "uri", "dns"
 # A certificate identity: (URI or DNS, the SAN's value; a DNS name lowercase).
 TlsIdentity = tuple[str, str]
-_KEYS = ("name", "token_sha256", "tls_identity", "allow")
+_KEYS = ("name", "token_sha256", "tls_identity", "allow", "account_deletion")
 
 log = logging.getLogger("avatarsigner.callers")
 
@@ -71,6 +72,9 @@ class Caller:
     allow: frozenset[str]
     token_sha256: str | None = field(default=None, repr=False)
     tls_identity: str | None = None
+    # Runs account deletion: may call DeleteAvatar for any user without the end user's
+    # token (where end-user tokens are on). Needs DeleteAvatar in `allow` as well.
+    account_deletion: bool = False
 
     @property
     def certificate_identity(self) -> TlsIdentity | None:
@@ -143,8 +147,14 @@ def _caller(entry: object) -> Caller:
                 f"allow: {rpc!r} is not an RPC of {SERVICE_NAME} "
                 f"(one of {', '.join(sorted(RPC_NAMES))})"
             )
+    account_deletion = entry.get("account_deletion", False)
+    if not isinstance(account_deletion, bool):
+        raise _Problem("account_deletion must be true or false")
+    if account_deletion and "DeleteAvatar" not in allow:
+        raise _Problem("account_deletion needs DeleteAvatar in allow")
     return Caller(
         name=name,
+        account_deletion=account_deletion,
         allow=frozenset(allow),
         token_sha256=digest.lower() if digest else None,
         tls_identity=identity,

@@ -244,7 +244,14 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
                     _refuse_repeated(repeated)
                     caller, how = self._identify(metadata, context)
                     name = ANONYMOUS if caller is None else caller.name
-                    call = Call(request_id, rpc, name, how, metadata)
+                    call = Call(
+                        request_id,
+                        rpc,
+                        name,
+                        how,
+                        metadata,
+                        account_deletion=caller is not None and caller.account_deletion,
+                    )
                     request = _parsed(rpc, parse, raw)
                     self._authorize(call, caller, request)
                 except ServiceError as error:

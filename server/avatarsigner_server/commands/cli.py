@@ -80,6 +80,7 @@ def _policy_layout(args: argparse.Namespace) -> policies.Layout:
         mode,
         prefix,
         staging,
+        args.versioned,
         upload_max_ttl=limits.ttl(env, "UPLOAD", *limits.DEFAULT_UPLOAD_TTL).maximum,
         download_max_ttl=limits.ttl(env, "DOWNLOAD", *limits.DEFAULT_DOWNLOAD_TTL).maximum,
     )
@@ -169,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     documents.add_argument(
         "--staging-prefix",
         help="prefix of staged uploads (default: S3_STAGING_PREFIX or uploads/)",
+    )
+    documents.add_argument(
+        "--versioned",
+        action="store_true",
+        help="the bucket keeps old versions: let the verifier delete them too "
+        "(set DELETE_OLD_VERSIONS=true on the service)",
     )
     documents.add_argument(
         "--allowed-origin",
