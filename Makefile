@@ -5,15 +5,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+UV := $(BIN)/uv
+# uv syncs the environment make uses, wherever VENV points.
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
 .PHONY: install run test lint protos proto-baseline bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml client/pyproject.toml examples/node/package-lock.json
+# The venv is made by the Python you run make with; uv (pinned and hash-checked by uv.lock)
+# is bootstrapped into it with pip once, then `uv sync --frozen` installs exactly the lock:
+# both workspace members editable, the dev group, nothing else (pip itself included).
+$(STAMP): pyproject.toml client/pyproject.toml uv.lock examples/node/package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ./client -e '.[dev]'
+	test -x $(UV) || $(PY) dev/install_uv.py
+	$(UV) sync --frozen --quiet
 	@if [ -f examples/node/package-lock.json ]; then cd examples/node && npm ci --no-audit --no-fund --loglevel=error; fi
 	touch $(STAMP)
 
@@ -23,7 +29,8 @@ run: install  ## start SeaweedFS + the service on 127.0.0.1:50051 and print comm
 test: install  ## the whole suite (starts its own SeaweedFS and servers on 127.0.0.1)
 	$(PY) -m pytest
 
-lint: install  ## ruff, mypy --strict, buf lint + breaking, hadolint, kubernetes-validate
+lint: install  ## uv.lock up to date, ruff, mypy --strict, buf lint + breaking, hadolint, kubernetes-validate
+	$(UV) lock --check
 	$(BIN)/ruff check server client tests dev bench
 	$(BIN)/mypy
 	$(BIN)/buf lint

@@ -9,11 +9,15 @@ but not in the probes, a distribution renamed in pyproject but not in the image.
 from __future__ import annotations
 
 import dataclasses
+import email
 import hashlib
 import json
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -38,14 +42,20 @@ CLIENT_DIR = "client"
 # --- the sources of truth -----------------------------------------------------------------
 
 
+def _toml(path: Path) -> dict[str, Any]:
+    with path.open("rb") as stream:
+        return tomllib.load(stream)
+
+
 def _pyproject(directory: Path) -> dict[str, Any]:
-    with (directory / "pyproject.toml").open("rb") as stream:
-        project: dict[str, Any] = tomllib.load(stream)["project"]
+    project: dict[str, Any] = _toml(directory / "pyproject.toml")["project"]
     return project
 
 
+PYPROJECT = _toml(ROOT / "pyproject.toml")
 SERVER_PROJECT = _pyproject(ROOT)
 CLIENT_PROJECT = _pyproject(ROOT / CLIENT_DIR)
+LOCKED = {canonicalize_name(p["name"]): p for p in _toml(ROOT / "uv.lock")["package"]}
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
 GRPC_PORT = DEFAULTS["grpc_port"]
 METRICS_PORT = DEFAULTS["metrics_port"]
@@ -186,14 +196,49 @@ def test_image_installs_the_two_distributions_at_their_versions_and_nothing_else
     }
 
 
-def test_server_requires_the_client_version_the_image_installs() -> None:
-    pinned = {
-        canonicalize_name(req.name): req.specifier
-        for req in map(Requirement, SERVER_PROJECT["dependencies"])
-    }
+def test_server_takes_the_client_from_this_repository_never_from_an_index() -> None:
+    """uv through the workspace, pip through the file URL the build backend expands: nobody
+    looks `avatar-signer-client` up on an index, where anyone could publish that name."""
     client = canonicalize_name(CLIENT_PROJECT["name"])
-    assert client in pinned, "the server distribution depends on the client distribution"
-    assert CLIENT_PROJECT["version"] in pinned[client]
+    (requirement,) = [
+        req
+        for req in map(Requirement, SERVER_PROJECT["dependencies"])
+        if canonicalize_name(req.name) == client
+    ]
+    assert requirement.url == f"file:///${{PROJECT_ROOT}}/{CLIENT_DIR}"
+    uv = PYPROJECT["tool"]["uv"]
+    assert uv["sources"][CLIENT_PROJECT["name"]] == {"workspace": True}
+    assert uv["workspace"]["members"] == [CLIENT_DIR]
+    assert LOCKED[client]["source"] == {"editable": CLIENT_DIR}
+    assert LOCKED[client]["version"] == CLIENT_PROJECT["version"]
+
+
+def test_lock_takes_every_other_package_from_pypi_with_hashes() -> None:
+    local = {canonicalize_name(p["name"]) for p in (SERVER_PROJECT, CLIENT_PROJECT)}
+    for name, package in LOCKED.items():
+        if name in local:
+            continue
+        assert package["source"] == {"registry": "https://pypi.org/simple"}, name
+        files = [*package.get("wheels", []), *([package["sdist"]] if "sdist" in package else [])]
+        assert files and all(f["hash"].startswith("sha256:") for f in files), name
+
+
+def test_built_server_wheel_names_this_checkouts_client_for_pip(tmp_path: Path) -> None:
+    """What `pip install .` sees: the wheel's metadata points at ./client by absolute file URL
+    (built here with uv, which runs the same build backend pip would)."""
+    uv = Path(sys.executable).parent / "uv"
+    result = subprocess.run(
+        [str(uv), "build", "--wheel", "--no-sources", "--out-dir", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (wheel,) = tmp_path.glob("avatar_signer-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = email.message_from_bytes(archive.read(name))
+    requires = map(Requirement, metadata.get_all("Requires-Dist", []))
+    client = [r for r in requires if r.name == CLIENT_PROJECT["name"]]
+    assert [r.url for r in client] == [(ROOT / CLIENT_DIR).as_uri()]
 
 
 def test_image_exposes_exactly_the_default_grpc_and_metrics_ports() -> None:
