@@ -9,7 +9,15 @@ UV := $(BIN)/uv
 # uv syncs the environment make uses, wherever VENV points.
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: install run test lint protos proto-baseline bench clean
+# The container image: `make image` builds it, `make image-test` runs it (docs/image.md).
+IMAGE ?= localhost/avatar-signer:dev
+IMAGE_BASE ?=
+# The build trusts what this machine trusts (a TLS-intercepting proxy's CA included), passed
+# as a build secret: SSL_CERT_FILE if set, else Debian's system bundle. Never in a layer.
+IMAGE_CA_BUNDLE ?= $(or $(SSL_CERT_FILE),$(wildcard /etc/ssl/certs/ca-certificates.crt))
+export IMAGE IMAGE_CA_BUNDLE
+
+.PHONY: install run test lint protos proto-baseline bench clean image image-test
 
 install: $(STAMP)
 
@@ -27,7 +35,13 @@ run: install  ## start SeaweedFS + the service on 127.0.0.1:50051 and print comm
 	$(PY) dev/run.py
 
 test: install  ## the whole suite (starts its own SeaweedFS and servers on 127.0.0.1)
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not image"
+
+image: install  ## build the image with buildah (or docker), on a local Debian base unless IMAGE_BASE
+	$(PY) dev/image.py --tag $(IMAGE) $(if $(IMAGE_BASE),--base $(IMAGE_BASE)) $(if $(IMAGE_CA_BUNDLE),--ca-bundle $(IMAGE_CA_BUNDLE))
+
+image-test: install  ## run the built image as the Deployment does, against a local S3 (podman)
+	$(PY) -m pytest -m image
 
 lint: install  ## uv.lock up to date, ruff, mypy --strict, buf lint + breaking, hadolint, kubernetes-validate
 	$(UV) lock --check
