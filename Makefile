@@ -61,4 +61,4 @@ bench: install  ## benchmarks (not tests): prints one table of ratios
 	$(PY) bench/run.py
 
 clean:
-	rm -rf .run build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .run build dist *.egg-info .pdm-build client/.pdm-build .pytest_cache .mypy_cache .ruff_cache
