@@ -92,7 +92,7 @@ def _engine() -> Engine:
         if shutil.which("runc"):
             engine.global_args = ["--runtime", "runc"]
         # Explicit limits below any host's: podman otherwise raises them, which a root
-        # without CAP_SYS_RESOURCE (a sandboxed CI machine) may not do.
+        # without CAP_SYS_RESOURCE (as on some CI virtual machines) may not do.
         engine.run_args = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
         # Docker adds no tmpfs to a read-only container; podman does unless told not to.
         engine.run_args += ["--read-only-tmpfs=false"]
