@@ -10,8 +10,9 @@ Without it, a stand-in for debian:bookworm-slim is made here from Debian's archi
 from), slimmed the way the `-slim` images are (no documentation, manual pages or
 translations, also for packages installed later), with the same APT sources. Making it
 needs root and debootstrap, and takes about a minute; the root filesystem is then kept as a
-tarball in `--cache-dir` (.run/image-cache), and the image made from it is reused while that
-tarball stays. Without the tarball (a fresh clone, CI, `make clean`) it is made anew.
+tarball in `--cache-dir` (.run/image-cache), and the image made from it (`STANDIN`-digest)
+is reused while that tarball stays. Without the tarball (a fresh clone, CI, `make clean`)
+it is made anew.
 
 Behind a TLS-intercepting proxy, `--ca-bundle FILE` (a PEM bundle that includes the proxy's
 CA) is handed to the build as the secret `build-ca`; it is never part of an image layer.
@@ -31,8 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STANDIN = "localhost/avatar-signer-base:bookworm-standin"
-SOURCE_LABEL = "avatar-signer.base.rootfs-sha256"  # which cached tarball the stand-in is from
+STANDIN = "localhost/avatar-signer-base:bookworm-standin"  # -<digest of its tarball>
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
@@ -103,16 +103,10 @@ def pick_builder() -> str:
     )
 
 
-def image_label(builder: str, name: str, label: str) -> str | None:
-    """The image's label, or None when there is no such image (or label)."""
-    if builder == "docker":
-        command = ["docker", "inspect", "--format", f'{{{{index .Config.Labels "{label}"}}}}']
-    else:
-        command = ["buildah", "inspect", "--type", "image"]
-        command += ["--format", f'{{{{index .OCIv1.Config.Labels "{label}"}}}}']
-    result = subprocess.run([*command, name], capture_output=True, text=True, check=False)
-    value = result.stdout.strip()
-    return value if result.returncode == 0 and value not in {"", "<no value>"} else None
+def image_exists(builder: str, name: str) -> bool:
+    command = ["docker", "image", "inspect"] if builder == "docker" else ["buildah", "inspect"]
+    kind = [] if builder == "docker" else ["--type", "image"]
+    return subprocess.run([*command, *kind, name], capture_output=True, check=False).returncode == 0
 
 
 # --- the Debian stand-in ------------------------------------------------------------------
@@ -178,12 +172,11 @@ def _working_container() -> Iterator[str]:
         subprocess.run(["buildah", "rm", container], capture_output=True, check=False)
 
 
-def import_rootfs(builder: str, tarball: Path, name: str, digest: str) -> None:
-    label = f"{SOURCE_LABEL}={digest}"
+def import_rootfs(builder: str, tarball: Path, name: str) -> None:
     if builder == "docker":
         run(
-            "docker", "import", "--change", f"ENV PATH={BASE_PATH}", "--change", 'CMD ["bash"]',
-            "--change", f"LABEL {label}", str(tarball), name,
+            "docker", "import", "--change", f"ENV PATH={BASE_PATH}",
+            "--change", 'CMD ["bash"]', str(tarball), name,
         )  # fmt: skip
         return
     with _working_container() as container:
@@ -191,7 +184,6 @@ def import_rootfs(builder: str, tarball: Path, name: str, digest: str) -> None:
         run("tar", "--numeric-owner", "--xattrs", "-C", mountpoint, "-xpf", str(tarball))
         run("buildah", "umount", container)
         run("buildah", "config", "--env", f"PATH={BASE_PATH}", "--cmd", "bash", container)
-        run("buildah", "config", "--label", label, container)
         run("buildah", "commit", "--quiet", container, name, stdout=subprocess.DEVNULL)
 
 
@@ -204,19 +196,19 @@ def _sha256(path: Path) -> str:
 
 
 def standin_base(builder: str, cache_dir: Path) -> str:
-    """The stand-in's name. The tarball in `cache_dir` is the cache: without it (a fresh
-    clone, CI) the base is made anew; with it, the image made from it is reused, or made
-    again from it when the builder's storage holds another (or none)."""
+    """The stand-in's name, which ends in its tarball's digest. The tarball in `cache_dir`
+    is the cache: without it (a fresh clone, CI, `make clean`) the base is made anew; with
+    it, the image made from it is reused (several checkouts on one machine keep theirs)."""
     tarball = cache_dir / f"debian-{SUITE}-minbase-slim.tar"
     if not tarball.exists():
         print(f"base: making a Debian {SUITE} stand-in with debootstrap (about a minute)")
         make_rootfs_tarball(tarball)
-    digest = _sha256(tarball)
-    if image_label(builder, STANDIN, SOURCE_LABEL) == digest:
-        print(f"base: {STANDIN}, from {tarball.relative_to(ROOT)} (kept)")
+    name = f"{STANDIN}-{_sha256(tarball)[:12]}"
+    if image_exists(builder, name):
+        print(f"base: {name}, from {tarball} (kept)")
     else:
-        import_rootfs(builder, tarball, STANDIN, digest)
-    return STANDIN
+        import_rootfs(builder, tarball, name)
+    return name
 
 
 # --- the service image --------------------------------------------------------------------
