@@ -76,7 +76,7 @@ RUN apt-get update \
 
 COPY --from=build /opt/avatar-signer /opt/avatar-signer
 
-# The venv first on PATH: `avatar-signer` and `python` (the Deployment's preStop) are its own.
+# The venv first on PATH: `avatar-signer`, `python` and `python3` are the environment's own.
 # Bytecode was compiled at build time; the root filesystem is read-only at run time.
 ENV PATH=/opt/avatar-signer/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1 \
