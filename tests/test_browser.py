@@ -425,9 +425,12 @@ def test_a_user_without_an_avatar_shows_the_default_picture(page: Any, web: Back
 
 
 def test_feed_screenshot(
-    page: Any, web: Background, tmp_path_factory: pytest.TempPathFactory
+    page: Any, web: Background, images: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """The feed after the uploads above, kept under the run's folder to look at."""
+    """The feed (this module's users), kept under the run's temporary folder to look at."""
+    _sign_in(page, web, _user("shot"))
+    page.set_input_files("#file", str(images["image/jpeg"]))
+    assert _status(page)[0] == "done"
     feed = _feed(page, web)
     assert any(item["avatar"] == "own" for item in feed.values())
     assert all(item["width"] > 0 for item in feed.values())
