@@ -10,12 +10,13 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml client/pyproject.toml examples/node/package-lock.json tests/node_cloudfront/package-lock.json
+$(STAMP): pyproject.toml client/pyproject.toml examples/node/package-lock.json tests/node_cloudfront/package-lock.json examples/web/package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ./client -e '.[dev]'
 	@if [ -f examples/node/package-lock.json ]; then cd examples/node && npm ci --no-audit --no-fund --loglevel=error; fi
 	@if [ -f tests/node_cloudfront/package-lock.json ]; then cd tests/node_cloudfront && npm ci --no-audit --no-fund --loglevel=error; fi
+	@if [ -f examples/web/package-lock.json ]; then cd examples/web && npm ci --no-audit --no-fund --loglevel=error; fi
 	touch $(STAMP)
 
 run: install  ## start SeaweedFS + the service on 127.0.0.1:50051 and print commands to try
