@@ -18,9 +18,10 @@ prints `documents()` as one JSON object:
     lifecycle            verified mode only (else null): staged uploads and unfinished
                          multipart uploads expire after a day, confirmed-upload markers
                          after two (nobody may delete, so S3 cleans up)
-    cors                 PUT and GET from the given origins, the upload headers allowed,
-                         ETag exposed; null without --allowed-origin (then no browser
-                         talks to the bucket, and it needs no CORS)
+    cors                 PUT and GET from the given origins, the upload headers a page
+                         sets allowed (not Content-Length: the browser sets it), ETag
+                         exposed; null without --allowed-origin (then no browser talks
+                         to the bucket, and it needs no CORS)
 
 Each value has the shape its `aws iam` / `aws s3api` command takes (see APPLY_HELP).
 `avatar-signer check` then proves, against the real bucket, that the policies hold.
@@ -38,8 +39,6 @@ from ..signing.object_keys import DEFAULT_PREFIX, DEFAULT_STAGING_PREFIX, Object
 from ..signing.url_signers import UploadSigner
 
 VERSION = "2012-10-17"
-# The headers an upload URL signs and the uploader sends.
-UPLOAD_HEADERS = UploadSigner.HEADERS
 CORS_MAX_AGE_SECONDS = 3000  # the original design's value
 STAGED_UPLOAD_DAYS = 1
 MARKER_DAYS = 2  # outlives the staged uploads they mark, so a repeat confirm finds one
@@ -187,7 +186,7 @@ def cors(origins: Sequence[str]) -> dict[str, Any] | None:
             {
                 "AllowedOrigins": list(dict.fromkeys(origins)),
                 "AllowedMethods": ["PUT", "GET"],
-                "AllowedHeaders": list(UPLOAD_HEADERS),
+                "AllowedHeaders": list(UploadSigner.HEADERS_A_BROWSER_MAY_SET),
                 "ExposeHeaders": ["ETag"],
                 "MaxAgeSeconds": CORS_MAX_AGE_SECONDS,
             }

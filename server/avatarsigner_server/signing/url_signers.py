@@ -124,6 +124,14 @@ class UploadSigner(_Signer):
     # when given the SHA-256 of the bytes, and for a staged upload `If-None-Match: *`, so
     # the URL writes its key at most once.
     HEADERS = ("content-type", "content-length", "x-amz-checksum-sha256", "if-none-match")
+    # Of HEADERS, those a browser sets itself and never lets a page set (forbidden request
+    # headers in the Fetch standard): it sends the body's length as Content-Length.
+    SET_BY_BROWSER = ("content-length",)
+    # Of HEADERS, those a web page sets on its request (in HEADERS' order): the bucket's
+    # CORS rule allows exactly these.
+    HEADERS_A_BROWSER_MAY_SET = tuple(
+        sorted(set(HEADERS) - set(SET_BY_BROWSER), key=HEADERS.index)
+    )
 
     def sign(
         self,
