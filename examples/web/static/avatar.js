@@ -4,8 +4,9 @@
 //   -> SHA-256 of the bytes with SubtleCrypto
 //   -> ask our app for an upload URL (the app asks AvatarSigner)
 //   -> PUT the raw bytes to S3 with exactly the returned headers a script may set
-//   -> confirm, where the service's upload flow has that step
-//   -> show the avatar from a download URL
+//      (Content-Type, x-amz-checksum-sha256, If-None-Match; the browser sets Content-Length)
+//   -> ask our app to confirm (ConfirmUpload verifies the image and publishes it)
+//   -> show the verified avatar from a download URL
 
 // Request headers the browser sets itself and forbids scripts to set (the Fetch
 // standard's forbidden request-header names). Content-Length is one: the browser sends
@@ -58,10 +59,14 @@ export function refuseEarly(file, config) {
   return null;
 }
 
-/** The type to sign: from the bytes, which must be an accepted image. */
-export function contentTypeOf(bytes, config) {
-  const type = sniffType(bytes);
-  if (type === null || !config.allowed_types.includes(type)) {
+/**
+ * The type to sign: what the bytes start with when the page recognises it (a JPEG named
+ * .png is signed as a JPEG), else the type the browser gave the file. This is a
+ * convenience, not a check: ConfirmUpload decides whether the bytes are that image.
+ */
+export function contentTypeOf(bytes, config, declaredType = "") {
+  const type = sniffType(bytes) ?? declaredType;
+  if (!config.allowed_types.includes(type)) {
     throw new UploadProblem(`This is not a ${config.allowed_types.map((t) => t.split("/")[1].toUpperCase()).join(", ")} image.`);
   }
   return type;
@@ -76,7 +81,13 @@ export async function sha256Base64(bytes) {
   return btoa(String.fromCharCode(...digest));
 }
 
-export class UploadProblem extends Error {}
+/** Something the person should be told; `reason` is the service's word, when it gave one. */
+export class UploadProblem extends Error {
+  constructor(message, reason = null) {
+    super(message);
+    this.reason = reason;
+  }
+}
 
 /** Calls our own app's JSON API; throws UploadProblem with the app's message. */
 export async function api(path, body) {
@@ -95,13 +106,15 @@ export async function api(path, body) {
   } catch {
     // not JSON: use the status below
   }
-  if (!response.ok) throw new UploadProblem(data.error || `${path} answered ${response.status}`);
+  if (!response.ok) {
+    throw new UploadProblem(data.error || `${path} answered ${response.status}`, data.reason ?? null);
+  }
   return data;
 }
 
-/** Ask the app for an upload URL for these bytes (type from the bytes, their SHA-256). */
-export async function askForUpload(bytes, config) {
-  const contentType = contentTypeOf(bytes, config);
+/** Ask the app for an upload URL for these bytes (their type and SHA-256). */
+export async function askForUpload(bytes, config, declaredType = "") {
+  const contentType = contentTypeOf(bytes, config, declaredType);
   const checksum = await sha256Base64(bytes);
   return api("/api/upload-url", {
     content_type: contentType,
@@ -134,13 +147,19 @@ export async function putSigned(signed, bytes) {
   if (!response.ok) {
     const text = await response.text().catch(() => "");
     const code = /<Code>([^<]{1,64})<\/Code>/.exec(text)?.[1];
-    throw new UploadProblem(`Storage refused the upload: ${response.status}${code ? ` ${code}` : ""}.`);
+    // 412: If-None-Match: * was signed, and this upload URL has written its object already.
+    throw new UploadProblem(`Storage refused the upload: ${response.status}${code ? ` ${code}` : ""}.`, code ?? null);
   }
   return response;
 }
 
-/** Confirm the upload where the service has that step (the answer says so). */
-export async function confirmIfNeeded(signed) {
+/**
+ * Ask our app to confirm the upload (it calls ConfirmUpload): until then the bytes are a
+ * staged upload nobody sees. Throws UploadProblem with the refusal (`reason`: NOT_AN_IMAGE,
+ * TYPE_MISMATCH, ...). A service running direct uploads has no confirm step (`confirm`
+ * is false): the PUT wrote the avatar itself.
+ */
+export async function confirmUpload(signed) {
   if (!signed.confirm) return null;
   return api("/api/confirm", { upload_id: signed.upload_id });
 }
@@ -169,14 +188,26 @@ export async function showOwnAvatar(img) {
   return false;
 }
 
+/** What the person is told once the avatar is verified and shown. */
+export function doneMessage(confirmed) {
+  if (!confirmed) return "Your new avatar is up.";
+  const kind = confirmed.content_type.split("/")[1].toUpperCase();
+  const removed = confirmed.metadata_removed.length
+    ? ` Removed from the file: ${confirmed.metadata_removed.join(", ")}.`
+    : "";
+  return `Your new avatar is up: a ${confirmed.width}×${confirmed.height} ${kind}, checked by the avatar service.${removed}`;
+}
+
 export function formatBytes(n) {
   if (n < 1024) return `${n} bytes`;
   if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
   return `${(n / 1024 / 1024).toFixed(1)} MiB`;
 }
 
-export function setStatus(element, state, text) {
+/** Show a status line; `reason` (the service's or S3's word for a refusal) goes in data-reason. */
+export function setStatus(element, state, text, reason = null) {
   element.dataset.state = state;
+  element.dataset.reason = reason ?? "";
   element.textContent = text;
 }
 

@@ -1,7 +1,7 @@
-// The profile page: choose a file -> check -> SHA-256 -> upload URL -> PUT -> (confirm) -> show.
+// The profile page: choose a file -> check -> SHA-256 -> upload URL -> PUT -> confirm -> show.
 import {
-  UploadProblem, askForUpload, confirmIfNeeded, formatBytes, putSigned, refuseEarly,
-  setStatus, showOwnAvatar, signOut, whoAmI,
+  UploadProblem, askForUpload, confirmUpload, doneMessage, formatBytes, putSigned,
+  refuseEarly, setStatus, showOwnAvatar, signOut, whoAmI,
 } from "/static/avatar.js";
 
 const avatar = document.getElementById("avatar");
@@ -29,17 +29,17 @@ input.addEventListener("change", async () => {
     setStatus(status, "working", "Checking the picture…");
     // Read once: the bytes hashed are the bytes sent, even if the file changes on disk.
     const bytes = await file.arrayBuffer();
-    const signed = await askForUpload(bytes, config);
+    const signed = await askForUpload(bytes, config, file.type);
     setStatus(status, "working", "Uploading…");
     await putSigned(signed, bytes);
-    if (signed.confirm) {
-      setStatus(status, "working", "Checking the upload…");
-      await confirmIfNeeded(signed);
-    }
+    // Not the avatar yet: the service verifies the bytes and publishes them, or refuses.
+    setStatus(status, "working", "Checking the upload…");
+    const confirmed = await confirmUpload(signed);
     if (!(await showOwnAvatar(avatar))) throw new UploadProblem("The new avatar could not be shown.");
-    setStatus(status, "done", "Your new avatar is up.");
+    setStatus(status, "done", doneMessage(confirmed));
   } catch (error) {
-    setStatus(status, "error", error instanceof UploadProblem ? error.message : `Upload failed: ${error}`);
+    if (error instanceof UploadProblem) setStatus(status, "error", error.message, error.reason);
+    else setStatus(status, "error", `Upload failed: ${error}`);
   } finally {
     input.value = "";
   }

@@ -22,8 +22,8 @@ FEED_LIMIT = 100
 @dataclass
 class Account:
     user_id: str
-    #: The `version` ConfirmUpload answered with, once the service has that step: the app
-    #: then knows who has an avatar and can use it to bust caches. None: not known.
+    #: The `version` ConfirmUpload answered with: the app then knows who has an avatar
+    #: (and which one). None: not confirmed while this process ran.
     avatar_version: str | None = None
 
 

@@ -11,7 +11,7 @@ browser straight to S3.
     POST /api/signout
     GET  /api/me                         who is signed in, and what the pages may accept
     POST /api/upload-url {"content_type", "content_length", "checksum_sha256"}
-    POST /api/confirm {"upload_id"}      where the service's upload flow has a confirm step
+    POST /api/confirm {"upload_id"}      verified uploads: ConfirmUpload, after the PUT
     GET  /api/avatar-url                 a download URL for the signed-in user
     GET  /api/feed                       download URLs for the feed, one batch call
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -53,11 +54,34 @@ SESSION_HOURS = 8
 NO_STORE = {"Cache-Control": "no-store"}
 
 
+#: An upload id as the service mints it: opaque, URL-safe (the service checks the rest).
+UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+# What the page tells a person when ConfirmUpload refuses an upload, by the reason the
+# service gives (google.rpc.ErrorInfo). The reason itself goes along for programs.
+REFUSALS = {
+    "NOT_AN_IMAGE": "this file is not an image",
+    "TYPE_MISMATCH": "the file is another kind of image than it claims to be",
+    "UNSUPPORTED_FORMAT": "this kind of image is not accepted (JPEG, PNG or WebP only)",
+    "TRUNCATED": "the image is incomplete",
+    "CORRUPT": "the image is damaged",
+    "TOO_MANY_PIXELS": "the picture has too many pixels",
+    "ANIMATED": "animated pictures are not accepted",
+    "TOO_MANY_FRAMES": "the picture has too many frames",
+    "TOO_COMPLEX": "the image file is too complex",
+    "TOO_LARGE": "the file is too large",
+    "NOT_UPLOADED": "the upload did not arrive, or has expired; try again",
+    "SIZE_MISMATCH": "the upload was not the size announced; try again",
+    "CHECKSUM_MISMATCH": "the upload was not the bytes announced; try again",
+}
+
+
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.reason = reason
 
 
 def create_app(settings: WebSettings, signer: AsyncAvatarSignerClient | None = None) -> Starlette:
@@ -169,9 +193,6 @@ def create_app(settings: WebSettings, signer: AsyncAvatarSignerClient | None = N
                 user, content_type, length, checksum_sha256=checksum, end_user_token=token
             )
         )
-        # Compatible additions to the response (the confirm step) pass through when the
-        # client knows them; today's responses have no upload_id and need no confirm.
-        upload_id = getattr(upload, "upload_id", "") or ""
         return JSONResponse(
             {
                 "method": upload.method,
@@ -179,8 +200,10 @@ def create_app(settings: WebSettings, signer: AsyncAvatarSignerClient | None = N
                 "headers": upload.headers,
                 "expires_at": upload.expires_at.isoformat(),
                 "key": upload.key,
-                "upload_id": upload_id,
-                "confirm": bool(upload_id),
+                # Verified uploads: the page confirms with it once the PUT succeeded.
+                # Empty when the service runs direct uploads (no confirm step).
+                "upload_id": upload.upload_id,
+                "confirm": bool(upload.upload_id),
             },
             headers=NO_STORE,
         )
@@ -189,18 +212,22 @@ def create_app(settings: WebSettings, signer: AsyncAvatarSignerClient | None = N
         user = current_user(request)
         body = await _json(request)
         upload_id = body.get("upload_id")
-        if not isinstance(upload_id, str) or not upload_id:
-            raise ApiError(400, "upload_id: required")
-        confirm_upload = getattr(the_signer(request), "confirm_upload", None)
-        if confirm_upload is None:
-            raise ApiError(404, "this avatar service has no confirm step")
+        if not isinstance(upload_id, str) or not UPLOAD_ID.fullmatch(upload_id):
+            raise ApiError(400, "upload_id: required, as the upload answer gave it")
         # The user comes from the session, so nobody confirms another user's upload;
         # the service checks that the upload_id was minted for this user as well.
-        result = await _call(confirm_upload(user, upload_id))
-        version = str(getattr(result, "version", "") or "")
-        if version:
-            directory.confirmed(user, version)
-        return JSONResponse({"version": version}, headers=NO_STORE)
+        result = await _call(the_signer(request).confirm_upload(user, upload_id))
+        directory.confirmed(user, result.version)
+        return JSONResponse(
+            {
+                "version": result.version,
+                "content_type": result.content_type,
+                "width": result.width,
+                "height": result.height,
+                "metadata_removed": list(result.metadata_removed),
+            },
+            headers=NO_STORE,
+        )
 
     async def avatar_url(request: Request) -> Response:
         user = current_user(request)
@@ -285,9 +312,10 @@ def _api(
         try:
             return await handler(request)
         except ApiError as error:
-            return JSONResponse(
-                {"error": error.message}, status_code=error.status, headers=NO_STORE
-            )
+            body = {"error": error.message}
+            if error.reason:
+                body["reason"] = error.reason
+            return JSONResponse(body, status_code=error.status, headers=NO_STORE)
 
     return wrapped
 
@@ -321,13 +349,18 @@ async def _call(pending: Awaitable[Any]) -> Any:
         return await pending
     except AvatarSignerError as error:
         code = error.code.name
-        log.warning("AvatarSigner refused: %s", code)  # no URL, no token: only the code
+        # No URL, no token: only the code and the reason.
+        log.warning("AvatarSigner refused: %s %s", code, error.reason or "")
         if code == "INVALID_ARGUMENT":
             raise ApiError(400, str(error).split(": ", 1)[-1]) from None
         if code == "RESOURCE_EXHAUSTED":
             raise ApiError(429, "too many uploads for now; try again later") from None
         if code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
             raise ApiError(403, "the avatar service refused this request") from None
+        if code == "FAILED_PRECONDITION" and error.reason in REFUSALS:
+            # ConfirmUpload's verdict on the picture: the person can act on it.
+            message = f"The picture was refused: {REFUSALS[error.reason]}."
+            raise ApiError(422, message, error.reason) from None
         status = _STATUS.get(code, 502)
         raise ApiError(status, f"the avatar service answered {code}") from None
 
