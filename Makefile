@@ -29,7 +29,7 @@ test-fast: install  ## the suite without the real S3 and without process-startin
 	$(PY) -m pytest -m "not slow and not s3"
 
 lint: install  ## ruff, mypy --strict, import layers, buf lint + breaking, hadolint, kubernetes-validate
-	$(BIN)/ruff check server client tests dev bench
+	$(BIN)/ruff check server client tests dev bench examples/web
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/buf lint
