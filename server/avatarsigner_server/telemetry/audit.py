@@ -2,7 +2,8 @@
 
     allowed  one line per signed URL (a batch of n gives n lines, written together): request_id,
              caller, auth, rpc, reason "signed", user_id, key, expires_at; one line per
-             confirmed upload: reason "confirmed", user_id, key, version
+             confirmed upload: reason "confirmed", user_id, key, version; one line per
+             deletion: reason "deleted" or "nothing_to_delete", user_id, keys
     denied   one line per refused call: request_id, caller (null when unknown), auth, rpc,
              user_id (when the request names one valid id), code, reason
 
@@ -83,6 +84,26 @@ class Audit:
                 "user_id": user_id,
                 "key": key,
                 "version": version,
+            },
+        )
+
+    def deleted(
+        self, call: Call, user_id: str, keys: Sequence[str], had_avatar: bool
+    ) -> None:
+        """The line for a DeleteAvatar that ran: the keys removed and whether there was one."""
+        if self._metrics is not None:
+            self._metrics.avatar_deleted(call.caller or ANONYMOUS, had_avatar)
+        log.info(
+            "allowed",
+            extra={
+                "decision": "allowed",
+                "request_id": call.request_id,
+                "caller": call.caller,
+                "auth": call.auth,
+                "rpc": call.rpc,
+                "reason": "deleted" if had_avatar else "nothing_to_delete",
+                "user_id": user_id,
+                "keys": list(keys),
             },
         )
 
