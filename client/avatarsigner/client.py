@@ -9,6 +9,11 @@
 (grpc.aio; its channel is opened on first use, inside the running event loop) share the
 request building and result decoding below, so they differ only in how they wait.
 
+Credentials never travel in plaintext by accident: a client without `channel_credentials`
+(TLS) refuses to send a bearer token (`authorization` metadata, an end-user token) unless
+its target is this machine (localhost, 127.0.0.0/8, ::1, a unix socket) or it was built
+with `allow_plaintext_credentials=True` (a trusted network, a mesh sidecar that encrypts).
+
 Every failed call raises `AvatarSignerError` (the status code, the server's message and,
 for INVALID_ARGUMENT, one `FieldViolation` per bad field). `upload_bytes` raises
 `UploadError`. Neither ever carries a presigned URL: the URL's query string is a bearer
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import ipaddress
 import math
 import re
 import urllib.error
@@ -36,7 +42,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .contract import END_USER_TOKEN_METADATA
+from .contract import AUTHORIZATION_METADATA, END_USER_TOKEN_METADATA
 from .images import detect_content_type, sha256_base64
 from .v1 import avatar_signer_pb2 as pb
 from .v1 import avatar_signer_pb2_grpc as pb_grpc
@@ -351,6 +357,35 @@ def _health_name(response: Any) -> str:
     return name
 
 
+# Metadata that carries a bearer credential: whoever sees it on the wire can replay it.
+_CREDENTIAL_METADATA = frozenset({AUTHORIZATION_METADATA, END_USER_TOKEN_METADATA})
+
+
+def is_loopback_target(target: str) -> bool:
+    """True when a gRPC target names this machine: a unix socket, localhost, 127.0.0.0/8 or
+    ::1 (as host:port, [v6]:port, or with a dns:, ipv4: or ipv6: scheme)."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        if target.startswith(scheme):
+            target = target[len(scheme) :].split(",", 1)[0]
+            break
+    if target.startswith("["):
+        host = target[1:].split("]", 1)[0]
+    else:
+        host = target.rsplit(":", 1)[0] if target.count(":") == 1 else target
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class PlaintextCredentialsError(ValueError):
+    """A bearer token would travel in plaintext to another machine (see the module doc)."""
+
+
 class _Options:
     """The settings both clients share, validated where they are written."""
 
@@ -360,6 +395,7 @@ class _Options:
         timeout: float,
         channel_credentials: grpc.ChannelCredentials | None,
         metadata: Metadata | None,
+        allow_plaintext_credentials: bool = False,
     ) -> None:
         if not target:
             raise ValueError("target must be host:port")
@@ -371,6 +407,24 @@ class _Options:
         self.channel_credentials = channel_credentials
         # gRPC metadata keys are lowercase on the wire; grpcio refuses others.
         self.metadata: tuple[tuple[str, str], ...] = tuple((k.lower(), v) for k, v in items)
+        self.plaintext_ok = (
+            channel_credentials is not None
+            or allow_plaintext_credentials
+            or is_loopback_target(target)
+        )
+        self.check_credentials(self.metadata)
+
+    def check_credentials(self, metadata: Iterable[tuple[str, str]]) -> None:
+        """PlaintextCredentialsError if metadata holds a bearer credential for plaintext."""
+        if self.plaintext_ok:
+            return
+        carried = sorted({key for key, _ in metadata} & _CREDENTIAL_METADATA)
+        if carried:
+            raise PlaintextCredentialsError(
+                f"refusing to send {carried[0]} in plaintext to {self.target}: use TLS "
+                "(channel_credentials), a loopback target, or allow_plaintext_credentials=True "
+                "where the network itself is trusted or encrypted"
+            )
 
 
 # --- clients -------------------------------------------------------------------------
@@ -380,7 +434,9 @@ class AvatarSignerClient:
     """Blocking client. One channel; safe to share between threads; close it when done.
 
     `channel_credentials` None means plaintext (a trusted network or a local sidecar);
-    `metadata` is sent with every call; every call gets `timeout` seconds.
+    `metadata` is sent with every call; every call gets `timeout` seconds. Over plaintext
+    to another machine a bearer token is refused (PlaintextCredentialsError, a ValueError)
+    unless `allow_plaintext_credentials` is True.
     """
 
     def __init__(
@@ -390,8 +446,11 @@ class AvatarSignerClient:
         timeout: float = DEFAULT_TIMEOUT,
         channel_credentials: grpc.ChannelCredentials | None = None,
         metadata: Metadata | None = None,
+        allow_plaintext_credentials: bool = False,
     ) -> None:
-        self._options = _Options(target, timeout, channel_credentials, metadata)
+        self._options = _Options(
+            target, timeout, channel_credentials, metadata, allow_plaintext_credentials
+        )
         if channel_credentials is None:
             self._channel = grpc.insecure_channel(target)
         else:
@@ -489,6 +548,7 @@ class AvatarSignerClient:
     def _call(self, method: Any, request: Any, extra: Sequence[tuple[str, str]] = ()) -> Any:
         if self._closed:
             raise RuntimeError("AvatarSignerClient is closed")
+        self._options.check_credentials(extra)
         metadata = (*self._options.metadata, *extra)
         try:
             return method(request, timeout=self._options.timeout, metadata=metadata)
@@ -526,8 +586,11 @@ class AsyncAvatarSignerClient:
         timeout: float = DEFAULT_TIMEOUT,
         channel_credentials: grpc.ChannelCredentials | None = None,
         metadata: Metadata | None = None,
+        allow_plaintext_credentials: bool = False,
     ) -> None:
-        self._options = _Options(target, timeout, channel_credentials, metadata)
+        self._options = _Options(
+            target, timeout, channel_credentials, metadata, allow_plaintext_credentials
+        )
         self._channel: Any = None
         self._stub: pb_grpc.AvatarSignerAsyncStub | None = None
         self._health: Any = None
@@ -627,6 +690,7 @@ class AsyncAvatarSignerClient:
         return self._stub
 
     async def _call(self, method: Any, request: Any, extra: Sequence[tuple[str, str]] = ()) -> Any:
+        self._options.check_credentials(extra)
         try:
             return await method(
                 request, timeout=self._options.timeout, metadata=(*self._options.metadata, *extra)

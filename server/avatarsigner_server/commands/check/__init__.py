@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from .least_privilege import HELP, render, run
+from .least_privilege import HELP, NOT_PROVEN, render, run
 from .report import FAIL, PASS, SKIP, Result, failed
 
-__all__ = ["FAIL", "HELP", "PASS", "SKIP", "Result", "failed", "render", "run"]
+__all__ = ["FAIL", "HELP", "NOT_PROVEN", "PASS", "SKIP", "Result", "failed", "render", "run"]
