@@ -4,7 +4,8 @@
 //   -> SHA-256 of the bytes with SubtleCrypto
 //   -> ask our app for an upload URL (the app asks AvatarSigner)
 //   -> PUT the raw bytes to S3 with exactly the returned headers a script may set
-//      (Content-Type, x-amz-checksum-sha256, If-None-Match; the browser sets Content-Length)
+//      (all but Content-Length, which the browser sets: type, checksum, If-None-Match and
+//      the fixed object headers)
 //   -> ask our app to confirm (ConfirmUpload verifies the image and publishes it)
 //   -> show the verified avatar from a download URL
 

@@ -1,7 +1,8 @@
 // Uppy (the npm `uppy` bundle, served from our own origin) with its AWS S3 plugin.
 //
 // Uppy 5's `getUploadParameters` returns { method, url, headers } and sends exactly those
-// headers, so the signed Content-Type, x-amz-checksum-sha256 and If-None-Match reach S3;
+// headers, so the signed Content-Type, x-amz-checksum-sha256, If-None-Match and fixed
+// object headers reach S3;
 // on "upload-success" the page asks our app to confirm the upload. (Uppy 6's
 // `signRequest` returns only a URL until @uppy/aws-s3 6.2, which adds `headers`; the
 // `uppy` bundle 6.0.1 carries @uppy/aws-s3 6.1.0.) The bucket's CORS rule must expose
@@ -50,9 +51,9 @@ uppy.use(AwsS3, {
     const bytes = await file.data.arrayBuffer();
     const signed = await askForUpload(bytes, config, file.type);
     answers.set(file.id, signed);
-    // Every returned header a script may set (Content-Type, x-amz-checksum-sha256,
-    // If-None-Match); Uppy sends file.data as the body and the browser sets
-    // Content-Length from it (Uppy would fail to set it: "Refused to set unsafe header").
+    // Every returned header a script may set (all but Content-Length); Uppy sends
+    // file.data as the body and the browser sets Content-Length from it (Uppy would fail
+    // to set it: "Refused to set unsafe header").
     return { method: signed.method, url: signed.url, headers: headersToSend(signed.headers) };
   },
 });
