@@ -155,17 +155,22 @@ class AvatarSignerError(Exception):
         message: str,
         field_violations: Iterable[tuple[str, str]] = (),
         reason: str | None = None,
+        violation_count: int | None = None,
     ) -> None:
         self.code: grpc.StatusCode = code
         self.message = message
         self.field_violations = tuple(FieldViolation(f, d) for f, d in field_violations)
         self.reason = reason
+        # The server reports the first few violations and how many there were in all.
+        self.violation_count = (
+            len(self.field_violations) if violation_count is None else violation_count
+        )
         super().__init__(code, message, self.field_violations)
 
     def __str__(self) -> str:
         if self.field_violations:
             shown = [f"{v.field}: {v.description}" for v in self.field_violations[:5]]
-            more = len(self.field_violations) - len(shown)
+            more = max(self.violation_count, len(self.field_violations)) - len(shown)
             if more:
                 shown.append(f"and {more} more")
             detail = "; ".join(shown)
@@ -217,6 +222,7 @@ def _decode(
 ) -> AvatarSignerError:
     violations: list[tuple[str, str]] = []
     reason = None
+    count = None
     rich = _rich_status(trailing_metadata)
     # Trust the details only when they describe this very status.
     if rich is not None and rich.code == code.value[0]:
@@ -227,7 +233,9 @@ def _decode(
                 violations.extend((v.field, v.description) for v in bad_request.field_violations)
             elif detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
                 reason = info.reason
-    return AvatarSignerError(code, message or "", violations, reason)
+                if info.metadata.get("count", "").isdigit():
+                    count = int(info.metadata["count"])
+    return AvatarSignerError(code, message or "", violations, reason, count)
 
 
 def _rich_status(trailing_metadata: Any) -> status_pb2.Status | None:
