@@ -31,8 +31,7 @@ import seaweed_s3
 from avatarsigner_server.commands import policies
 from avatarsigner_server.signing.url_signers import OBJECT_HEADERS, UploadSigner
 from conftest import verified_env
-from guarded import caller, write_callers
-from servers import ServerThread, settings_from
+from guarded import caller, server_with_callers
 from webapp.serving import Background
 from webapp.settings import DemoIdentityProvider, WebSettings
 
@@ -99,13 +98,12 @@ def signer(
     )
     leaks.remember(idp.secret)
     env = verified_env(*verified_s3) | {
-        "CALLERS_FILE": str(write_callers(workdir / "callers.toml", [web_app])),
         "END_USER_JWT_SECRET": idp.secret,
         "END_USER_JWT_ISSUER": idp.issuer,
         "END_USER_JWT_AUDIENCE": idp.audience,
         "MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
     }
-    running = ServerThread(settings_from(env))
+    running = server_with_callers(workdir, [web_app], **env)
     try:
         yield {"target": running.target, "token": web_app.token, "idp": idp}
     finally:
