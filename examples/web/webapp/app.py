@@ -229,6 +229,21 @@ def create_app(settings: WebSettings, signer: AsyncAvatarSignerClient | None = N
             headers=NO_STORE,
         )
 
+    async def remove(request: Request) -> Response:
+        """The "Remove photo" button: DeleteAvatar for the signed-in user, with their own token."""
+        user = current_user(request)
+        done = await _call(the_signer(request).delete_avatar(user, end_user_token(request)))
+        directory.removed(user)
+        return JSONResponse(
+            {
+                "deleted": done.deleted,
+                "cached_copies_expire_within_seconds": int(
+                    done.cached_copies_expire_within.total_seconds()
+                ),
+            },
+            headers=NO_STORE,
+        )
+
     async def avatar_url(request: Request) -> Response:
         user = current_user(request)
         download = await _call(the_signer(request).create_download_url(user))
@@ -267,6 +282,7 @@ def create_app(settings: WebSettings, signer: AsyncAvatarSignerClient | None = N
         Route("/api/me", _api(me)),
         Route("/api/upload-url", _api(upload_url), methods=["POST"]),
         Route("/api/confirm", _api(confirm), methods=["POST"]),
+        Route("/api/remove", _api(remove), methods=["POST"]),
         Route("/api/avatar-url", _api(avatar_url)),
         Route("/api/feed", _api(feed)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
