@@ -494,30 +494,81 @@ def test_ecdsa_urls_are_shorter_than_rsa(
 # --------------------------------------------------------------------------- caching
 
 
+def _counting(signer: CloudFrontSigner) -> list[bytes]:
+    """Every policy the signer really signs from now on (a cache hit signs nothing)."""
+    signed: list[bytes] = []
+    sign = signer._sign
+
+    def counted(message: bytes) -> bytes:
+        signed.append(message)
+        return sign(message)
+
+    signer._sign = counted  # type: ignore[method-assign]
+    return signed
+
+
 def test_cache_hands_out_the_same_url_within_an_expiry_second(
     ec_key: ec.EllipticCurvePrivateKey,
 ) -> None:
-    # ECDSA signatures are randomised: equal URLs can only come from the cache.
     url = f"{ORIGIN}/profiles/u1/avatar"
-    uncached, cached = _signer(ec_key), _signer(ec_key, cache_size=16)
-    assert uncached.signed_url(url, EXPIRES) != uncached.signed_url(url, EXPIRES)
+    cached = _signer(ec_key, cache_size=16)
+    signed = _counting(cached)
     first = cached.signed_url(url, EXPIRES)
     assert cached.signed_url(url, EXPIRES + timedelta(microseconds=500)) == first
     assert cached.signed_url(url, EXPIRES.astimezone(timezone(timedelta(hours=2)))) == first
+    assert len(signed) == 1
     assert cached.signed_url(url, EXPIRES + timedelta(seconds=1)) != first
     assert cached.signed_url(f"{ORIGIN}/profiles/u2/avatar", EXPIRES) != first
+    assert len(signed) == 3
     cookies = cached.signed_cookies(PROFILES, EXPIRES)
     assert cached.signed_cookies(PROFILES, EXPIRES) == cookies
+    assert len(signed) == 4
     cookies["CloudFront-Policy"] = "changed by a caller"
     assert cached.signed_cookies(PROFILES, EXPIRES)["CloudFront-Policy"] != "changed by a caller"
 
 
 def test_cache_is_bounded(ec_key: ec.EllipticCurvePrivateKey) -> None:
     cached = _signer(ec_key, cache_size=2)
-    first = cached.signed_url(f"{ORIGIN}/profiles/u0/avatar", EXPIRES)
-    for n in (1, 2):
+    signed = _counting(cached)
+    for n in (0, 1, 2, 0):
         cached.signed_url(f"{ORIGIN}/profiles/u{n}/avatar", EXPIRES)
-    assert cached.signed_url(f"{ORIGIN}/profiles/u0/avatar", EXPIRES) != first
+    assert len(signed) == 4  # u0 was evicted by u2, so it is signed again
+
+
+# --------------------------------------------------------------------------- deterministic
+
+
+def test_every_signer_with_the_key_hands_out_the_same_url(
+    rsa_keys: list[rsa.RSAPrivateKey], ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    """Two processes (two signers, no shared cache) give one URL: browsers cache by URL."""
+    url = f"{ORIGIN}/profiles/u1/avatar"
+    for key in (rsa_keys[0], ec_key):
+        for algorithm in HashAlgorithm:
+            assert _signer(key, algorithm).signed_url(url, EXPIRES) == _signer(
+                key, algorithm
+            ).signed_url(url, EXPIRES)
+
+
+# RFC 6979, A.2.5: ECDSA on P-256, message "sample": the signature deterministic ECDSA gives.
+RFC6979_KEY = 0xC9AFA9D845BA75166B5C215767B1D6934E50C3DB36E89B127B8A622B120F6721
+RFC6979_SIGNATURES = {
+    HashAlgorithm.SHA1: (
+        0x61340C88C3AAEBEB4F6D667F672CA9759A6CCAA9FA8811313039EE4A35471D32,
+        0x6D7F147DAC089441BB2E2FE8F7A3FA264B9C475098FDCF6E00D7C996E1B8B7EB,
+    ),
+    HashAlgorithm.SHA256: (
+        0xEFD48B2AACB6A8FD1140DD9CD45E81D69D2C877B56AAF991C34D0EA84EAF3716,
+        0xF7CB1C942D657C41D436C7A1B6E29F65F3E900DBB9AFF4064DC4AB2F843ACDA8,
+    ),
+}
+
+
+@pytest.mark.parametrize("algorithm", list(HashAlgorithm), ids=str)
+def test_ecdsa_signatures_are_rfc6979_deterministic(algorithm: HashAlgorithm) -> None:
+    key = ec.derive_private_key(RFC6979_KEY, ec.SECP256R1())
+    signature = _signer(key, algorithm).signature(b"sample")
+    assert decode_dss_signature(_from_cloudfront_b64(signature)) == RFC6979_SIGNATURES[algorithm]
 
 
 # --------------------------------------------------------------------------- keys accepted
