@@ -6,6 +6,7 @@
     limits       URL lifetimes, allowed types, largest upload, reuse window
     network      host, ports, workers
     access       TLS, callers file, end-user tokens, rate limits (shapes only)
+    cloudfront   the distribution, its signing key's file and id, viewer cookies
     load         composes them into Settings
 """
 

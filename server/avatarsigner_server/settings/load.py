@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ..signing.object_keys import DEFAULT_PREFIX
 from . import bucket, identities, limits, network
 from .access import AccessSettings, access
+from .cloudfront import CloudFrontSettings, cloudfront
 from .env import Env, SettingsError
 from .identities import IdentitySetting
 from .limits import TtlRule
@@ -51,6 +52,9 @@ class Settings:
     download_url_reuse_seconds: int = 0
     # Callers, TLS, end-user tokens and rate limits (settings.access).
     access: AccessSettings = field(default_factory=AccessSettings)
+    # A CloudFront distribution in front of the bucket (settings.cloudfront); None: off, and
+    # download URLs are S3 presigned GETs.
+    cloudfront: CloudFrontSettings | None = None
 
     def identities(self) -> dict[str, IdentitySetting]:
         """identity name -> its credential setting."""
@@ -110,4 +114,5 @@ def load(environ: Mapping[str, str]) -> Settings:
         access=access(env),
         workers=listen.workers,
         download_url_reuse_seconds=reuse,
+        cloudfront=cloudfront(env),
     )
