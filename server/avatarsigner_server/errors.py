@@ -57,6 +57,12 @@ class CredentialsUnavailable(ServiceError):
     code = "FAILED_PRECONDITION"
 
 
+class NotConfigured(ServiceError):
+    """FAILED_PRECONDITION: the RPC needs a feature this server is not configured for."""
+
+    code = "FAILED_PRECONDITION"
+
+
 class Unauthenticated(ServiceError):
     code = "UNAUTHENTICATED"
 

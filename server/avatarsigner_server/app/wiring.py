@@ -3,6 +3,11 @@
     Settings -> credential sources (watched) -> the two URL signers, each holding one
     identity -> the servicer; metrics and the audit log; access control around it.
 
+Download URLs are S3 presigned GETs signed with the reader's credentials, or, when
+CLOUDFRONT_URL is set, CloudFront signed URLs signed with the CloudFront key (which also
+signs viewer cookies). That choice is made here and nowhere else: the servicer sees one
+`DownloadUrls`.
+
 Nothing else constructs these parts, so what runs in production is what `build()` returns;
 the server (server.py) only runs it.
 """
@@ -17,8 +22,9 @@ from ..api.validation import Limits
 from ..credentials.watcher import CredentialWatcher, build_watcher
 from ..settings import Settings
 from ..signing.clock import Clock, utc_now, utc_now_to_the_second
+from ..signing.cloudfront_viewers import CloudFrontDownloadSigner, ViewerCookieSigner
 from ..signing.object_keys import ObjectKeys
-from ..signing.url_signers import BucketEndpoint, DownloadSigner, UploadSigner
+from ..signing.url_signers import BucketEndpoint, DownloadSigner, DownloadUrls, UploadSigner
 from ..telemetry.audit import Audit
 from ..telemetry.metrics import Metrics
 
@@ -31,23 +37,46 @@ def build_servicer(
     audit: Audit | None = None,
     upload_gates: tuple[UploadGate, ...] = (),
 ) -> AvatarSignerService:
-    """The servicer with its two signers, each holding only its own identity."""
+    """The servicer with its signers, each holding only its own identity or key."""
     endpoint = BucketEndpoint(settings.bucket, settings.region, settings.endpoint_url)
     # The real clock, read to the second (and cheaply) for signing; a test's clock as given.
     signing_clock = utc_now_to_the_second if clock is utc_now else clock
-    return AvatarSignerService(
-        limits=Limits.from_settings(settings),
-        keys=ObjectKeys(settings.key_prefix),
-        uploads=UploadSigner(credentials["uploader"], endpoint, settings.region, signing_clock),
-        downloads=DownloadSigner(
+    keys = ObjectKeys(settings.key_prefix)
+    cloudfront, key = settings.cloudfront, credentials.cloudfront
+    downloads: DownloadUrls
+    viewer_cookies = None
+    if cloudfront is None or key is None:
+        downloads = DownloadSigner(
             credentials["reader"],
             endpoint,
             settings.region,
             signing_clock,
             reuse_seconds=settings.download_url_reuse_seconds,
-        ),
+        )
+    else:
+        downloads = CloudFrontDownloadSigner(
+            key,
+            cloudfront.url,
+            cloudfront.hash_algorithm,
+            signing_clock,
+            reuse_seconds=settings.download_url_reuse_seconds,
+        )
+        viewer_cookies = ViewerCookieSigner(
+            key,
+            cloudfront.url,
+            keys,
+            cloudfront.hash_algorithm,
+            signing_clock,
+            domain=cloudfront.cookie_domain,
+        )
+    return AvatarSignerService(
+        limits=Limits.from_settings(settings),
+        keys=keys,
+        uploads=UploadSigner(credentials["uploader"], endpoint, settings.region, signing_clock),
+        downloads=downloads,
         audit=audit,
         upload_gates=upload_gates,
+        viewer_cookies=viewer_cookies,
     )
 
 

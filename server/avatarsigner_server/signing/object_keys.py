@@ -43,6 +43,13 @@ class ObjectKeys:
         """The object key for user_id. Raises ValueError for an invalid id."""
         if not is_valid_user_id(user_id):
             raise ValueError(f"user_id must match {USER_ID_RULE}")
+        return self._key(user_id)
+
+    def key_template(self, placeholder: str = "{user_id}") -> str:
+        """The key with `placeholder` where the user id goes: how a client builds a key."""
+        return self._key(placeholder)
+
+    def _key(self, user_id: str) -> str:
         return f"{self.prefix}{user_id}/{AVATAR_NAME}"
 
     def canary_key(self) -> str:

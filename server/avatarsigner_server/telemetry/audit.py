@@ -1,7 +1,8 @@
 """The audit log: one JSON line per decision, on the `avatarsigner.audit` logger.
 
     allowed  one line per signed URL (a batch of n gives n lines, written together): request_id,
-             caller, auth, rpc, reason "signed", user_id, key, expires_at
+             caller, auth, rpc, reason "signed", user_id, key, expires_at; for viewer
+             cookies one line with the pattern they grant (`grant`) instead of user and key
     denied   one line per refused call: request_id, caller (null when unknown), auth, rpc,
              user_id (when the request names one valid id), code, reason
 
@@ -63,6 +64,24 @@ class Audit:
                     }
                     for user_id, key, expires_at in urls
                 ],
+            },
+        )
+
+    def cookies_signed(self, call: Call, grant: str, expires_at: datetime) -> None:
+        """The line for one set of viewer cookies: the URL pattern they grant, until when."""
+        if self._metrics is not None:
+            self._metrics.url_signed("cookies", call.caller or ANONYMOUS)
+        log.info(
+            "allowed",
+            extra={
+                "decision": "allowed",
+                "request_id": call.request_id,
+                "caller": call.caller,
+                "auth": call.auth,
+                "rpc": call.rpc,
+                "reason": "signed",
+                "grant": grant,
+                "expires_at": expires_at.isoformat(),
             },
         )
 

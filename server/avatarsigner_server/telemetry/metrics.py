@@ -2,7 +2,7 @@
 
     avatarsigner_rpcs_total{method, code}                 AvatarSigner calls by final status
     avatarsigner_rpc_duration_seconds{method}             time in the handler (histogram)
-    avatarsigner_urls_signed_total{kind, caller}          kind: upload | download
+    avatarsigner_urls_signed_total{kind, caller}          kind: upload | download | cookies
     avatarsigner_denials_total{method, reason}            reason: a fixed word (see audit)
     avatarsigner_credentials_expiry_seconds{identity}     seconds until the identity's
                                                           current credentials expire;
@@ -92,7 +92,8 @@ class Metrics:
         )
         self._urls = Counter(
             "avatarsigner_urls_signed",
-            "Presigned URLs handed out, by kind (upload, download) and caller.",
+            "Presigned URLs (and viewer cookie sets) handed out, by kind (upload, download, "
+            "cookies) and caller.",
             ["kind", "caller"],
             registry=self.registry,
         )
