@@ -1,10 +1,12 @@
-"""A model of CloudFront's edge, written from AWS's documented rules, for the tests.
+"""CloudFront for the tests: a model of its edge, and AWS's JavaScript signer to compare with.
 
 It decides whether CloudFront would serve a signed URL, or a URL to a viewer sending signed
 cookies, using only the PUBLIC key the distribution's key group holds (under `key_pair_id`):
 the canned policy's exact bytes rebuilt from the URL, the custom policy's JSON, the expiry
 (DateLessThan is exclusive), the key id, the hash named by Hash-Algorithm, CloudFront's
 URL-safe base64 and the resource pattern. It shares no code with the signer under test.
+
+`aws_javascript_signer` runs npm @aws-sdk/cloudfront-signer (tests/node_cloudfront) with Node.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
+import subprocess
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -22,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 KEY_ID = "K2JCJMDEHXQW5F"
+NODE_DIR = Path(__file__).resolve().parent / "node_cloudfront"
 SHA = {"SHA1": hashes.SHA1(), "SHA256": hashes.SHA256()}  # noqa: S303
 
 # From AWS's CloudFront Developer Guide: the canned policy CloudFront rebuilds from a signed
@@ -103,3 +109,22 @@ def accepts_cookies(
             cookies.get("CloudFront-Hash-Algorithm", "SHA1"),
         )
     )
+
+
+def aws_javascript_signer(request: Mapping[str, Any]) -> dict[str, Any]:
+    """Sign (and verify) with AWS's JavaScript signer; see node_cloudfront/crosscheck.js."""
+    node = shutil.which("node")
+    assert node, "Node.js is required (Node 20)"
+    signer_package = NODE_DIR / "node_modules" / "@aws-sdk" / "cloudfront-signer"
+    assert signer_package.is_dir(), "run make install (npm ci in tests/node_cloudfront)"
+    result = subprocess.run(
+        [node, str(NODE_DIR / "crosscheck.js")],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    answer: dict[str, Any] = json.loads(result.stdout)
+    return answer

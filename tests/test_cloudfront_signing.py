@@ -20,12 +20,9 @@ import base64
 import json
 import random
 import re
-import shutil
 import string
-import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -44,7 +41,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-NODE_DIR = Path(__file__).resolve().parent / "node_cloudfront"
 KEY_ID = edge.KEY_ID
 ORIGIN = "https://avatars.example.com"
 PROFILES = f"{ORIGIN}/profiles/*"
@@ -87,27 +83,6 @@ def _botocore(key: rsa.RSAPrivateKey) -> BotocoreCloudFrontSigner:
     return BotocoreCloudFrontSigner(
         KEY_ID, lambda message: key.sign(message, padding.PKCS1v15(), sha1)
     )
-
-
-# --------------------------------------------------------------------------- Node
-
-
-def _node(request: Mapping[str, Any]) -> dict[str, Any]:
-    node = shutil.which("node")
-    assert node, "Node.js is required (Node 20)"
-    signer_package = NODE_DIR / "node_modules" / "@aws-sdk" / "cloudfront-signer"
-    assert signer_package.is_dir(), "run make install (npm ci in tests/node_cloudfront)"
-    result = subprocess.run(
-        [node, str(NODE_DIR / "crosscheck.js")],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    answer: dict[str, Any] = json.loads(result.stdout)
-    return answer
 
 
 # --------------------------------------------------------------------------- cases
@@ -185,7 +160,7 @@ def test_cookies_match_aws_javascript_signer(
     ]
     expiries = [EXPIRES, datetime(2026, 7, 1, 12, 0, 0, 999_000, tzinfo=UTC)]
     cases = [(key, r, e) for key in rsa_keys for r in resources for e in expiries]
-    answer = _node(
+    answer = edge.aws_javascript_signer(
         {
             "cookies": [
                 {
@@ -221,7 +196,7 @@ def test_urls_match_aws_javascript_signer(
     cases = [
         (f"{ORIGIN}/profiles/u{n}/avatar", EXPIRES + timedelta(seconds=n)) for n in range(5)
     ] + [(f"{ORIGIN}/profiles/u9/avatar?size=large", EXPIRES)]
-    answer = _node(
+    answer = edge.aws_javascript_signer(
         {
             "urls": [
                 {
@@ -264,7 +239,7 @@ def test_ecdsa_signatures_verify_in_node_and_nodes_verify_here(
         "algorithm": str(algorithm),
     }
     tampered = {**check, "message": base64.b64encode(statement.replace(b"2", b"3")).decode()}
-    answer = _node(
+    answer = edge.aws_javascript_signer(
         {
             "verify": [check, tampered],
             "cookies": [
