@@ -8,6 +8,8 @@ CloudFront to run here; the edge model is AWS's documented rules, written out.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -20,6 +22,7 @@ import cloudfront_edge as edge
 import grpc
 import leaks
 import pytest
+from avatarsigner import AsyncAvatarSignerClient, AvatarSignerClient, ViewerCookies, cli
 from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from avatarsigner_server.signing.cloudfront import CloudFrontSigner
@@ -538,3 +541,66 @@ def test_the_same_key_rewritten_in_another_format_is_no_rotation(
         server.stop()
     assert not credential_log.messages(logging.WARNING)
     assert not any("rotated" in m for m in credential_log.messages(logging.INFO))
+
+
+# --------------------------------------------------------------------------- client and CLI
+
+
+def _serve_thread(tmp_path: Path, key: Any) -> ServerThread:
+    return ServerThread(settings_from(cloudfront_env(tmp_path, key)), clock=FakeClock(T0))
+
+
+def test_python_clients_create_viewer_cookies(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    server = _serve_thread(tmp_path, rsa_key)
+    try:
+        with AvatarSignerClient(server.target) as client:
+            cookies = client.create_viewer_cookies(timedelta(minutes=10))
+
+        async def from_async() -> ViewerCookies:
+            async with AsyncAvatarSignerClient(server.target) as client:
+                return await client.create_viewer_cookies(600)
+
+        assert asyncio.run(from_async()) == cookies
+    finally:
+        server.stop()
+    assert cookies.expires_at == T0 + timedelta(seconds=600)
+    assert cookies.resource == f"{ORIGIN}/profiles/*"
+    assert cookies.url_for("alice") == f"{ORIGIN}/profiles/alice/avatar"
+    assert edge.accepts_cookies(cookies.cookies, cookies.url_for("alice"), rsa_key.public_key(), T0)
+    assert len(cookies.set_cookie) == 3
+    shown = repr(cookies)
+    assert cookies.cookies["CloudFront-Signature"] not in shown and "set_cookie" not in shown
+
+
+def test_cli_prints_viewer_cookies_as_json(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = _serve_thread(tmp_path, rsa_key)
+    try:
+        code = cli.main(["--target", server.target, "viewer-cookies", "--ttl", "120"])
+    finally:
+        server.stop()
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["expires_at"] == "2030-01-01T00:02:00Z"
+    assert printed["url_template"] == f"{ORIGIN}/profiles/{{user_id}}/avatar"
+    assert set(printed["cookies"]) == {
+        "CloudFront-Policy",
+        "CloudFront-Signature",
+        "CloudFront-Key-Pair-Id",
+    }
+    assert len(printed["set_cookie"]) == 3
+
+
+def test_cli_without_cloudfront_fails_in_one_line_naming_the_settings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = ServerThread(settings_from(FAKE_ENV))
+    try:
+        code = cli.main(["--target", server.target, "viewer-cookies"])
+    finally:
+        server.stop()
+    assert code == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("avatar-signer-client: FAILED_PRECONDITION: ")
+    assert "CLOUDFRONT_URL" in line

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         FieldViolation,
         UploadError,
         UploadUrl,
+        ViewerCookies,
         upload_bytes,
     )
     from .images import detect_content_type, sha256_base64
@@ -44,6 +45,7 @@ __all__ = [
     "FieldViolation",
     "UploadError",
     "UploadUrl",
+    "ViewerCookies",
     "detect_content_type",
     "sha256_base64",
     "upload_bytes",
