@@ -68,7 +68,7 @@ def printed() -> dict[str, Any]:
     return document
 
 
-def test_prints_exactly_the_six_documents(printed: dict[str, Any]) -> None:
+def test_prints_exactly_the_seven_documents(printed: dict[str, Any]) -> None:
     assert list(printed) == [
         "uploader_policy",
         "reader_policy",
@@ -76,7 +76,9 @@ def test_prints_exactly_the_six_documents(printed: dict[str, Any]) -> None:
         "public_access_block",
         "ownership_controls",
         "cors",
+        "cloudfront",
     ]
+    assert printed["cloudfront"] is None  # no --distribution-arn: no CloudFront
 
 
 def test_uploader_policy_is_the_seeds_statement_exactly(printed: dict[str, Any]) -> None:
@@ -159,17 +161,94 @@ def test_several_origins_and_none() -> None:
     assert json.loads(_policies("--bucket", "avatars").stdout)["cors"] is None
 
 
+DISTRIBUTION = "arn:aws:cloudfront::123456789012:distribution/EDFDVBD6EXAMPLE"
+
+
+def test_with_a_distribution_only_it_may_read_the_avatars() -> None:
+    printed = policies.documents("avatars", (), DISTRIBUTION, "media/avatars/", "eu-west-1")
+    deny_tls, allow_cloudfront = printed["bucket_policy"]["Statement"]
+    assert deny_tls["Sid"] == "DenyRequestsWithoutTLS"
+    assert allow_cloudfront == {
+        "Sid": "AllowCloudFrontToReadAvatars",
+        "Effect": "Allow",
+        "Principal": {"Service": "cloudfront.amazonaws.com"},
+        "Action": "s3:GetObject",
+        "Resource": "arn:aws:s3:::avatars/media/avatars/*",
+        "Condition": {"StringEquals": {"AWS:SourceArn": DISTRIBUTION}},
+    }
+    # Block Public Access stays on: a service principal bound to one ARN is not public.
+    assert all(printed["public_access_block"].values())
+
+
+def test_the_distribution_parts_for_avatars() -> None:
+    parts = policies.documents("avatars", (), DISTRIBUTION, "profiles/", "eu-west-1")["cloudfront"]
+    assert parts["origin_access_control"]["SigningBehavior"] == "always"
+    assert parts["origin_access_control"]["OriginAccessControlOriginType"] == "s3"
+    assert parts["origin"]["DomainName"] == "avatars.s3.eu-west-1.amazonaws.com"
+    key = parts["cache_policy"]["ParametersInCacheKeyAndForwardedToOrigin"]
+    # The signature parameters and the signed cookies stay out of the cache key.
+    assert key["QueryStringsConfig"] == {"QueryStringBehavior": "none"}
+    assert key["CookiesConfig"] == {"CookieBehavior": "none"}
+    assert key["HeadersConfig"] == {"HeaderBehavior": "none"}
+    assert parts["cache_policy"]["MaxTTL"] <= 3600
+    security = parts["response_headers_policy"]["SecurityHeadersConfig"]
+    assert security["ContentTypeOptions"] == {"Override": True}  # X-Content-Type-Options: nosniff
+    custom = {
+        item["Header"]: item
+        for item in parts["response_headers_policy"]["CustomHeadersConfig"]["Items"]
+    }
+    assert custom["Content-Disposition"]["Override"] is True
+    assert custom["Cache-Control"]["Override"] is True
+    behavior = parts["cache_behavior"]
+    assert behavior["PathPattern"] == "profiles/*"
+    assert behavior["TargetOriginId"] == parts["origin"]["Id"]
+    assert behavior["ViewerProtocolPolicy"] == "https-only"
+    assert behavior["AllowedMethods"]["Items"] == ["GET", "HEAD"]
+    assert behavior["TrustedKeyGroups"]["Enabled"] is True
+
+
+@pytest.mark.slow
+def test_the_key_prefix_defaults_to_s3_key_prefix() -> None:
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "avatarsigner_server.commands.cli", "policies",
+            "--bucket", "avatars", "--distribution-arn", DISTRIBUTION,
+        ],
+        env={**os.environ, "S3_KEY_PREFIX": "users/", "AWS_REGION": "us-east-2"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed["bucket_policy"]["Statement"][1]["Resource"] == "arn:aws:s3:::avatars/users/*"
+    assert printed["cloudfront"]["cache_behavior"]["PathPattern"] == "users/*"
+    assert printed["cloudfront"]["origin"]["DomainName"] == "avatars.s3.us-east-2.amazonaws.com"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "named"),
     [
+        (["--bucket", "avatars", "--distribution-arn", "EDFDVBD6EXAMPLE"], "--distribution-arn"),
+        (["--bucket", "avatars", "--key-prefix", "../"], "--key-prefix"),
+        (["--bucket", "avatars", "--region", "Europe"], "--region"),
         (["--bucket", "Bad_Bucket"], "--bucket"),
         (["--bucket", "avatars", "--allowed-origin", "*"], "--allowed-origin"),
         (["--bucket", "avatars", "--allowed-origin", "https://a.example/"], "--allowed-origin"),
         (["--bucket", "avatars", "--allowed-origin", "a.example"], "--allowed-origin"),
         (["--bucket", "avatars", "--allowed-origin", "https://*.example"], "--allowed-origin"),
     ],
-    ids=["bucket-name", "wildcard", "trailing-slash", "no-scheme", "wildcard-subdomain"],
+    ids=[
+        "distribution-arn",
+        "key-prefix",
+        "region",
+        "bucket-name",
+        "wildcard",
+        "trailing-slash",
+        "no-scheme",
+        "wildcard-subdomain",
+    ],
 )
 def test_bad_argument_is_one_line_naming_it(args: list[str], named: str) -> None:
     result = _policies(*args)
@@ -193,5 +272,10 @@ def test_help_explains_how_to_apply_each_document() -> None:
         "aws s3api put-bucket-ownership-controls",
         "aws s3api put-bucket-cors",
         "avatar-signer check",
+        "aws cloudfront create-public-key",
+        "aws cloudfront create-key-group",
+        "jq -c .cloudfront.origin_access_control",
+        "jq -c .cloudfront.cache_policy",
+        "jq -c .cloudfront.response_headers_policy",
     ):
         assert command in result.stdout, command

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 from ..app import server, workers
 from ..credentials.watcher import check_sources
-from ..settings import SettingsError, is_valid_bucket, load
+from ..settings import SettingsError, is_valid_bucket, is_valid_region, load
+from ..signing.object_keys import DEFAULT_PREFIX, is_valid_prefix
 from ..telemetry import logs
 from . import check, policies
 
@@ -56,8 +57,20 @@ def _check(args: argparse.Namespace) -> int:
 def _policies(args: argparse.Namespace) -> int:
     if not is_valid_bucket(args.bucket):
         raise SettingsError("--bucket", "must be a valid S3 bucket name")
+    arn = args.distribution_arn
+    problem = None if arn is None else policies.distribution_arn_problem(arn)
+    if problem:
+        raise SettingsError("--distribution-arn", problem)
+    if not is_valid_prefix(args.key_prefix):
+        raise SettingsError(
+            "--key-prefix", "must be empty or segments of A-Z a-z 0-9 . _ - each ending in '/'"
+        )
+    if args.region is not None and not is_valid_region(args.region):
+        raise SettingsError("--region", "must be an AWS region name such as eu-west-1")
     try:
-        documents = policies.documents(args.bucket, args.allowed_origin)
+        documents = policies.documents(
+            args.bucket, args.allowed_origin, arn, args.key_prefix, args.region
+        )
     except ValueError as error:
         raise SettingsError("--allowed-origin", str(error)) from None
     print(json.dumps(documents, indent=2))
@@ -89,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.set_defaults(func=_check)
     documents = commands.add_parser(
         "policies",
-        help="print the IAM policies and bucket settings as one JSON object",
-        description="Print the two IAM policies and the bucket settings as one JSON object.",
+        help="print the IAM policies, bucket settings and CloudFront parts as one JSON object",
+        description="Print the two IAM policies, the bucket settings and (with "
+        "--distribution-arn) the CloudFront distribution's parts as one JSON object.",
         epilog=policies.APPLY_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -101,6 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="URL",
         help="a browser origin allowed to PUT and GET with presigned URLs (repeatable)",
+    )
+    documents.add_argument(
+        "--distribution-arn",
+        metavar="ARN",
+        help="a CloudFront distribution serving the avatars: the bucket policy lets it read "
+        "them (Origin Access Control), and its parts are printed under 'cloudfront'",
+    )
+    documents.add_argument(
+        "--key-prefix",
+        default=os.environ.get("S3_KEY_PREFIX") or DEFAULT_PREFIX,
+        metavar="PREFIX",
+        help="the avatars' key prefix (default: S3_KEY_PREFIX, else %(default)s)",
+    )
+    documents.add_argument(
+        "--region",
+        default=os.environ.get("AWS_REGION") or None,
+        help="the bucket's region, for the CloudFront origin's domain (default: AWS_REGION)",
     )
     documents.set_defaults(func=_policies)
     return parser

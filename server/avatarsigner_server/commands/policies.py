@@ -1,17 +1,23 @@
-"""The IAM and bucket documents the security model rests on, ready for the AWS CLI.
+"""The IAM, bucket and CloudFront documents the security model rests on, for the AWS CLI.
 
-`avatar-signer policies --bucket B [--allowed-origin URL ...]` prints `documents()` as one
-JSON object:
+`avatar-signer policies --bucket B [--allowed-origin URL ...] [--distribution-arn ARN]`
+prints `documents()` as one JSON object:
 
     uploader_policy      IAM policy of the uploader: the seed's statement, exactly
                          (s3:PutObject and s3:AbortMultipartUpload on B/*)
     reader_policy        IAM policy of the reader: the seed's statement (s3:GetObject on B/*)
-    bucket_policy        denies every request made without TLS
+    bucket_policy        denies every request made without TLS; with --distribution-arn
+                         also lets that distribution (Origin Access Control) read
+                         <prefix>* and nothing else
     public_access_block  all four Block Public Access settings on
     ownership_controls   BucketOwnerEnforced (ACLs off)
     cors                 PUT and GET from the given origins, the upload headers allowed,
                          ETag exposed; null without --allowed-origin (then no browser
                          talks to the bucket, and it needs no CORS)
+    cloudfront           with --distribution-arn, the distribution's parts for avatars:
+                         the Origin Access Control, the S3 origin, a cache policy, a
+                         response headers policy and the cache behavior for <prefix>*
+                         that ties them to the trusted key group; null without it
 
 Each value has the shape its `aws iam` / `aws s3api` command takes (see APPLY_HELP).
 `avatar-signer check` then proves, against the real bucket, that the policies hold.
@@ -19,16 +25,28 @@ Each value has the shape its `aws iam` / `aws s3api` command takes (see APPLY_HE
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..signing.cloudfront import SIGNING_PARAMETERS
+from ..signing.object_keys import DEFAULT_PREFIX
 from ..signing.url_signers import UploadSigner
 
 VERSION = "2012-10-17"
 # The headers an upload URL signs and the uploader sends.
 UPLOAD_HEADERS = UploadSigner.HEADERS
 CORS_MAX_AGE_SECONDS = 3000  # the seed's value
+# How long CloudFront edges keep an avatar (without an invalidation, a new avatar shows
+# within this), and at most, whatever Cache-Control an uploader stored on the object.
+EDGE_DEFAULT_TTL_SECONDS = 300
+EDGE_MAX_TTL_SECONDS = 3600
+# What viewers' browsers are told: private (access-controlled), fresh for 5 minutes.
+VIEWER_CACHE_CONTROL = "private, max-age=300"
+# An image never runs script or loads anything, even opened directly as a page.
+IMAGE_CSP = "default-src 'none'; sandbox"
+_DISTRIBUTION_ARN = re.compile(r"arn:aws:cloudfront::\d{12}:distribution/[A-Z0-9]{1,64}")
 
 
 def bucket_arn(bucket: str) -> str:
@@ -67,21 +85,33 @@ def reader_policy(bucket: str) -> dict[str, Any]:
     }
 
 
-def bucket_policy(bucket: str) -> dict[str, Any]:
-    """Deny any request to the bucket or its objects that does not use TLS."""
-    return {
-        "Version": VERSION,
-        "Statement": [
+def bucket_policy(
+    bucket: str, distribution_arn: str | None = None, key_prefix: str = DEFAULT_PREFIX
+) -> dict[str, Any]:
+    """Deny any request to the bucket or its objects that does not use TLS; with a
+    distribution, let it (and only it, through Origin Access Control) read the avatars."""
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "DenyRequestsWithoutTLS",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [bucket_arn(bucket), objects_arn(bucket)],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }
+    ]
+    if distribution_arn is not None:
+        statements.append(
             {
-                "Sid": "DenyRequestsWithoutTLS",
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:*",
-                "Resource": [bucket_arn(bucket), objects_arn(bucket)],
-                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                "Sid": "AllowCloudFrontToReadAvatars",
+                "Effect": "Allow",
+                "Principal": {"Service": "cloudfront.amazonaws.com"},
+                "Action": "s3:GetObject",
+                "Resource": f"{bucket_arn(bucket)}/{key_prefix}*",
+                "Condition": {"StringEquals": {"AWS:SourceArn": distribution_arn}},
             }
-        ],
-    }
+        )
+    return {"Version": VERSION, "Statement": statements}
 
 
 def public_access_block() -> dict[str, bool]:
@@ -134,15 +164,103 @@ def cors(origins: Sequence[str]) -> dict[str, Any] | None:
     }
 
 
-def documents(bucket: str, origins: Sequence[str] = ()) -> dict[str, Any]:
+def distribution_arn_problem(arn: str) -> str | None:
+    """Why `arn` is not a CloudFront distribution's ARN, or None."""
+    if not _DISTRIBUTION_ARN.fullmatch(arn):
+        return (
+            "must be a distribution ARN such as "
+            "arn:aws:cloudfront::123456789012:distribution/EDFDVBD6EXAMPLE"
+        )
+    return None
+
+
+def cloudfront(bucket: str, region: str | None, key_prefix: str) -> dict[str, Any]:
+    """The distribution's parts for avatars, each in the shape its `aws cloudfront` command
+    takes; `<...-id>` marks an id AWS assigns when the part before it is created."""
+    name = f"avatar-signer-{bucket}"
+    origin_id = f"{bucket}-s3"
+    return {
+        # aws cloudfront create-origin-access-control --origin-access-control-config
+        "origin_access_control": {
+            "Name": name,
+            "Description": "avatar-signer: CloudFront signs every request to the bucket",
+            "SigningProtocol": "sigv4",
+            "SigningBehavior": "always",
+            "OriginAccessControlOriginType": "s3",
+        },
+        # DistributionConfig.Origins.Items[]: the bucket, reached only through the OAC.
+        "origin": {
+            "Id": origin_id,
+            "DomainName": f"{bucket}.s3.{region or '<region>'}.amazonaws.com",
+            "OriginAccessControlId": "<origin-access-control-id>",
+            "S3OriginConfig": {"OriginAccessIdentity": ""},
+        },
+        # aws cloudfront create-cache-policy --cache-policy-config
+        "cache_policy": {
+            "Name": name,
+            "Comment": "avatar-signer: the path alone is the cache key; the signature "
+            "parameters (" + ", ".join(SIGNING_PARAMETERS) + ") and cookies are not in it",
+            "DefaultTTL": EDGE_DEFAULT_TTL_SECONDS,
+            "MaxTTL": EDGE_MAX_TTL_SECONDS,
+            "MinTTL": 0,
+            "ParametersInCacheKeyAndForwardedToOrigin": {
+                "EnableAcceptEncodingGzip": False,
+                "EnableAcceptEncodingBrotli": False,
+                "HeadersConfig": {"HeaderBehavior": "none"},
+                "CookiesConfig": {"CookieBehavior": "none"},
+                "QueryStringsConfig": {"QueryStringBehavior": "none"},
+            },
+        },
+        # aws cloudfront create-response-headers-policy --response-headers-policy-config
+        "response_headers_policy": {
+            "Name": name,
+            "Comment": "avatar-signer: images only, whatever headers were stored with them",
+            "SecurityHeadersConfig": {
+                "ContentTypeOptions": {"Override": True},
+                "ContentSecurityPolicy": {"ContentSecurityPolicy": IMAGE_CSP, "Override": True},
+            },
+            "CustomHeadersConfig": {
+                "Quantity": 2,
+                "Items": [
+                    {"Header": "Cache-Control", "Value": VIEWER_CACHE_CONTROL, "Override": True},
+                    {"Header": "Content-Disposition", "Value": "inline", "Override": True},
+                ],
+            },
+        },
+        # DistributionConfig.CacheBehaviors.Items[] (or its DefaultCacheBehavior).
+        "cache_behavior": {
+            "PathPattern": f"{key_prefix}*",
+            "TargetOriginId": origin_id,
+            "ViewerProtocolPolicy": "https-only",
+            "AllowedMethods": {
+                "Quantity": 2,
+                "Items": ["GET", "HEAD"],
+                "CachedMethods": {"Quantity": 2, "Items": ["GET", "HEAD"]},
+            },
+            "TrustedKeyGroups": {"Enabled": True, "Quantity": 1, "Items": ["<key-group-id>"]},
+            "CachePolicyId": "<cache-policy-id>",
+            "ResponseHeadersPolicyId": "<response-headers-policy-id>",
+            "Compress": False,
+        },
+    }
+
+
+def documents(
+    bucket: str,
+    origins: Sequence[str] = (),
+    distribution_arn: str | None = None,
+    key_prefix: str = DEFAULT_PREFIX,
+    region: str | None = None,
+) -> dict[str, Any]:
     """Everything `avatar-signer policies` prints (raises ValueError for a bad origin)."""
     return {
         "uploader_policy": uploader_policy(bucket),
         "reader_policy": reader_policy(bucket),
-        "bucket_policy": bucket_policy(bucket),
+        "bucket_policy": bucket_policy(bucket, distribution_arn, key_prefix),
         "public_access_block": public_access_block(),
         "ownership_controls": ownership_controls(),
         "cors": cors(origins),
+        "cloudfront": None if distribution_arn is None else cloudfront(bucket, region, key_prefix),
     }
 
 
@@ -182,4 +300,35 @@ aws_s3_bucket_cors_configuration (its cors_rule blocks take the CORSRules fields
 Then run `avatar-signer check` with the service's settings: it proves against the real
 bucket that the uploader cannot read, the reader cannot write, and neither can delete
 or list.
+
+CloudFront in front of the bucket (--distribution-arn; see docs/cloudfront.md). The
+bucket policy above then also lets that distribution, and only it, read <prefix>*:
+apply it after the distribution exists (its ARN is in the condition). The parts:
+
+  # The key CloudFront checks signatures with: its public half, in a key group.
+  openssl pkey -in cloudfront-private.pem -pubout -out cloudfront-public.pem
+  aws cloudfront create-public-key --public-key-config "$(jq -n \\
+      --arg key "$(cat cloudfront-public.pem)" \\
+      '{CallerReference: "avatar-signer-1", Name: "avatar-signer-1", EncodedKey: $key}')"
+  aws cloudfront create-key-group --key-group-config \\
+      '{"Name": "avatar-signer", "Items": ["<public-key-id>"]}'
+  #   -> CLOUDFRONT_KEY_PAIR_ID is <public-key-id>; the key group id goes in the behavior.
+
+  aws cloudfront create-origin-access-control --origin-access-control-config \\
+      "$(jq -c .cloudfront.origin_access_control policies.json)"
+  aws cloudfront create-cache-policy --cache-policy-config \\
+      "$(jq -c .cloudfront.cache_policy policies.json)"
+  aws cloudfront create-response-headers-policy --response-headers-policy-config \\
+      "$(jq -c .cloudfront.response_headers_policy policies.json)"
+
+  # Into the distribution's config (aws cloudfront get-distribution-config, edit,
+  # update-distribution): .cloudfront.origin under Origins, .cloudfront.cache_behavior
+  # under CacheBehaviors (or as the DefaultCacheBehavior), each <...-id> replaced by the
+  # id its create command printed.
+
+The cache policy keeps the signature parameters and cookies out of the cache key (one
+cached copy per avatar, however it was signed); CloudFront still checks every signature.
+The response headers policy adds X-Content-Type-Options: nosniff and a sandboxing CSP,
+and replaces whatever Cache-Control and Content-Disposition an uploader stored on the
+object. `avatar-signer check` verifies the CloudFront key; it cannot reach CloudFront.
 """

@@ -12,10 +12,18 @@
 
 from __future__ import annotations
 
-from .bucket import is_valid_bucket
+from .bucket import is_valid_bucket, is_valid_region
 from .env import SettingsError
 from .limits import TtlRule
 from .load import Settings, load
 from .network import host_port
 
-__all__ = ["Settings", "SettingsError", "TtlRule", "host_port", "is_valid_bucket", "load"]
+__all__ = [
+    "Settings",
+    "SettingsError",
+    "TtlRule",
+    "host_port",
+    "is_valid_bucket",
+    "is_valid_region",
+    "load",
+]
