@@ -10,15 +10,22 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import leaks
 import pytest
+from avatarsigner_server.commands.check import cloudfront as check_cloudfront
 from avatarsigner_server.credentials.watcher import check_sources
 from avatarsigner_server.settings import Settings, SettingsError
 from avatarsigner_server.settings import load as load_settings
-from avatarsigner_server.signing.cloudfront import HashAlgorithm
+from avatarsigner_server.signing.cloudfront import (
+    CloudFrontSigner,
+    HashAlgorithm,
+    load_private_key,
+)
+from avatarsigner_server.signing.cloudfront_viewers import CloudFrontKeyPair
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from servers import FAKE_ENV
@@ -295,3 +302,65 @@ def test_serve_with_a_bad_key_exits_2_with_one_line(tmp_path: Path) -> None:
     assert line.startswith("avatar-signer: configuration error: CLOUDFRONT_PRIVATE_KEY_FILE: ")
     assert "RSA 1024" in line
     assert leaks.find([line]) == []
+
+
+# --------------------------------------------------------------------------- avatar-signer check
+
+
+def _check_rows(settings: Settings) -> dict[str, Any]:
+    return {row.check: row for row in check_cloudfront.run(settings, lambda: NOW)}
+
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("algorithm", ["SHA1", "SHA256"])
+@pytest.mark.parametrize("kind", ["rsa", "ecdsa"])
+def test_check_verifies_the_key_and_what_it_signs_and_skips_cloudfront(
+    tmp_path: Path, kind: str, algorithm: str
+) -> None:
+    key = (
+        rsa.generate_private_key(65537, 2048)
+        if kind == "rsa"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    env = _env(tmp_path, _pem(key), CLOUDFRONT_HASH_ALGORITHM=algorithm)
+    rows = _check_rows(_start_up(env))
+    assert {name: row.outcome for name, row in rows.items()} == {
+        "CloudFront key file": "PASS",
+        "CloudFront URL verifies with the public key": "PASS",
+        "CloudFront cookies verify with the public key": "PASS",
+        "CloudFront serves them": "SKIP",
+    }
+    assert "cannot reach CloudFront" in rows["CloudFront serves them"].detail
+    assert KEY_ID in rows["CloudFront key file"].detail
+    assert f"{ORIGIN}/profiles/*" in rows["CloudFront cookies verify with the public key"].detail
+    assert leaks.find([row.detail for row in rows.values()]) == []
+
+
+def test_check_fails_a_key_file_broken_after_start_up(tmp_path: Path, good_pem: bytes) -> None:
+    settings = _start_up(_env(tmp_path, good_pem))
+    (tmp_path / "cloudfront.pem").write_bytes(b"")
+    (row,) = _check_rows(settings).values()
+    assert (row.check, row.outcome) == ("CloudFront key file", "FAIL")
+    assert "CLOUDFRONT_PRIVATE_KEY_FILE" in row.detail and "empty" in row.detail
+
+
+def test_check_judges_with_the_public_half(tmp_path: Path) -> None:
+    """What the rows rest on: another key's signature, or a wider grant, is refused."""
+    ours, theirs = (load_private_key(_pem(rsa.generate_private_key(65537, 2048))) for _ in "ab")
+    pair = CloudFrontKeyPair(ours, KEY_ID)
+    url, expires = f"{ORIGIN}/profiles/a/avatar", NOW + timedelta(seconds=60)
+    stamp = int(expires.timestamp())
+    good = CloudFrontSigner(ours, KEY_ID).signed_url(url, expires)
+    forged = CloudFrontSigner(theirs, KEY_ID).signed_url(url, expires)
+    assert check_cloudfront._url_problem(pair, good, url, stamp) is None
+    assert "does not verify" in (check_cloudfront._url_problem(pair, forged, url, stamp) or "")
+    grant = f"{ORIGIN}/profiles/*"
+    wider = CloudFrontSigner(ours, KEY_ID).signed_cookies(f"{ORIGIN}/*", expires)
+    problem = check_cloudfront._cookies_problem(pair, wider, grant, stamp)
+    assert problem is not None and "grants" in problem
+    cookies = CloudFrontSigner(theirs, KEY_ID).signed_cookies(grant, expires)
+    assert "does not verify" in (
+        check_cloudfront._cookies_problem(pair, cookies, grant, stamp) or ""
+    )
