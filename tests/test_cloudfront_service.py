@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.cookies import SimpleCookie
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import cloudfront_edge as edge
@@ -25,7 +26,9 @@ import pytest
 from avatarsigner import AsyncAvatarSignerClient, AvatarSignerClient, ViewerCookies, cli
 from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
-from avatarsigner_server.signing.cloudfront import CloudFrontSigner
+from avatarsigner_server.signing import cloudfront_viewers
+from avatarsigner_server.signing.cloudfront import CloudFrontSigner, load_private_key
+from avatarsigner_server.signing.cloudfront_viewers import CloudFrontKeyPair
 from botocore.signers import CloudFrontSigner as BotocoreCloudFrontSigner
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -262,6 +265,21 @@ def test_without_a_window_every_call_signs_each_url(
     clock.now = T0 + timedelta(seconds=1)
     _batch(stub, FEED)
     assert len(signatures) == 2 * len(FEED)
+
+
+def test_past_the_window_cache_bound_urls_are_signed_per_call_and_still_identical(
+    rsa_key: rsa.RSAPrivateKey, signatures: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cloudfront_viewers, "WINDOW_CACHE_SIZE", 3)
+    pair = CloudFrontKeyPair(load_private_key(pem(rsa_key)), KEY_ID)
+    signer = cloudfront_viewers.CloudFrontDownloadSigner(
+        SimpleNamespace(current=lambda: pair), ORIGIN, clock=FakeClock(T0), reuse_seconds=WINDOW
+    )
+    keys = [f"profiles/u{n}/avatar" for n in range(5)]
+    first = [signer.sign(key, ttl_seconds=300).url for key in keys]
+    again = [signer.sign(key, ttl_seconds=300).url for key in keys]
+    assert again == first
+    assert len(signatures) == 5 + 2  # the three kept, the two past the bound signed again
 
 
 def test_a_ttl_not_longer_than_the_window_gets_a_fresh_url(

@@ -13,18 +13,20 @@
 Pure, like the rest of `signing`: the clock and the key source are passed in.
 
 Cost. An RSA-2048 signature costs hundreds of µs, so with a reuse window the signer keeps
-the window's URLs (an LRU of `URL_CACHE_SIZE`): a feed page asked for again within the
+the window's URLs (up to `WINDOW_CACHE_SIZE`): a feed page asked for again within the
 window costs no signature. Signatures are deterministic for both key types (RSA PKCS#1
-v1.5, RFC 6979 ECDSA), so a URL re-signed after it left the cache, or signed by another
-replica, is the same URL. Cookies are cached per expiry second: at any call rate, at most
-one cookie signature per second per ttl.
+v1.5, RFC 6979 ECDSA), so a URL signed again (past the cache's bound), or signed by
+another replica, is the same URL. Cookies are cached per expiry second: at any call rate,
+at most one cookie signature per second per ttl.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from types import MappingProxyType
 from typing import Protocol
 
 from .clock import Clock, utc_now_to_the_second
@@ -33,10 +35,11 @@ from .object_keys import ObjectKeys
 from .sigv4 import encode_key_path
 from .url_signers import SignedUrl, window_start
 
-#: URLs kept per key with a reuse window: a window's distinct avatars, at ~0.5 KB each.
-URL_CACHE_SIZE = 8192
+#: URLs kept per process within a reuse window (about 0.8 KB each, RSA or ECDSA).
+WINDOW_CACHE_SIZE = 10_000
 #: Cookie sets kept: one per (ttl, expiry second); a few suffice.
 COOKIE_CACHE_SIZE = 64
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 #: The attributes every viewer cookie carries (see ViewerCookieSigner).
 COOKIE_ATTRIBUTES = "Secure; HttpOnly; SameSite=Strict"
 
@@ -89,6 +92,10 @@ class CloudFrontDownloadSigner:
     with `reuse_seconds` (DOWNLOAD_URL_REUSE_SECONDS) the signing time is the start of the
     window (`window_start`), so everyone asking for one avatar and ttl within a window gets
     the byte-identical URL, and `expires_at` is still its true expiry.
+
+    With a window, the window's URLs are kept (by key and ttl) until the window ends: the
+    first WINDOW_CACHE_SIZE distinct ones cost one signature each per window, later ones
+    one per call (the same URL: signatures are deterministic). A rotated key empties it.
     """
 
     def __init__(
@@ -104,16 +111,32 @@ class CloudFrontDownloadSigner:
         self._origin = origin.rstrip("/")
         self._clock = clock
         self._reuse = reuse_seconds
-        # Without a window no two URLs share an expiry second, so a cache would only fill.
-        self._signer = CurrentSigner(source, hash_algorithm, URL_CACHE_SIZE if reuse_seconds else 0)
+        self._signer = CurrentSigner(source, hash_algorithm, 0)
+        # The window (its start) and the signer the cached URLs belong to, and the URLs.
+        self._cached_for: tuple[datetime, CloudFrontSigner] | None = None
+        self._cached: dict[tuple[str, int], SignedUrl] = {}
 
     def sign(self, key: str, *, ttl_seconds: int) -> SignedUrl:
         now = self._clock()
-        signed_at = window_start(now, self._reuse, ttl_seconds) or _to_the_second(now)
-        expires_at = signed_at + timedelta(seconds=ttl_seconds)
         signer = self._signer.get()
+        signed_at = window_start(now, self._reuse, ttl_seconds)
+        if signed_at is None:
+            return self._sign(signer, key, _to_the_second(now), ttl_seconds)
+        if self._cached_for != (signed_at, signer):
+            self._cached_for, self._cached = (signed_at, signer), {}
+        cached = self._cached.get((key, ttl_seconds))
+        if cached is None:
+            cached = self._sign(signer, key, signed_at, ttl_seconds)
+            if len(self._cached) < WINDOW_CACHE_SIZE:
+                self._cached[(key, ttl_seconds)] = cached
+        return cached
+
+    def _sign(
+        self, signer: CloudFrontSigner, key: str, signed_at: datetime, ttl_seconds: int
+    ) -> SignedUrl:
+        expires_at = signed_at + timedelta(seconds=ttl_seconds)
         url = signer.signed_url(f"{self._origin}/{encode_key_path(key)}", expires_at)
-        return SignedUrl(url, expires_at, {}, signer.key_pair_id)
+        return SignedUrl(url, expires_at, _NO_HEADERS, signer.key_pair_id)
 
 
 @dataclass(frozen=True)
