@@ -716,9 +716,10 @@ def analysis(r: Results) -> list[str]:
         f"- Signer: our GET URL costs {own.microseconds:.1f} µs, of which the SigV4 "
         f"computation (`sigv4.presign`) is {core.microseconds:.1f} µs; the rest is the "
         "signer's clock, expiry, credential check and result object. boto3 takes "
-        f"{sdk.microseconds:.0f} µs per URL on this machine (DESIGN.md's ~490 µs was measured "
-        f"elsewhere), so 40x would need {sdk.microseconds / TARGETS['signer']:.1f} µs per "
-        f"URL all in: the ratio is bounded by how fast boto3 is here."
+        f"{sdk.microseconds:.0f} µs per URL on this machine (the target assumed ~490 µs, "
+        "measured on another machine), so 40x would need "
+        f"{sdk.microseconds / TARGETS['signer']:.1f} µs per URL all in: the ratio is bounded "
+        "by how fast boto3 is here."
     )
     eight = r.single.get(8, {})
     if {"ours", "empty", "no-audit"} <= eight.keys():
@@ -751,7 +752,7 @@ def analysis(r: Results) -> list[str]:
         f"({b['log']:.1f} µs) and the rest ({b['rest']:.1f} µs), so the handler ratio is "
         f"about {with_log:.0f}x; without any log line it would be about {no_log:.0f}x. "
         "So even with no log line at all the ratio stays below 30x: what bounds it is boto3's "
-        "own speed on this machine (the target assumed DESIGN.md's ~490 µs per URL) plus the "
+        "own speed on this machine (the target assumed ~490 µs per URL) plus the "
         "per-URL response messages; the audit lines of a batch are already one write."
     )
     two = r.workers_single["workers2"]

@@ -1,7 +1,7 @@
 """`make run`: a local S3 (SeaweedFS), the service against it, and commands to try.
 
-Starts SeaweedFS on 127.0.0.1 with the bucket and the two identities (the seed's exact IAM
-policies), starts `avatar-signer serve` with those credentials, waits until it is SERVING,
+Starts SeaweedFS on 127.0.0.1 with the bucket and the two identities (the least-privilege
+IAM policies), starts `avatar-signer serve` with those credentials, waits until it is SERVING,
 then prints commands that work as pasted. Ctrl-C (or SIGTERM) stops both cleanly.
 
     python dev/run.py [--port 50051] [--workdir .run]

@@ -12,6 +12,7 @@ from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from avatarsigner_server.access import callers
 from avatarsigner_server.settings import SettingsError
 from avatarsigner_server.telemetry import logs as observability
+from doc_examples import callers_file_example
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from guarded import ALL_RPCS, CallerSpec, caller, code_of, new_token, write_callers
@@ -210,12 +211,9 @@ def test_missing_callers_file_is_a_settings_error() -> None:
     assert caught.value.name == "CALLERS_FILE"
 
 
-def test_the_readme_example_is_a_valid_callers_file(tmp_path: Path) -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme.split("### The callers file", 1)[1]
-    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+def test_the_documented_example_is_a_valid_callers_file(tmp_path: Path) -> None:
     path = tmp_path / "callers.toml"
-    path.write_text(example)
+    path.write_text(callers_file_example())
     table = callers.load(str(path))
     assert [c.name for c in table.callers] == ["profile-service", "feed-service", "thumbnailer"]
     profile = table.by_certificate(["spiffe://cluster.local/ns/app/sa/profile"])

@@ -1,9 +1,9 @@
 """`avatar-signer check` on the real local S3 (SeaweedFS verifies every signature).
 
-It passes with the seed's policies, and fails, naming the identity and the action, when
-the uploader may also read, when the reader may also write, and when the keys are swapped.
-Identities with the wrong policies are made for each case; the session's two stay as the
-seed has them.
+It passes with the least-privilege policies, and fails, naming the identity and the action,
+when the uploader may also read, when the reader may also write, and when the keys are
+swapped. Identities with the wrong policies are made for each case; the session's two keep
+the least-privilege policies.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ LocalS3 = tuple[seaweed_s3.LocalS3, seaweed_s3.Identity, seaweed_s3.Identity]
 
 
 def _identity(s3: seaweed_s3.LocalS3, role: str, *extra: dict[str, Any]) -> seaweed_s3.Identity:
-    """A new IAM user with the seed's policy for `role`, plus `extra` statements."""
-    seed = seaweed_s3.uploader_policy if role == "uploader" else seaweed_s3.reader_policy
-    policy = seed(s3.bucket)
+    """A new IAM user with the least-privilege policy for `role`, plus `extra` statements."""
+    base = seaweed_s3.uploader_policy if role == "uploader" else seaweed_s3.reader_policy
+    policy = base(s3.bucket)
     policy["Statement"] += list(extra)
     return s3.create_identity(f"check-{role}-{uuid.uuid4().hex[:8]}", policy)
 
@@ -51,7 +51,7 @@ def _outcomes(rows: dict[str, check.Result]) -> dict[str, str]:
     return {name: row.outcome for name, row in rows.items()}
 
 
-def test_check_passes_with_the_seeds_policies(local_s3: LocalS3) -> None:
+def test_check_passes_with_the_least_privilege_policies(local_s3: LocalS3) -> None:
     rows = _run(*local_s3)
     failed = {name: row.detail for name, row in rows.items() if row.outcome == check.FAIL}
     assert failed == {}

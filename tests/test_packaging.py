@@ -24,6 +24,7 @@ from avatarsigner_server.access import callers
 from avatarsigner_server.app.server import HEALTH_SERVICES
 from avatarsigner_server.commands import cli
 from avatarsigner_server.settings import Settings
+from doc_examples import callers_file_example
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
@@ -437,21 +438,15 @@ def test_certificate_example_makes_the_tls_secret_for_the_names_callers_dial() -
             assert f"{service_name}.{namespace}.{suffix}" in dns_names
 
 
-def _readme_callers_example() -> str:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### The callers file", 1)[1]
-    return section.split("```toml\n", 1)[1].split("```", 1)[0]
-
-
 def test_shipped_callers_file_is_valid_and_its_placeholders_let_no_one_in() -> None:
     table = callers.parse(tomllib.loads(_shipped_callers_toml()))
     assert table.callers
-    # Published tokens must not work: the README's example hashes, and obvious placeholders.
-    published = callers.parse(tomllib.loads(_readme_callers_example())).by_token_sha256
+    # Published tokens must not work: the docs' example hashes, and obvious placeholders.
+    published = callers.parse(tomllib.loads(callers_file_example())).by_token_sha256
     guesses = ["", "token", "changeme", "REPLACE_ME", "placeholder", "secret"]
     guesses += [f"example-{c.name}-token" for c in table.callers]
     for caller in table.callers:
-        assert caller.token_sha256 not in published, f"{caller.name}: README's example hash"
+        assert caller.token_sha256 not in published, f"{caller.name}: the docs' example hash"
         assert caller.token_sha256 not in {hashlib.sha256(g.encode()).hexdigest() for g in guesses}
 
 

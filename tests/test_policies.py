@@ -1,8 +1,9 @@
 """`avatar-signer policies`: the documents the security model rests on, as one JSON object.
 
-The IAM statements are compared with the seed's own JSON, copied verbatim below from
-the design this service grows from (shared/seed/000_8f11b302f288d0cb.txt, sections 4 and
-13), so a drift from the seed fails here.
+Direct mode's IAM statements and the CORS rule are compared with the original design's own
+JSON, copied verbatim below, so a drift from it fails here. Verified mode's three
+identities are prefix-scoped; the test S3 (dev/seaweed_s3.py) creates its identities from
+these very documents, so the s3 tests (test_check, test_verified_uploads) judge them.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import sys
 from typing import Any
 
 import pytest
-import seaweed_s3
 from avatarsigner_server.commands import policies
 from avatarsigner_server.credentials.sources import StaticCredentials
+from avatarsigner_server.settings.uploads import UploadMode
 from avatarsigner_server.signing.key_pairs import Credentials
 from avatarsigner_server.signing.url_signers import BucketEndpoint, UploadSigner
 
-SEED_BUCKET = "myapp-profile-images"
-SEED_UPLOAD_STATEMENT = """
+ORIGINAL_BUCKET = "myapp-profile-images"
+ORIGINAL_UPLOAD_STATEMENT = """
 {
   "Effect": "Allow",
   "Action": [
@@ -31,14 +32,14 @@ SEED_UPLOAD_STATEMENT = """
   "Resource": "arn:aws:s3:::myapp-profile-images/*"
 }
 """
-SEED_READ_STATEMENT = """
+ORIGINAL_READ_STATEMENT = """
 {
   "Effect": "Allow",
   "Action": "s3:GetObject",
   "Resource": "arn:aws:s3:::myapp-profile-images/*"
 }
 """
-SEED_CORS = """
+ORIGINAL_CORS = """
 [
   {
     "AllowedOrigins": ["https://yourapp.com"],
@@ -53,52 +54,113 @@ SEED_CORS = """
 def _policies(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "avatarsigner_server.commands.cli", "policies", *args],
-        env=dict(os.environ),
+        # The service's own settings would change the defaults: not in these tests.
+        env={
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("UPLOAD_MODE", "S3_KEY_PREFIX", "S3_STAGING_PREFIX")
+        },
         capture_output=True,
         text=True,
         timeout=60,
     )
 
 
-@pytest.fixture(scope="module")
-def printed() -> dict[str, Any]:
-    result = _policies("--bucket", SEED_BUCKET, "--allowed-origin", "https://yourapp.com")
+def _printed(*args: str) -> dict[str, Any]:
+    origin = ("--allowed-origin", "https://yourapp.com")
+    result = _policies("--bucket", ORIGINAL_BUCKET, *origin, *args)
     assert result.returncode == 0, result.stderr
     document: dict[str, Any] = json.loads(result.stdout)  # one JSON object, nothing else
     return document
 
 
-def test_prints_exactly_the_seven_documents(printed: dict[str, Any]) -> None:
-    assert list(printed) == [
-        "uploader_policy",
-        "reader_policy",
-        "bucket_policy",
-        "public_access_block",
-        "ownership_controls",
-        "cors",
-        "cloudfront",
-    ]
-    assert printed["cloudfront"] is None  # no --distribution-arn: no CloudFront
+@pytest.fixture(scope="module")
+def printed() -> dict[str, Any]:
+    """Direct mode: the original two-identity design."""
+    return _printed("--mode", "direct")
 
 
-def test_uploader_policy_is_the_seeds_statement_exactly(printed: dict[str, Any]) -> None:
+@pytest.fixture(scope="module")
+def verified() -> dict[str, Any]:
+    """Verified mode, the default (the environment's UPLOAD_MODE is not set in tests)."""
+    return _printed()
+
+
+DOCUMENTS = [
+    "uploader_policy",
+    "reader_policy",
+    "verifier_policy",
+    "bucket_policy",
+    "public_access_block",
+    "ownership_controls",
+    "lifecycle",
+    "cors",
+    "cloudfront",
+]
+
+
+def test_prints_exactly_the_nine_documents(
+    printed: dict[str, Any], verified: dict[str, Any]
+) -> None:
+    assert list(printed) == DOCUMENTS
+    assert list(verified) == DOCUMENTS
+    # Direct mode has no verifier and leaves nothing behind to expire.
+    assert printed["verifier_policy"] is None and printed["lifecycle"] is None
+    # No --distribution-arn: no CloudFront.
+    assert printed["cloudfront"] is None and verified["cloudfront"] is None
+
+
+def test_verified_identities_each_have_one_prefix_scoped_job(verified: dict[str, Any]) -> None:
+    staged = f"arn:aws:s3:::{ORIGINAL_BUCKET}/uploads/*"
+    avatars = f"arn:aws:s3:::{ORIGINAL_BUCKET}/profiles/*"
+
+    def allowed(document: str) -> set[tuple[str, str]]:
+        found = set()
+        for statement in verified[document]["Statement"]:
+            assert statement["Effect"] == "Allow"
+            actions = statement["Action"]
+            for action in [actions] if isinstance(actions, str) else actions:
+                found.add((action, statement["Resource"]))
+        return found
+
+    assert allowed("uploader_policy") == {
+        ("s3:PutObject", staged),
+        ("s3:AbortMultipartUpload", staged),
+    }
+    assert allowed("reader_policy") == {("s3:GetObject", avatars)}
+    assert allowed("verifier_policy") == {("s3:GetObject", staged), ("s3:PutObject", avatars)}
+
+
+def test_lifecycle_expires_staged_uploads_and_markers(verified: dict[str, Any]) -> None:
+    rules = {rule["Filter"]["Prefix"]: rule for rule in verified["lifecycle"]["Rules"]}
+    assert rules["uploads/"]["Expiration"] == {"Days": 1}
+    assert rules["uploads/"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    assert rules["profiles/.avatar-signer/confirmed/"]["Expiration"] == {"Days": 2}
+    assert all(rule["Status"] == "Enabled" for rule in rules.values())
+
+
+def test_prefixes_follow_the_flags_and_may_not_overlap() -> None:
+    custom = _printed("--key-prefix", "img/p/", "--staging-prefix", "img/u/")
+    assert custom["reader_policy"]["Statement"][0]["Resource"] == (
+        f"arn:aws:s3:::{ORIGINAL_BUCKET}/img/p/*"
+    )
+    overlapping = _policies("--bucket", "avatars", "--staging-prefix", "profiles/in/")
+    assert overlapping.returncode == 2
+    assert overlapping.stderr.startswith("avatar-signer: configuration error: --staging-prefix:")
+
+
+def test_uploader_policy_is_the_original_statement_exactly(printed: dict[str, Any]) -> None:
     assert printed["uploader_policy"] == {
         "Version": "2012-10-17",
-        "Statement": [json.loads(SEED_UPLOAD_STATEMENT)],
+        "Statement": [json.loads(ORIGINAL_UPLOAD_STATEMENT)],
     }
 
 
-def test_reader_policy_is_the_seeds_statement_exactly(printed: dict[str, Any]) -> None:
+def test_reader_policy_is_the_original_statement_exactly(printed: dict[str, Any]) -> None:
     assert printed["reader_policy"] == {
         "Version": "2012-10-17",
-        "Statement": [json.loads(SEED_READ_STATEMENT)],
+        "Statement": [json.loads(ORIGINAL_READ_STATEMENT)],
     }
-
-
-def test_the_test_s3_enforces_the_same_policies() -> None:
-    """SeaweedFS in the tests carries these very documents (dev/seaweed_s3.py)."""
-    assert seaweed_s3.uploader_policy("avatars") == policies.uploader_policy("avatars")
-    assert seaweed_s3.reader_policy("avatars") == policies.reader_policy("avatars")
 
 
 def test_bucket_policy_denies_requests_without_tls(printed: dict[str, Any]) -> None:
@@ -109,8 +171,8 @@ def test_bucket_policy_denies_requests_without_tls(printed: dict[str, Any]) -> N
     assert statement["Action"] == "s3:*"
     assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     assert sorted(statement["Resource"]) == [
-        f"arn:aws:s3:::{SEED_BUCKET}",
-        f"arn:aws:s3:::{SEED_BUCKET}/*",
+        f"arn:aws:s3:::{ORIGINAL_BUCKET}",
+        f"arn:aws:s3:::{ORIGINAL_BUCKET}/*",
     ]
 
 
@@ -127,13 +189,18 @@ def test_public_access_is_blocked_and_acls_are_off(printed: dict[str, Any]) -> N
 def test_cors_allows_put_and_get_from_the_origins_with_upload_headers_only(
     printed: dict[str, Any],
 ) -> None:
-    (seed_rule,) = json.loads(SEED_CORS)
+    (original_rule,) = json.loads(ORIGINAL_CORS)
     (rule,) = printed["cors"]["CORSRules"]
-    assert rule["AllowedOrigins"] == seed_rule["AllowedOrigins"]
-    assert sorted(rule["AllowedMethods"]) == sorted(seed_rule["AllowedMethods"])
-    assert rule["MaxAgeSeconds"] == seed_rule["MaxAgeSeconds"]
-    # Not the seed's "*": exactly the headers an upload URL signs.
-    assert rule["AllowedHeaders"] == ["content-type", "content-length", "x-amz-checksum-sha256"]
+    assert rule["AllowedOrigins"] == original_rule["AllowedOrigins"]
+    assert sorted(rule["AllowedMethods"]) == sorted(original_rule["AllowedMethods"])
+    assert rule["MaxAgeSeconds"] == original_rule["MaxAgeSeconds"]
+    # Not the original "*": exactly the headers an upload URL signs.
+    assert rule["AllowedHeaders"] == [
+        "content-type",
+        "content-length",
+        "x-amz-checksum-sha256",
+        "if-none-match",
+    ]
     assert rule["ExposeHeaders"] == ["ETag"]
 
 
@@ -145,6 +212,7 @@ def test_cors_headers_are_the_ones_upload_urls_ask_for() -> None:
         content_length=10,
         checksum_sha256="a" * 43 + "=",
         ttl_seconds=60,
+        write_once=True,
     )
     assert {name.lower() for name in signed.headers} == set(policies.UPLOAD_HEADERS)
 
@@ -164,8 +232,10 @@ def test_several_origins_and_none() -> None:
 DISTRIBUTION = "arn:aws:cloudfront::123456789012:distribution/EDFDVBD6EXAMPLE"
 
 
-def test_with_a_distribution_only_it_may_read_the_avatars() -> None:
-    printed = policies.documents("avatars", (), DISTRIBUTION, "media/avatars/", "eu-west-1")
+@pytest.mark.parametrize("mode", list(UploadMode), ids=str)
+def test_with_a_distribution_only_it_may_read_the_avatars(mode: UploadMode) -> None:
+    layout = policies.Layout("avatars", mode, "media/avatars/")
+    printed = policies.documents(layout, (), DISTRIBUTION, "eu-west-1")
     deny_tls, allow_cloudfront = printed["bucket_policy"]["Statement"]
     assert deny_tls["Sid"] == "DenyRequestsWithoutTLS"
     assert allow_cloudfront == {
@@ -173,7 +243,8 @@ def test_with_a_distribution_only_it_may_read_the_avatars() -> None:
         "Effect": "Allow",
         "Principal": {"Service": "cloudfront.amazonaws.com"},
         "Action": "s3:GetObject",
-        "Resource": "arn:aws:s3:::avatars/media/avatars/*",
+        # The avatars only: not staged uploads, confirmation markers or the check's canary.
+        "Resource": "arn:aws:s3:::avatars/media/avatars/*/avatar",
         "Condition": {"StringEquals": {"AWS:SourceArn": DISTRIBUTION}},
     }
     # Block Public Access stays on: a service principal bound to one ARN is not public.
@@ -181,7 +252,8 @@ def test_with_a_distribution_only_it_may_read_the_avatars() -> None:
 
 
 def test_the_distribution_parts_for_avatars() -> None:
-    parts = policies.documents("avatars", (), DISTRIBUTION, "profiles/", "eu-west-1")["cloudfront"]
+    layout = policies.Layout("avatars")
+    parts = policies.documents(layout, (), DISTRIBUTION, "eu-west-1")["cloudfront"]
     assert parts["origin_access_control"]["SigningBehavior"] == "always"
     assert parts["origin_access_control"]["OriginAccessControlOriginType"] == "s3"
     assert parts["origin"]["DomainName"] == "avatars.s3.eu-west-1.amazonaws.com"
@@ -221,7 +293,8 @@ def test_the_key_prefix_defaults_to_s3_key_prefix() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
-    assert printed["bucket_policy"]["Statement"][1]["Resource"] == "arn:aws:s3:::avatars/users/*"
+    resource = printed["bucket_policy"]["Statement"][1]["Resource"]
+    assert resource == "arn:aws:s3:::avatars/users/*/avatar"
     assert printed["cloudfront"]["cache_behavior"]["PathPattern"] == "users/*"
     assert printed["cloudfront"]["origin"]["DomainName"] == "avatars.s3.us-east-2.amazonaws.com"
 

@@ -1,7 +1,8 @@
 """The one place that builds the service from its settings.
 
     Settings -> credential sources (watched) -> the two URL signers, each holding one
-    identity -> the servicer; metrics and the audit log; access control around it.
+    identity -> the servicer; in verified mode the confirmer, reading and writing as the
+    verifier; metrics and the audit log; access control around it.
 
 Download URLs are S3 presigned GETs signed with the reader's credentials, or, when
 CLOUDFRONT_URL is set, CloudFront signed URLs signed with the CloudFront key (which also
@@ -19,14 +20,57 @@ from dataclasses import dataclass
 from ..access.control import AccessControl
 from ..api.servicer import AvatarSignerService, UploadGate
 from ..api.validation import Limits
-from ..credentials.watcher import CredentialWatcher, build_watcher
+from ..credentials.watcher import CredentialWatcher, build_watcher, check_sources
 from ..settings import Settings
+from ..settings.load import SERVER_REQUEST_SECONDS
 from ..signing.clock import Clock, utc_now, utc_now_to_the_second
 from ..signing.cloudfront_viewers import CloudFrontDownloadSigner, ViewerCookieSigner
 from ..signing.object_keys import ObjectKeys
 from ..signing.url_signers import BucketEndpoint, DownloadSigner, DownloadUrls, UploadSigner
+from ..storage.objects import ObjectStore
 from ..telemetry.audit import Audit
 from ..telemetry.metrics import Metrics
+from ..verification.confirm import Confirmer, limits_from, require_verifiable
+
+
+def check(settings: Settings) -> None:
+    """What start-up verifies before anything runs (SettingsError, one line naming the
+    variable): every key file readable and every identity distinct; in verified mode,
+    that every allowed type and limit is one verification can honour."""
+    check_sources(settings)
+    if settings.uploads.verified:
+        require_verifiable(settings.allowed_content_types)
+        limits_from(settings.uploads)
+
+
+def build_confirmer(
+    settings: Settings, credentials: CredentialWatcher, clock: Clock = utc_now
+) -> Confirmer | None:
+    """Verified mode: ConfirmUpload reads and writes as the verifier, looks for its markers
+    as the reader. Direct mode: None."""
+    if not settings.uploads.verified:
+        return None
+    endpoint = BucketEndpoint(settings.bucket, settings.region, settings.endpoint_url)
+
+    def store(identity: str) -> ObjectStore:
+        return ObjectStore(
+            credentials[identity],
+            endpoint,
+            settings.region,
+            clock=utc_now_to_the_second if clock is utc_now else clock,
+            expires_in=SERVER_REQUEST_SECONDS,
+        )
+
+    uploads = settings.uploads
+    return Confirmer(
+        ObjectKeys(settings.key_prefix, uploads.staging_prefix),
+        store("verifier"),
+        store("reader"),
+        limits=limits_from(uploads),
+        max_upload_bytes=settings.max_upload_bytes,
+        concurrency=uploads.confirm_concurrency,
+        timeout_seconds=uploads.confirm_timeout_seconds,
+    )
 
 
 def build_servicer(
@@ -41,7 +85,7 @@ def build_servicer(
     endpoint = BucketEndpoint(settings.bucket, settings.region, settings.endpoint_url)
     # The real clock, read to the second (and cheaply) for signing; a test's clock as given.
     signing_clock = utc_now_to_the_second if clock is utc_now else clock
-    keys = ObjectKeys(settings.key_prefix)
+    keys = ObjectKeys(settings.key_prefix, settings.uploads.staging_prefix)
     cloudfront, key = settings.cloudfront, credentials.cloudfront
     downloads: DownloadUrls
     viewer_cookies = None
@@ -76,6 +120,7 @@ def build_servicer(
         downloads=downloads,
         audit=audit,
         upload_gates=upload_gates,
+        confirmer=build_confirmer(settings, credentials, clock),
         viewer_cookies=viewer_cookies,
     )
 
@@ -96,6 +141,7 @@ def build(
     settings: Settings, clock: Clock = utc_now, credentials: CredentialWatcher | None = None
 ) -> Parts:
     """Every part, checked (files are read now; a bad one is a one-line SettingsError)."""
+    check(settings)
     if credentials is None:
         credentials = build_watcher(settings, clock)
     metrics = Metrics()

@@ -1,7 +1,7 @@
 """`avatar-signer` command line: `serve` runs the service; `check` audits the credentials
 and least privilege against the real bucket; `policies` prints the IAM and bucket documents.
 
-Configuration comes from the environment (see the README for every setting). Start-up
+Configuration comes from the environment (docs/operating.md lists every setting). Start-up
 problems print one line naming the setting and exit with status 2; no traceback.
 """
 
@@ -14,10 +14,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..app import server, workers
-from ..credentials.watcher import check_sources
-from ..settings import SettingsError, is_valid_bucket, is_valid_region, load
-from ..signing.object_keys import DEFAULT_PREFIX, is_valid_prefix
+from ..app import server, wiring, workers
+from ..settings import SettingsError, bucket, is_valid_bucket, is_valid_region, load, uploads
+from ..settings.env import Env
+from ..settings.uploads import UploadMode
 from ..telemetry import logs
 from . import check, policies
 
@@ -38,7 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers is not None:
         environ["WORKERS"] = str(args.workers)
     settings = load(environ)
-    check_sources(settings)  # a bad key file stops start-up here, once, not in each worker
+    wiring.check(settings)  # a bad key file stops start-up here, once, not in each worker
     logs.configure_logging(settings.log_level)
     if settings.workers > 1 and not workers.is_worker(environ):
         return workers.supervise(settings, environ)
@@ -54,23 +54,42 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if check.failed(results) else 0
 
 
+# `policies` flags that stand for a setting of the service (a flag given wins).
+_POLICY_FLAGS = {
+    "UPLOAD_MODE": "mode",
+    "S3_KEY_PREFIX": "key_prefix",
+    "S3_STAGING_PREFIX": "staging_prefix",
+}
+
+
+def _policy_layout(args: argparse.Namespace) -> policies.Layout:
+    """The layout the service's own settings rules give for these flags and environment."""
+    given = {var: getattr(args, attr) for var, attr in _POLICY_FLAGS.items()}
+    env = Env({**os.environ, **{var: value for var, value in given.items() if value is not None}})
+    try:
+        mode = uploads.mode(env)
+        prefix = bucket.key_prefix(env)
+        staging = uploads.uploads(env, mode, prefix).staging_prefix
+    except SettingsError as error:
+        if given.get(error.name) is None:
+            raise
+        flag = "--" + _POLICY_FLAGS[error.name].replace("_", "-")
+        raise SettingsError(flag, error.problem) from None
+    return policies.Layout(args.bucket, mode, prefix, staging)
+
+
 def _policies(args: argparse.Namespace) -> int:
     if not is_valid_bucket(args.bucket):
         raise SettingsError("--bucket", "must be a valid S3 bucket name")
+    layout = _policy_layout(args)
     arn = args.distribution_arn
     problem = None if arn is None else policies.distribution_arn_problem(arn)
     if problem:
         raise SettingsError("--distribution-arn", problem)
-    if not is_valid_prefix(args.key_prefix):
-        raise SettingsError(
-            "--key-prefix", "must be empty or segments of A-Z a-z 0-9 . _ - each ending in '/'"
-        )
     if args.region is not None and not is_valid_region(args.region):
         raise SettingsError("--region", "must be an AWS region name such as eu-west-1")
     try:
-        documents = policies.documents(
-            args.bucket, args.allowed_origin, arn, args.key_prefix, args.region
-        )
+        documents = policies.documents(layout, args.allowed_origin, arn, args.region)
     except ValueError as error:
         raise SettingsError("--allowed-origin", str(error)) from None
     print(json.dumps(documents, indent=2))
@@ -84,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
-        "serve", help="run the gRPC server (settings from the environment; see README)"
+        "serve", help="run the gRPC server (settings from the environment; see docs/operating.md)"
     )
     serve.add_argument(
         "--workers",
@@ -103,12 +122,24 @@ def build_parser() -> argparse.ArgumentParser:
     documents = commands.add_parser(
         "policies",
         help="print the IAM policies, bucket settings and CloudFront parts as one JSON object",
-        description="Print the two IAM policies, the bucket settings and (with "
+        description="Print the IAM policies, the bucket settings and (with "
         "--distribution-arn) the CloudFront distribution's parts as one JSON object.",
         epilog=policies.APPLY_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     documents.add_argument("--bucket", required=True, help="the avatar bucket's name")
+    documents.add_argument(
+        "--mode",
+        choices=[m.value for m in UploadMode],
+        help="verified (default; three identities) or direct (two); default: UPLOAD_MODE",
+    )
+    documents.add_argument(
+        "--key-prefix", help="prefix of the avatars (default: S3_KEY_PREFIX or profiles/)"
+    )
+    documents.add_argument(
+        "--staging-prefix",
+        help="prefix of staged uploads (default: S3_STAGING_PREFIX or uploads/)",
+    )
     documents.add_argument(
         "--allowed-origin",
         action="append",
@@ -121,12 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARN",
         help="a CloudFront distribution serving the avatars: the bucket policy lets it read "
         "them (Origin Access Control), and its parts are printed under 'cloudfront'",
-    )
-    documents.add_argument(
-        "--key-prefix",
-        default=os.environ.get("S3_KEY_PREFIX") or DEFAULT_PREFIX,
-        metavar="PREFIX",
-        help="the avatars' key prefix (default: S3_KEY_PREFIX, else %(default)s)",
     )
     documents.add_argument(
         "--region",

@@ -1,16 +1,25 @@
 """The IAM, bucket and CloudFront documents the security model rests on, for the AWS CLI.
 
-`avatar-signer policies --bucket B [--allowed-origin URL ...] [--distribution-arn ARN]`
-prints `documents()` as one JSON object:
+`avatar-signer policies --bucket B [--mode verified|direct] [--allowed-origin URL ...]
+[--distribution-arn ARN]` prints `documents()` as one JSON object:
 
-    uploader_policy      IAM policy of the uploader: the seed's statement, exactly
-                         (s3:PutObject and s3:AbortMultipartUpload on B/*)
-    reader_policy        IAM policy of the reader: the seed's statement (s3:GetObject on B/*)
+    uploader_policy      IAM policy of the uploader: s3:PutObject and
+                         s3:AbortMultipartUpload on the staging prefix (verified mode:
+                         B/uploads/*); direct mode: the original design's statement,
+                         exactly (on B/*)
+    reader_policy        IAM policy of the reader: s3:GetObject on the avatars
+                         (verified: B/profiles/*; direct: the original statement, B/*)
+    verifier_policy      verified mode only (else null): s3:GetObject on the staging
+                         prefix, s3:PutObject on the avatars; never read profiles/*, never
+                         write uploads/*
     bucket_policy        denies every request made without TLS; with --distribution-arn
-                         also lets that distribution (Origin Access Control) read
-                         <prefix>* and nothing else
+                         also lets that distribution (Origin Access Control) read the
+                         avatars, <prefix>*/avatar, and nothing else
     public_access_block  all four Block Public Access settings on
     ownership_controls   BucketOwnerEnforced (ACLs off)
+    lifecycle            verified mode only (else null): staged uploads and unfinished
+                         multipart uploads expire after a day, confirmed-upload markers
+                         after two (nobody may delete, so S3 cleans up)
     cors                 PUT and GET from the given origins, the upload headers allowed,
                          ETag exposed; null without --allowed-origin (then no browser
                          talks to the bucket, and it needs no CORS)
@@ -27,19 +36,23 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..settings.uploads import UploadMode
 from ..signing.cloudfront import SIGNING_PARAMETERS
-from ..signing.object_keys import DEFAULT_PREFIX
+from ..signing.object_keys import DEFAULT_PREFIX, DEFAULT_STAGING_PREFIX, ObjectKeys
 from ..signing.url_signers import UploadSigner
 
 VERSION = "2012-10-17"
 # The headers an upload URL signs and the uploader sends.
 UPLOAD_HEADERS = UploadSigner.HEADERS
-CORS_MAX_AGE_SECONDS = 3000  # the seed's value
+CORS_MAX_AGE_SECONDS = 3000  # the original design's value
+STAGED_UPLOAD_DAYS = 1
+MARKER_DAYS = 2  # outlives the staged uploads they mark, so a repeat confirm finds one
 # How long CloudFront edges keep an avatar (without an invalidation, a new avatar shows
-# within this), and at most, whatever Cache-Control an uploader stored on the object.
+# within this), and at most, whatever Cache-Control is stored on the object.
 EDGE_DEFAULT_TTL_SECONDS = 300
 EDGE_MAX_TTL_SECONDS = 3600
 # What viewers' browsers are told: private (access-controlled), fresh for 5 minutes.
@@ -53,43 +66,93 @@ def bucket_arn(bucket: str) -> str:
     return f"arn:aws:s3:::{bucket}"
 
 
-def objects_arn(bucket: str) -> str:
-    return f"{bucket_arn(bucket)}/*"
+def objects_arn(bucket: str, prefix: str = "") -> str:
+    return f"{bucket_arn(bucket)}/{prefix}*"
 
 
-def uploader_policy(bucket: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Layout:
+    """Where the bucket's objects live, and which upload design the service runs."""
+
+    bucket: str
+    mode: UploadMode = UploadMode.VERIFIED
+    key_prefix: str = DEFAULT_PREFIX
+    staging_prefix: str = DEFAULT_STAGING_PREFIX
+
+    @property
+    def verified(self) -> bool:
+        return self.mode is UploadMode.VERIFIED
+
+    @property
+    def avatars(self) -> str:
+        """The ARN of what readers read: the avatars (direct mode: the whole bucket)."""
+        return objects_arn(self.bucket, self.key_prefix if self.verified else "")
+
+    @property
+    def keys(self) -> ObjectKeys:
+        return ObjectKeys(self.key_prefix, self.staging_prefix)
+
+    @property
+    def staged(self) -> str:
+        """The ARN of what upload URLs write (direct mode: the whole bucket)."""
+        return objects_arn(self.bucket, self.staging_prefix if self.verified else "")
+
+
+def _policy(*statements: dict[str, Any]) -> dict[str, Any]:
+    return {"Version": VERSION, "Statement": list(statements)}
+
+
+def _allow(action: str | list[str], resource: str) -> dict[str, Any]:
+    return {"Effect": "Allow", "Action": action, "Resource": resource}
+
+
+def uploader_policy(layout: Layout) -> dict[str, Any]:
     """Put objects (and abort multipart uploads): no Get, no Delete, no List."""
-    return {
-        "Version": VERSION,
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
-                "Resource": objects_arn(bucket),
-            }
-        ],
-    }
+    return _policy(_allow(["s3:PutObject", "s3:AbortMultipartUpload"], layout.staged))
 
 
-def reader_policy(bucket: str) -> dict[str, Any]:
+def reader_policy(layout: Layout) -> dict[str, Any]:
     """Get objects, nothing else."""
+    return _policy(_allow("s3:GetObject", layout.avatars))
+
+
+def verifier_policy(layout: Layout) -> dict[str, Any] | None:
+    """Read staged uploads, write avatars (verified mode; None in direct mode)."""
+    if not layout.verified:
+        return None
+    return _policy(
+        _allow("s3:GetObject", layout.staged), _allow("s3:PutObject", layout.avatars)
+    )
+
+
+def lifecycle(layout: Layout) -> dict[str, Any] | None:
+    """Expiry of what the service leaves behind (verified mode; None in direct mode)."""
+    if not layout.verified:
+        return None
+    markers = layout.keys.confirmed_prefix()
     return {
-        "Version": VERSION,
-        "Statement": [
+        "Rules": [
             {
-                "Effect": "Allow",
-                "Action": "s3:GetObject",
-                "Resource": objects_arn(bucket),
-            }
-        ],
+                "ID": "expire-staged-uploads",
+                "Filter": {"Prefix": layout.staging_prefix},
+                "Status": "Enabled",
+                "Expiration": {"Days": STAGED_UPLOAD_DAYS},
+                "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": STAGED_UPLOAD_DAYS},
+            },
+            {
+                "ID": "expire-confirmed-upload-markers",
+                "Filter": {"Prefix": markers},
+                "Status": "Enabled",
+                "Expiration": {"Days": MARKER_DAYS},
+            },
+        ]
     }
 
 
-def bucket_policy(
-    bucket: str, distribution_arn: str | None = None, key_prefix: str = DEFAULT_PREFIX
-) -> dict[str, Any]:
+def bucket_policy(layout: Layout, distribution_arn: str | None = None) -> dict[str, Any]:
     """Deny any request to the bucket or its objects that does not use TLS; with a
     distribution, let it (and only it, through Origin Access Control) read the avatars."""
+    bucket = layout.bucket
     statements: list[dict[str, Any]] = [
         {
             "Sid": "DenyRequestsWithoutTLS",
@@ -107,11 +170,13 @@ def bucket_policy(
                 "Effect": "Allow",
                 "Principal": {"Service": "cloudfront.amazonaws.com"},
                 "Action": "s3:GetObject",
-                "Resource": f"{bucket_arn(bucket)}/{key_prefix}*",
+                # The avatars only, in either mode: not staged uploads, confirmation
+                # markers or the check's canary.
+                "Resource": f"{bucket_arn(bucket)}/{layout.keys.avatar_pattern()}",
                 "Condition": {"StringEquals": {"AWS:SourceArn": distribution_arn}},
             }
         )
-    return {"Version": VERSION, "Statement": statements}
+    return _policy(*statements)
 
 
 def public_access_block() -> dict[str, bool]:
@@ -174,9 +239,10 @@ def distribution_arn_problem(arn: str) -> str | None:
     return None
 
 
-def cloudfront(bucket: str, region: str | None, key_prefix: str) -> dict[str, Any]:
+def cloudfront(layout: Layout, region: str | None) -> dict[str, Any]:
     """The distribution's parts for avatars, each in the shape its `aws cloudfront` command
     takes; `<...-id>` marks an id AWS assigns when the part before it is created."""
+    bucket, key_prefix = layout.bucket, layout.key_prefix
     name = f"avatar-signer-{bucket}"
     origin_id = f"{bucket}-s3"
     return {
@@ -246,21 +312,22 @@ def cloudfront(bucket: str, region: str | None, key_prefix: str) -> dict[str, An
 
 
 def documents(
-    bucket: str,
+    layout: Layout,
     origins: Sequence[str] = (),
     distribution_arn: str | None = None,
-    key_prefix: str = DEFAULT_PREFIX,
     region: str | None = None,
 ) -> dict[str, Any]:
     """Everything `avatar-signer policies` prints (raises ValueError for a bad origin)."""
     return {
-        "uploader_policy": uploader_policy(bucket),
-        "reader_policy": reader_policy(bucket),
-        "bucket_policy": bucket_policy(bucket, distribution_arn, key_prefix),
+        "uploader_policy": uploader_policy(layout),
+        "reader_policy": reader_policy(layout),
+        "verifier_policy": verifier_policy(layout),
+        "bucket_policy": bucket_policy(layout, distribution_arn),
         "public_access_block": public_access_block(),
         "ownership_controls": ownership_controls(),
+        "lifecycle": lifecycle(layout),
         "cors": cors(origins),
-        "cloudfront": None if distribution_arn is None else cloudfront(bucket, region, key_prefix),
+        "cloudfront": None if distribution_arn is None else cloudfront(layout, region),
     }
 
 
@@ -270,12 +337,16 @@ Prints one JSON object. Apply each part with the AWS CLI (jq picks a part out):
   avatar-signer policies --bucket "$BUCKET" --allowed-origin https://app.example.com \\
       > policies.json
 
-  # The two identities. IAM users (static keys or key files):
+  # The identities (verified mode, the default, has three; direct mode two). IAM users
+  # (static keys or key files):
   aws iam put-user-policy --user-name avatar-uploader --policy-name avatar-upload \\
       --policy-document "$(jq -c .uploader_policy policies.json)"
   aws iam put-user-policy --user-name avatar-reader --policy-name avatar-read \\
       --policy-document "$(jq -c .reader_policy policies.json)"
-  # ... or IAM roles (S3_UPLOAD_ROLE_ARN / S3_READ_ROLE_ARN): the same documents with
+  aws iam put-user-policy --user-name avatar-verifier --policy-name avatar-verify \\
+      --policy-document "$(jq -c .verifier_policy policies.json)"
+  # ... or IAM roles (S3_UPLOAD_ROLE_ARN / S3_READ_ROLE_ARN / S3_VERIFY_ROLE_ARN): the
+  # same documents with
   #   aws iam put-role-policy --role-name ROLE --policy-name NAME --policy-document ...
   # and a trust policy on each role that lets the pod's own role (IRSA or EKS Pod
   # Identity) call sts:AssumeRole; that base role needs nothing else.
@@ -287,6 +358,8 @@ Prints one JSON object. Apply each part with the AWS CLI (jq picks a part out):
       --ownership-controls "$(jq -c .ownership_controls policies.json)"
   aws s3api put-bucket-policy --bucket "$BUCKET" \\
       --policy "$(jq -c .bucket_policy policies.json)"
+  aws s3api put-bucket-lifecycle-configuration --bucket "$BUCKET" \\
+      --lifecycle-configuration "$(jq -c .lifecycle policies.json)"
   aws s3api put-bucket-cors --bucket "$BUCKET" \\
       --cors-configuration "$(jq -c .cors policies.json)"
   # (cors is null without --allowed-origin: no browser talks to the bucket, so skip
@@ -294,15 +367,18 @@ Prints one JSON object. Apply each part with the AWS CLI (jq picks a part out):
 
 Terraform takes the same documents: aws_iam_user_policy / aws_iam_role_policy
 (policy = jsonencode(...)), aws_s3_bucket_public_access_block,
-aws_s3_bucket_ownership_controls, aws_s3_bucket_policy and
-aws_s3_bucket_cors_configuration (its cors_rule blocks take the CORSRules fields).
+aws_s3_bucket_ownership_controls, aws_s3_bucket_policy,
+aws_s3_bucket_lifecycle_configuration and aws_s3_bucket_cors_configuration (their rule
+blocks take the Rules and CORSRules fields).
 
-Then run `avatar-signer check` with the service's settings: it proves against the real
-bucket that the uploader cannot read, the reader cannot write, and neither can delete
-or list.
+--mode, --key-prefix and --staging-prefix default to the service's own UPLOAD_MODE,
+S3_KEY_PREFIX and S3_STAGING_PREFIX when those are set. Then run `avatar-signer check`
+with the service's settings: it proves against the real bucket that each identity can do
+its one job and nothing else: the uploader cannot read, the reader cannot write, the
+verifier cannot read avatars or write staged uploads, and none can delete or list.
 
 CloudFront in front of the bucket (--distribution-arn; see docs/cloudfront.md). The
-bucket policy above then also lets that distribution, and only it, read <prefix>*:
+bucket policy above then also lets that distribution, and only it, read the avatars:
 apply it after the distribution exists (its ARN is in the condition). The parts:
 
   # The key CloudFront checks signatures with: its public half, in a key group.

@@ -7,8 +7,9 @@
                               key gets a new signer, and with it an empty cache
     CloudFrontDownloadSigner  object key -> canned-policy URL under CLOUDFRONT_URL, with
                               the same ttl and reuse-window rules as S3 URLs (DownloadUrls)
-    ViewerCookieSigner        ttl -> the custom-policy cookies that grant
-                              <CLOUDFRONT_URL>/<prefix>*, as values and as Set-Cookie headers
+    ViewerCookieSigner        ttl -> the custom-policy cookies that grant every avatar,
+                              <CLOUDFRONT_URL>/<prefix>*/avatar, as values and Set-Cookie
+                              headers
 
 Pure, like the rest of `signing`: the clock and the key source are passed in.
 
@@ -155,7 +156,7 @@ class ViewerCookies:
 
 
 class ViewerCookieSigner:
-    """Custom-policy cookies granting `<origin>/<key prefix>*` until now + ttl.
+    """Custom-policy cookies granting `<origin>/<key prefix>*/avatar` until now + ttl.
 
     Set-Cookie attributes, each chosen for a bearer credential that only CloudFront reads:
 
@@ -183,7 +184,8 @@ class ViewerCookieSigner:
         domain: str | None = None,
     ) -> None:
         origin = origin.rstrip("/")
-        self.resource = f"{origin}/{keys.prefix}*"
+        # Every avatar and nothing else (not the check's canary, not confirmation markers).
+        self.resource = f"{origin}/{keys.avatar_pattern()}"
         # Prefixes and user ids are URL-safe characters only: nothing to encode.
         self.url_template = f"{origin}/{keys.key_template()}"
         self._clock = clock

@@ -1,8 +1,9 @@
 """The audit log: one JSON line per decision, on the `avatarsigner.audit` logger.
 
     allowed  one line per signed URL (a batch of n gives n lines, written together): request_id,
-             caller, auth, rpc, reason "signed", user_id, key, expires_at; for viewer
-             cookies one line with the pattern they grant (`grant`) instead of user and key
+             caller, auth, rpc, reason "signed", user_id, key, expires_at; one line per
+             confirmed upload: reason "confirmed", user_id, key, version; one line per set
+             of viewer cookies: reason "signed", the pattern they grant (`grant`), expires_at
     denied   one line per refused call: request_id, caller (null when unknown), auth, rpc,
              user_id (when the request names one valid id), code, reason
 
@@ -67,10 +68,20 @@ class Audit:
             },
         )
 
+    def confirmed(self, call: Call, user_id: str, key: str, version: str) -> None:
+        """The line for an upload published by ConfirmUpload (or confirmed again)."""
+        if self._metrics is not None:
+            self._metrics.upload_confirmed(call.caller or ANONYMOUS)
+        self._allowed(call, "confirmed", user_id=user_id, key=key, version=version)
+
     def cookies_signed(self, call: Call, grant: str, expires_at: datetime) -> None:
         """The line for one set of viewer cookies: the URL pattern they grant, until when."""
         if self._metrics is not None:
             self._metrics.url_signed("cookies", call.caller or ANONYMOUS)
+        self._allowed(call, "signed", grant=grant, expires_at=expires_at.isoformat())
+
+    @staticmethod
+    def _allowed(call: Call, reason: str, **fields: str) -> None:
         log.info(
             "allowed",
             extra={
@@ -79,9 +90,8 @@ class Audit:
                 "caller": call.caller,
                 "auth": call.auth,
                 "rpc": call.rpc,
-                "reason": "signed",
-                "grant": grant,
-                "expires_at": expires_at.isoformat(),
+                "reason": reason,
+                **fields,
             },
         )
 

@@ -3,7 +3,6 @@
     least_privilege  the checks, in order, with the service's own signers
     cloudfront       with CLOUDFRONT_URL: the key, and a URL and cookies it signs, verified
                      with its public half (CloudFront itself is out of reach: SKIP)
-    s3_http          plain HTTP requests to S3 (no redirect followed)
     advice           what to fix, in words, for each failure
     report           the PASS / FAIL / SKIP table
 """

@@ -7,7 +7,7 @@ With CLOUDFRONT_URL set, after the bucket's rows:
       public half: the canned policy rebuilt from the URL, its key pair id, its expiry, the
       hash it names;
     viewer cookies, made by the service's own cookie signer, verify the same way, and their
-      policy grants exactly <CLOUDFRONT_URL>/<prefix>* until their expiry;
+      policy grants exactly <CLOUDFRONT_URL>/<prefix>*/avatar until their expiry;
     the distribution itself: SKIP, always. This command cannot reach CloudFront: whether the
       distribution's key group holds this public key under this id, reaches the bucket
       through Origin Access Control and serves these URLs can only be seen by fetching
