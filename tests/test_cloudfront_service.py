@@ -29,6 +29,7 @@ from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from avatarsigner_server.signing import cloudfront_viewers
 from avatarsigner_server.signing.cloudfront import CloudFrontSigner, load_private_key
 from avatarsigner_server.signing.cloudfront_viewers import CloudFrontKeyPair
+from avatarsigner_server.signing.object_keys import ObjectKeys
 from botocore.signers import CloudFrontSigner as BotocoreCloudFrontSigner
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -306,7 +307,7 @@ def test_viewer_cookies_grant_every_avatar_and_nothing_else_until_expiry(
     answer = _cookies(stub)
     until = T0 + timedelta(seconds=3600)  # CLOUDFRONT_COOKIE_TTL_SECONDS' default
     assert expires(answer.expires_at) == until
-    assert answer.resource == f"{ORIGIN}/profiles/*"
+    assert answer.resource == f"{ORIGIN}/profiles/*/avatar"
     assert answer.url_template == f"{ORIGIN}/profiles/{{user_id}}/avatar"
     cookies = dict(answer.cookies)
     assert set(cookies) == {"CloudFront-Policy", "CloudFront-Signature", "CloudFront-Key-Pair-Id"}
@@ -315,8 +316,15 @@ def test_viewer_cookies_grant_every_avatar_and_nothing_else_until_expiry(
         url = answer.url_template.format(user_id=user_id)
         assert edge.accepts_cookies(cookies, url, public, before)
         assert not edge.accepts_cookies(cookies, url, public, until)
-    for denied in (f"{ORIGIN}/uploads/alice/avatar", "https://evil.example.com/profiles/a/avatar"):
-        assert not edge.accepts_cookies(cookies, denied, public, before)
+    keys = ObjectKeys()
+    for denied in (
+        f"{ORIGIN}/{keys.staging_key('alice', 'upload-1')}",  # a staged, unverified upload
+        f"{ORIGIN}/{keys.confirmed_key('alice', 'upload-1')}",  # a confirmation marker
+        f"{ORIGIN}/{keys.canary_key()}",  # avatar-signer check's canary
+        f"{ORIGIN}/uploads/alice/avatar",
+        "https://evil.example.com/profiles/a/avatar",
+    ):
+        assert not edge.accepts_cookies(cookies, denied, public, before), denied
 
 
 def test_set_cookie_headers_carry_the_documented_attributes(
@@ -326,7 +334,7 @@ def test_set_cookie_headers_carry_the_documented_attributes(
         tmp_path, rsa_key, S3_KEY_PREFIX="media/avatars/", CLOUDFRONT_COOKIE_DOMAIN="example.com"
     )
     answer = _cookies(serve(env, FakeClock(T0)), 600)
-    assert answer.resource == f"{ORIGIN}/media/avatars/*"
+    assert answer.resource == f"{ORIGIN}/media/avatars/*/avatar"
     assert [header.split("=", 1)[0] for header in answer.set_cookie] == [
         "CloudFront-Policy",
         "CloudFront-Signature",
@@ -582,7 +590,7 @@ def test_python_clients_create_viewer_cookies(tmp_path: Path, rsa_key: rsa.RSAPr
     finally:
         server.stop()
     assert cookies.expires_at == T0 + timedelta(seconds=600)
-    assert cookies.resource == f"{ORIGIN}/profiles/*"
+    assert cookies.resource == f"{ORIGIN}/profiles/*/avatar"
     assert cookies.url_for("alice") == f"{ORIGIN}/profiles/alice/avatar"
     assert edge.accepts_cookies(cookies.cookies, cookies.url_for("alice"), rsa_key.public_key(), T0)
     assert len(cookies.set_cookie) == 3

@@ -334,7 +334,8 @@ def test_check_verifies_the_key_and_what_it_signs_and_skips_cloudfront(
     }
     assert "cannot reach CloudFront" in rows["CloudFront serves them"].detail
     assert KEY_ID in rows["CloudFront key file"].detail
-    assert f"{ORIGIN}/profiles/*" in rows["CloudFront cookies verify with the public key"].detail
+    cookies_row = rows["CloudFront cookies verify with the public key"]
+    assert f"{ORIGIN}/profiles/*/avatar" in cookies_row.detail
     assert leaks.find([row.detail for row in rows.values()]) == []
 
 
@@ -356,7 +357,7 @@ def test_check_judges_with_the_public_half(tmp_path: Path) -> None:
     forged = CloudFrontSigner(theirs, KEY_ID).signed_url(url, expires)
     assert check_cloudfront._url_problem(pair, good, url, stamp) is None
     assert "does not verify" in (check_cloudfront._url_problem(pair, forged, url, stamp) or "")
-    grant = f"{ORIGIN}/profiles/*"
+    grant = f"{ORIGIN}/profiles/*/avatar"
     wider = CloudFrontSigner(ours, KEY_ID).signed_cookies(f"{ORIGIN}/*", expires)
     problem = check_cloudfront._cookies_problem(pair, wider, grant, stamp)
     assert problem is not None and "grants" in problem

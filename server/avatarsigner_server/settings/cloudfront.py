@@ -58,10 +58,6 @@ class CloudFrontSettings:
     cookie_ttl: TtlRule = COOKIE_TTL
     cookie_domain: str | None = None
 
-    @property
-    def host(self) -> str:
-        return self.url.removeprefix("https://")
-
 
 def _url(env: Env) -> str | None:
     value = env.raw(URL)
