@@ -6,6 +6,7 @@
     limiter       token buckets per caller and per user
     guard         the interceptor that authenticates, authorizes and rate-limits each call
     upload_gates  what the servicer runs before signing an upload URL
+    delete_gates  what the servicer runs before deleting an avatar
     reloader      re-reads the callers, JWKS and TLS files on SIGHUP or when they change
 
 The audit log and the metrics are the server's, passed in.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import grpc
 
-from ..api.servicer import UploadGate
+from ..api.servicer import UserGate
 from ..settings.access import AccessSettings
 from ..telemetry.audit import Audit
 from ..telemetry.metrics import Metrics
@@ -54,12 +55,19 @@ class AccessControl:
         self.reloader.track(self.callers, self.end_users, self.tls)
         self.limiter = RateLimiter(settings.rate_limits)
         self.guard = CallGuard(self.callers, self.limiter, audit, metrics)
-        gates: list[UploadGate] = []
+        gates: list[UserGate] = []
         if self.end_users is not None:
             # First: a call without the user's token must not use up the user's bucket.
             gates.append(self.end_users.admit_upload)
         gates.append(self.limiter.admit_upload_user)
-        self.upload_gates: tuple[UploadGate, ...] = tuple(gates)
+        self.upload_gates: tuple[UserGate, ...] = tuple(gates)
+        # The same for deletions, but a caller that runs account deletion needs no
+        # end-user token; the user's bucket is the same one (an avatar change is one).
+        deletion: list[UserGate] = []
+        if self.end_users is not None:
+            deletion.append(self.end_users.admit_deletion)
+        deletion.append(self.limiter.admit_upload_user)
+        self.delete_gates: tuple[UserGate, ...] = tuple(deletion)
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         """TLS credentials for the port, or None for plaintext."""

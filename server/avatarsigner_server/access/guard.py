@@ -118,7 +118,14 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
                 try:
                     caller, how = self._identify(metadata, context)
                     name = ANONYMOUS if caller is None else caller.name
-                    call = Call(request_id, rpc, name, how, metadata)
+                    call = Call(
+                        request_id,
+                        rpc,
+                        name,
+                        how,
+                        metadata,
+                        account_deletion=caller is not None and caller.account_deletion,
+                    )
                     self._authorize(call, caller, request)
                 except ServiceError as error:
                     self._audit.denied(call, error, getattr(request, "user_id", None))

@@ -1,4 +1,5 @@
-"""Rate limits as token buckets: per caller for each kind of RPC, per user for uploads.
+"""Rate limits as token buckets: per caller for each kind of RPC, per user for changes to
+an avatar (upload URLs and deletions share one bucket per user).
 
 A bucket holds at most `burst` tokens and gains `rate` tokens per second; a call takes its
 cost (1, or one per URL for a batch) or is refused with the time until enough tokens are
@@ -56,7 +57,9 @@ class Buckets:
 class RateLimiter:
     """The three limits of the service, from RateLimits (a None limit is no limit)."""
 
-    UPLOAD_RPCS = frozenset({"CreateUploadUrl"})
+    # Calls that change an avatar share the caller's upload bucket: a confirmation costs a
+    # decode, a deletion three requests to S3.
+    UPLOAD_RPCS = frozenset({"CreateUploadUrl", "ConfirmUpload", "DeleteAvatar"})
 
     def __init__(self, limits: RateLimits, clock: Monotonic = time.monotonic) -> None:
         def buckets(limit: RateLimit | None) -> Buckets | None:
@@ -69,7 +72,7 @@ class RateLimiter:
     def admit_caller(self, caller: str, rpc: str, cost: int) -> None:
         """RateLimited when this caller has used up its calls of this kind for now."""
         if rpc in self.UPLOAD_RPCS:
-            buckets, what = self._upload_per_caller, "upload URLs"
+            buckets, what = self._upload_per_caller, "uploads and deletions"
         else:
             buckets, what = self._download_per_caller, "download URLs"
         if buckets is None:
@@ -83,13 +86,14 @@ class RateLimiter:
             )
 
     def admit_upload_user(self, call: Call, user_id: str) -> None:
-        """RateLimited when user_id has had too many upload URLs (from any caller) for now."""
+        """RateLimited when user_id's avatar has changed too often (upload URLs and
+        deletions, from any caller) for now."""
         if self._upload_per_user is None:
             return
         wait = self._upload_per_user.take(user_id)
         if wait:
             raise RateLimited(
-                "rate limit: too many upload URLs for this user; retry later",
+                "rate limit: too many uploads or deletions for this user; retry later",
                 "rate_limited_user",
                 wait,
             )

@@ -152,6 +152,14 @@ def confirm(request: pb.ConfirmUploadRequest) -> Confirm:
     return Confirm(request.user_id, ticket)
 
 
+def delete(request: pb.DeleteAvatarRequest) -> str:
+    """The validated user id."""
+    v = _Violations()
+    _user_id(v, "user_id", request.user_id)
+    v.raise_any()
+    return request.user_id
+
+
 def viewer_cookies(request: pb.CreateViewerCookiesRequest, rule: TtlRule) -> int:
     """The cookies' ttl in seconds (the rule's default when absent)."""
     v = _Violations()

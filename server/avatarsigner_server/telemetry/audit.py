@@ -2,7 +2,8 @@
 
     allowed  one line per signed URL (a batch of n gives n lines, written together): request_id,
              caller, auth, rpc, reason "signed", user_id, key, expires_at; one line per
-             confirmed upload: reason "confirmed", user_id, key, version; one line per set
+             confirmed upload: reason "confirmed", user_id, key, version; one line per
+             deletion: reason "deleted" or "nothing_to_delete", user_id, keys; one line per set
              of viewer cookies: reason "signed", the pattern they grant (`grant`), expires_at
     denied   one line per refused call: request_id, caller (null when unknown), auth, rpc,
              user_id (when the request names one valid id), code, reason
@@ -81,7 +82,7 @@ class Audit:
         self._allowed(call, "signed", grant=grant, expires_at=expires_at.isoformat())
 
     @staticmethod
-    def _allowed(call: Call, reason: str, **fields: str) -> None:
+    def _allowed(call: Call, reason: str, **fields: object) -> None:
         log.info(
             "allowed",
             extra={
@@ -94,6 +95,15 @@ class Audit:
                 **fields,
             },
         )
+
+    def deleted(
+        self, call: Call, user_id: str, keys: Sequence[str], had_avatar: bool
+    ) -> None:
+        """The line for a DeleteAvatar that ran: the keys removed and whether there was one."""
+        if self._metrics is not None:
+            self._metrics.avatar_deleted(call.caller or ANONYMOUS, had_avatar)
+        reason = "deleted" if had_avatar else "nothing_to_delete"
+        self._allowed(call, reason, user_id=user_id, keys=list(keys))
 
     def denied(self, call: Call, error: ServiceError, user_id: object = None) -> None:
         """The line for a refused call. user_id is logged only when it is a valid user id."""

@@ -317,8 +317,40 @@ class BucketProbe:
         return {
             "uploader": (self.staged,),
             "reader": (self.avatars,),
-            "verifier": (self.staged, self.avatars),
+            "verifier": (self.staged,),  # it must delete avatars: see can_delete_avatars
         }[identity]
+
+    def can_delete_avatars(self, verifier: CredentialSource) -> None:
+        """The verifier deletes avatars (DeleteAvatar): it must be able to, on the canary."""
+        name = "verifier can DELETE avatars"
+        reply = self.raw("DELETE", verifier, self.endpoint.path(self.avatars.key), ())
+        if reply.status in (200, 204):
+            self.add(name, PASS, f"{reply} ({self.avatars.key})")
+        elif reply.code in _REJECTED_KEY:
+            self.add(name, FAIL, advice.rejected_key_pair("verifier", reply))
+        elif reply.refused:
+            self.add(
+                name,
+                FAIL,
+                advice.may_not("verifier", "s3:DeleteObject", "avatars", self.avatars.arn, reply),
+            )
+        else:
+            self.add(name, FAIL, f"unexpected answer {reply}")
+
+    def old_versions(self) -> None:
+        """Whether the bucket keeps old versions, and if so whether deletion reaches them."""
+        name = "deleted avatars leave no old version"
+        versioned = any("x-amz-version-id" in reply.headers for reply in self.replies)
+        if not versioned:
+            self.add(name, PASS, "the bucket keeps no old versions (no x-amz-version-id)")
+        elif not self.settings.uploads.delete_old_versions:
+            self.add(name, FAIL, advice.VERSIONED)
+        else:
+            self.add(
+                name,
+                PASS,
+                "versioned bucket; DeleteAvatar deletes old versions (DELETE_OLD_VERSIONS)",
+            )
 
     def cannot_delete(self, identity: str, source: CredentialSource) -> None:
         name = f"{identity} cannot DELETE"
@@ -476,6 +508,9 @@ class BucketProbe:
                 "reader cannot PUT (canary unchanged)",
                 reader if read else None,
             )
+        if verifier is not None:  # last: it removes the avatar canary the others read
+            self.can_delete_avatars(verifier)
+            self.old_versions()
 
 
 def run(settings: Settings, clock: Clock = utc_now) -> list[Result]:
