@@ -16,6 +16,7 @@ from typing import Any
 
 import leaks
 import pytest
+from avatarsigner_server.app import wiring
 from avatarsigner_server.commands.check import cloudfront as check_cloudfront
 from avatarsigner_server.credentials.watcher import check_sources
 from avatarsigner_server.settings import Settings, SettingsError
@@ -365,3 +366,12 @@ def test_check_judges_with_the_public_half(tmp_path: Path) -> None:
     assert "does not verify" in (
         check_cloudfront._cookies_problem(pair, cookies, grant, stamp) or ""
     )
+
+
+def test_deleted_avatars_may_live_on_at_the_edge_for_its_maximum_ttl(
+    tmp_path: Path, good_pem: bytes
+) -> None:
+    """DeleteAvatar's cached_copies_expire_within: the edge's copy, then the browser's."""
+    assert wiring.cached_copies_seconds(_start_up(dict(FAKE_ENV))) == 1200  # S3: the max ttl
+    with_cloudfront = _start_up(_env(tmp_path, good_pem))
+    assert wiring.cached_copies_seconds(with_cloudfront) == 3600 + 300

@@ -22,6 +22,7 @@ from ..api.servicer import AvatarSignerService, UserGate
 from ..api.validation import Limits
 from ..credentials.watcher import CredentialWatcher, build_watcher, check_sources
 from ..settings import Settings
+from ..settings import cloudfront as cloudfront_settings
 from ..settings.load import SERVER_REQUEST_SECONDS
 from ..signing.clock import Clock, utc_now, utc_now_to_the_second
 from ..signing.cloudfront_viewers import CloudFrontDownloadSigner, ViewerCookieSigner
@@ -97,8 +98,14 @@ def cached_copies_seconds(settings: Settings) -> int:
     S3 checks every request, so a download URL stops working at once; but a browser or
     proxy may keep what it fetched. Every URL signed before the deletion has expired
     DOWNLOAD_MAX_TTL_SECONDS later, and a stable URL's signed max-age (ttl - window) is
-    shorter than that.
+    shorter than that. Through CloudFront an edge may go on serving a copy it cached
+    before the deletion, to holders of a valid URL or cookies, for up to the cache
+    policy's maximum TTL (unless invalidated), and a browser then keeps it for the max-age
+    the response headers policy gives (both as `avatar-signer policies` sets them up).
     """
+    if settings.cloudfront is not None:
+        edge = cloudfront_settings.EDGE_MAX_TTL_SECONDS
+        return max(settings.download_ttl.maximum, edge + cloudfront_settings.VIEWER_MAX_AGE_SECONDS)
     return settings.download_ttl.maximum
 
 

@@ -43,6 +43,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..settings.cloudfront import (
+    EDGE_DEFAULT_TTL_SECONDS,
+    EDGE_MAX_TTL_SECONDS,
+    VIEWER_MAX_AGE_SECONDS,
+)
 from ..settings.uploads import UploadMode
 from ..signing.cloudfront import SIGNING_PARAMETERS
 from ..signing.object_keys import DEFAULT_PREFIX, DEFAULT_STAGING_PREFIX, ObjectKeys
@@ -56,12 +61,8 @@ STAGED_UPLOAD_DAYS = 1
 # Markers and tombstones outlive the staged uploads they speak of (a repeated confirmation
 # finds its marker; an upload staged before a deletion finds the tombstone).
 MARKER_DAYS = 2
-# How long CloudFront edges keep an avatar (without an invalidation, a new avatar shows
-# within this), and at most, whatever Cache-Control is stored on the object.
-EDGE_DEFAULT_TTL_SECONDS = 300
-EDGE_MAX_TTL_SECONDS = 3600
-# What viewers' browsers are told: private (access-controlled), fresh for 5 minutes.
-VIEWER_CACHE_CONTROL = "private, max-age=300"
+# What viewers' browsers are told: private (access-controlled), fresh for a few minutes.
+VIEWER_CACHE_CONTROL = f"private, max-age={VIEWER_MAX_AGE_SECONDS}"
 # An image never runs script or loads anything, even opened directly as a page.
 IMAGE_CSP = "default-src 'none'; sandbox"
 _DISTRIBUTION_ARN = re.compile(r"arn:aws:cloudfront::\d{12}:distribution/[A-Z0-9]{1,64}")

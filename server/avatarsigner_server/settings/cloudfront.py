@@ -37,6 +37,13 @@ COOKIE_DOMAIN = "CLOUDFRONT_COOKIE_DOMAIN"
 # session; the web app asks again before they expire), half a day at most.
 DEFAULT_COOKIE_TTL = (3600, 43200)
 COOKIE_TTL = TtlRule(*DEFAULT_COOKIE_TTL)
+# What the distribution is set up with (`avatar-signer policies --distribution-arn` prints
+# these in its cache and response headers policies; the service relies on them too):
+# edges keep an avatar EDGE_DEFAULT_TTL_SECONDS, at most EDGE_MAX_TTL_SECONDS whatever
+# Cache-Control the object carries; browsers are told max-age=VIEWER_MAX_AGE_SECONDS.
+EDGE_DEFAULT_TTL_SECONDS = 300
+EDGE_MAX_TTL_SECONDS = 3600
+VIEWER_MAX_AGE_SECONDS = 300
 #: The settings that make CloudFront configured (named in FAILED_PRECONDITION messages).
 REQUIRED = f"{URL}, {KEY_PAIR_ID} (or {KEY_PAIR_ID_FILE}) and {PRIVATE_KEY_FILE}"
 
