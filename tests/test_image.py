@@ -36,6 +36,7 @@ from typing import Any
 import grpc
 import leaks
 import pytest
+import run as make_run
 import seaweed_s3
 import yaml
 from avatarsigner import AvatarSignerClient
@@ -189,28 +190,28 @@ def _volume_files(volume: dict[str, Any], data: Mapping[str, bytes]) -> dict[str
 
 def deploy(
     folder: Path,
-    local_s3: tuple[seaweed_s3.LocalS3, seaweed_s3.Identity, seaweed_s3.Identity],
+    verified_s3: tuple[seaweed_s3.LocalS3, dict[str, seaweed_s3.Identity]],
     pki: Pki,
 ) -> Deployed:
     """The Deployment's volumes as host folders and its environment with this test's values."""
-    s3, uploader, reader = local_s3
+    s3, identities = verified_s3
     token = secrets.token_urlsafe(32)
     leaks.remember(token)
     callers = (
         '[[caller]]\nname = "image-test"\n'
         f'token_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"\n'
-        'allow = ["CreateUploadUrl", "CreateDownloadUrl", "BatchCreateDownloadUrls"]\n'
+        'allow = ["CreateUploadUrl", "ConfirmUpload", "CreateDownloadUrl", '
+        '"BatchCreateDownloadUrls"]\n'
     )
     server_cert = pki.server()
     data: dict[str, dict[str, bytes]] = {
-        "avatar-signer-uploader": {
-            "access-key-id": uploader.access_key_id.encode(),
-            "secret-access-key": uploader.secret_access_key.encode(),
-        },
-        "avatar-signer-reader": {
-            "access-key-id": reader.access_key_id.encode(),
-            "secret-access-key": reader.secret_access_key.encode(),
-        },
+        f"avatar-signer-{identity}": {
+            "access-key-id": user.access_key_id.encode(),
+            "secret-access-key": user.secret_access_key.encode(),
+        }
+        for identity, user in identities.items()
+    }
+    data |= {
         "avatar-signer-tls": {
             "tls.crt": server_cert.cert_pem,
             "tls.key": server_cert.key_pem,
@@ -330,12 +331,12 @@ def record(**figures: object) -> None:
 def running(
     engine: Engine,
     tmp_path_factory: pytest.TempPathFactory,
-    local_s3: tuple[seaweed_s3.LocalS3, seaweed_s3.Identity, seaweed_s3.Identity],
+    verified_s3: tuple[seaweed_s3.LocalS3, dict[str, seaweed_s3.Identity]],
 ) -> Iterator[Running]:
     folder = tmp_path_factory.mktemp("deployed")
     pki = Pki(folder / "pki")
-    outside = start_outside(deploy(folder / "outside", local_s3, pki))
-    deployed = deploy(folder / "container", local_s3, pki)
+    outside = start_outside(deploy(folder / "outside", verified_s3, pki))
+    deployed = deploy(folder / "container", verified_s3, pki)
     name = f"avatar-signer-image-test-{os.getpid()}"
     engine("rm", "--force", name, check=False)
     try:
@@ -467,27 +468,24 @@ def test_health_port_serves_the_probes(running: Running, service: str) -> None:
     assert _health(running.deployed.health_target, service) == serving
 
 
-def test_round_trip_through_the_container_over_tls(
-    running: Running, local_s3: tuple[seaweed_s3.LocalS3, Any, Any]
-) -> None:
+def test_round_trip_through_the_container_over_tls(running: Running) -> None:
+    """Upload URL, PUT, ConfirmUpload (the verifier reads and publishes from inside the
+    container), download: the bytes the service stored."""
     deployed = running.deployed
     credentials = grpc.ssl_channel_credentials(deployed.ca_file.read_bytes())
-    image = b"\x89PNG\r\n\x1a\n" + os.urandom(512)
+    image = make_run.sample_png(24, 24)
     with AvatarSignerClient(
         deployed.grpc_target,
         channel_credentials=credentials,
         metadata={"authorization": f"Bearer {deployed.token}"},
+        timeout=30,
     ) as client:
-        upload = client.create_upload_url(deployed.user_id, "image/png", len(image))
-        request = urllib.request.Request(
-            upload.url, data=image, method=upload.method, headers=upload.headers
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert response.status == 200
+        result = client.upload(deployed.user_id, image)
         download = client.create_download_url(deployed.user_id)
+    assert result.confirmation is not None and result.confirmation.width == 24
     with urllib.request.urlopen(download.url, timeout=30) as response:
-        assert response.read() == image
-    assert download.key == upload.key
+        assert response.read() == image  # a PNG without metadata is stored as it came
+    assert download.key == result.key
 
 
 def test_grpcurl_lists_the_services_over_tls(running: Running) -> None:

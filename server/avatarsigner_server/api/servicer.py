@@ -110,6 +110,11 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
         self._delete_gates = tuple(delete_gates)
         self._cached_copies = duration_pb2.Duration(seconds=cached_copies_seconds)
 
+    def close(self) -> None:
+        """Release what the handlers hold beyond a call (the confirmations' threads)."""
+        if self._confirmer is not None:
+            self._confirmer.close()
+
     @_handled
     async def CreateUploadUrl(
         self, request: pb.CreateUploadUrlRequest, context: grpc.aio.ServicerContext

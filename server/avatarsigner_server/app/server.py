@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..credentials.watcher import CredentialWatcher
 from ..settings import Settings, host_port
+from ..settings.file_modes import world_readable_secrets
 from ..settings.identities import describe
 from ..signing.clock import Clock, utc_now
 from ..telemetry import logs
@@ -93,14 +94,13 @@ class AvatarSignerServer:
             self.port = 0
         if self.port == 0:
             raise StartupError(f"GRPC_PORT: cannot listen on {address} (in use or not allowed)")
+        metrics_host = self.settings.metrics_host or self.settings.grpc_host
         try:
-            self.metrics_port = self.metrics.serve(
-                self.settings.grpc_host, self.settings.metrics_port
-            )
+            self.metrics_port = await self.metrics.serve(metrics_host, self.settings.metrics_port)
         except OSError:
             raise StartupError(
                 "METRICS_PORT: cannot listen on "
-                f"{host_port(self.settings.grpc_host, self.settings.metrics_port)} "
+                f"{host_port(metrics_host, self.settings.metrics_port)} "
                 "(in use or not allowed)"
             ) from None
         if self._health_server is not None:
@@ -153,9 +153,10 @@ class AvatarSignerServer:
             if task is not None:
                 task.cancel()
         await self._server.stop(grace)
+        self._service.close()
         if self._health_server is not None:  # probes saw NOT_SERVING throughout the drain
             await self._health_server.stop(0)
-        self.metrics.stop()
+        await self.metrics.stop()
 
     def reload(self) -> None:
         """SIGHUP: re-read the callers, JWKS and TLS files; calls in flight are unaffected."""
@@ -184,7 +185,7 @@ async def serve(settings: Settings, on_serving: Callable[[int], None] | None = N
 
     loop.add_signal_handler(signal.SIGHUP, reload_in_thread)
     port = await server.start()
-    for warning in server.access.startup_warnings():
+    for warning in (*server.access.startup_warnings(), *world_readable_secrets(settings)):
         logs.log.warning(warning)
     logs.log.info(
         "serving",
@@ -197,7 +198,9 @@ async def serve(settings: Settings, on_serving: Callable[[int], None] | None = N
             "reader_credentials": describe(settings.reader),
             # Where download URLs point: S3, or the CloudFront distribution (no key material).
             "downloads": settings.cloudfront.url if settings.cloudfront else "s3",
-            "metrics_address": host_port(settings.grpc_host, server.metrics_port),
+            "metrics_address": host_port(
+                settings.metrics_host or settings.grpc_host, server.metrics_port
+            ),
             "health_address": (
                 host_port(settings.grpc_host, server.health_port) if server.health_port else None
             ),

@@ -1,31 +1,40 @@
-"""The IAM, bucket and CloudFront documents the security model rests on, for the AWS CLI.
+"""The IAM and bucket documents the security model rests on, ready for the AWS CLI.
 
 `avatar-signer policies --bucket B [--mode verified|direct] [--allowed-origin URL ...]
-[--distribution-arn ARN]` prints `documents()` as one JSON object:
+[--uploader-arn ARN --reader-arn ARN [--verifier-arn ARN]] [--distribution-arn ARN]`
+prints `documents()` as one JSON object. Every grant is on one prefix and only for SigV4
+presigned requests (s3:authType REST-QUERY-STRING) signed at most the longest life of
+such a request ago (UPLOAD_MAX_TTL_SECONDS, DOWNLOAD_MAX_TTL_SECONDS, the verifier's own
+requests; plus a minute of clock skew, s3:signatureAge): a leaked key cannot sign a
+week-long URL, nor call S3 with a header-signed request.
 
     uploader_policy      IAM policy of the uploader: s3:PutObject and
                          s3:AbortMultipartUpload on the staging prefix (verified mode:
-                         B/uploads/*); direct mode: the original design's statement,
-                         exactly (on B/*)
+                         B/uploads/*; direct mode: the avatars, B/profiles/*)
     reader_policy        IAM policy of the reader: s3:GetObject on the avatars
-                         (verified: B/profiles/*; direct: the original statement, B/*)
+                         (B/profiles/*)
     verifier_policy      verified mode only (else null): s3:GetObject on the staging
                          prefix, s3:PutObject and s3:DeleteObject on the avatars (it
                          publishes and deletes them); never read profiles/*, never write
                          uploads/*. With --versioned also s3:ListBucketVersions (on the
                          avatars' prefix) and s3:DeleteObjectVersion, for DELETE_OLD_VERSIONS
-    bucket_policy        denies every request made without TLS; with --distribution-arn
-                         also lets that distribution (Origin Access Control) read the
-                         avatars, <prefix>*/avatar, and nothing else
+    bucket_policy        denies every request made without TLS; given the identities'
+                         ARNs, denies each prefix's s3:PutObject and s3:GetObject to every
+                         principal but the one identity whose job it is (so a broad grant
+                         elsewhere in the account cannot write or read avatars; deleting,
+                         e.g. for erasure, stays with the verifier and the account's admins);
+                         with --distribution-arn also lets that distribution (Origin Access
+                         Control) read the avatars, <prefix>*/avatar, and nothing else
     public_access_block  all four Block Public Access settings on
     ownership_controls   BucketOwnerEnforced (ACLs off)
     lifecycle            verified mode only (else null): staged uploads and unfinished
                          multipart uploads expire after a day, the service's markers and
                          deletion tombstones after two (no identity may delete them, so S3
                          cleans up)
-    cors                 PUT and GET from the given origins, the upload headers allowed,
-                         ETag exposed; null without --allowed-origin (then no browser
+    cors                 PUT and GET from the given origins, the upload headers a page
+                         sets allowed, ETag exposed; null without --allowed-origin (then no browser
                          talks to the bucket, and it needs no CORS)
+
     cloudfront           with --distribution-arn, the distribution's parts for avatars:
                          the Origin Access Control, the S3 origin, a cache policy, a
                          response headers policy and the cache behavior for <prefix>*
@@ -44,14 +53,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..settings.cloudfront import (
-    EDGE_DEFAULT_TTL_SECONDS,
     EDGE_MAX_TTL_SECONDS,
+    EDGE_TTL_SECONDS,
     VIEWER_MAX_AGE_SECONDS,
 )
+from ..settings.limits import DOWNLOAD_TTL, UPLOAD_TTL
 from ..settings.uploads import UploadMode
 from ..signing.cloudfront import SIGNING_PARAMETERS
 from ..signing.object_keys import DEFAULT_PREFIX, DEFAULT_STAGING_PREFIX, ObjectKeys
 from ..signing.url_signers import UploadSigner
+from ..storage.objects import DEFAULT_EXPIRES_IN
 
 VERSION = "2012-10-17"
 # The headers an upload URL signs and the uploader sends.
@@ -61,11 +72,14 @@ STAGED_UPLOAD_DAYS = 1
 # Markers and tombstones outlive the staged uploads they speak of (a repeated confirmation
 # finds its marker; an upload staged before a deletion finds the tombstone).
 MARKER_DAYS = 2
+# A presigned request's signature may look this much older to S3 than its life: clocks differ.
+CLOCK_SKEW_SECONDS = 60
 # What viewers' browsers are told: private (access-controlled), fresh for a few minutes.
 VIEWER_CACHE_CONTROL = f"private, max-age={VIEWER_MAX_AGE_SECONDS}"
 # An image never runs script or loads anything, even opened directly as a page.
 IMAGE_CSP = "default-src 'none'; sandbox"
 _DISTRIBUTION_ARN = re.compile(r"arn:aws:cloudfront::\d{12}:distribution/[A-Z0-9]{1,64}")
+_PRINCIPAL_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:(?:user|role)/[\w+=,.@/-]{1,512}")
 
 
 def bucket_arn(bucket: str) -> str:
@@ -86,6 +100,9 @@ class Layout:
     staging_prefix: str = DEFAULT_STAGING_PREFIX
     # The bucket keeps old versions, and the verifier deletes them (DELETE_OLD_VERSIONS).
     versioned: bool = False
+    # The longest a URL of each kind lives (UPLOAD_MAX_TTL_SECONDS, DOWNLOAD_MAX_TTL_SECONDS).
+    upload_max_ttl: int = UPLOAD_TTL.maximum
+    download_max_ttl: int = DOWNLOAD_TTL.maximum
 
     @property
     def verified(self) -> bool:
@@ -93,8 +110,8 @@ class Layout:
 
     @property
     def avatars(self) -> str:
-        """The ARN of what readers read: the avatars (direct mode: the whole bucket)."""
-        return objects_arn(self.bucket, self.key_prefix if self.verified else "")
+        """The ARN of what readers read: the avatars."""
+        return objects_arn(self.bucket, self.key_prefix)
 
     @property
     def keys(self) -> ObjectKeys:
@@ -102,44 +119,81 @@ class Layout:
 
     @property
     def staged(self) -> str:
-        """The ARN of what upload URLs write (direct mode: the whole bucket)."""
-        return objects_arn(self.bucket, self.staging_prefix if self.verified else "")
+        """The ARN of what upload URLs write (direct mode: the avatars)."""
+        return objects_arn(self.bucket, self.staging_prefix if self.verified else self.key_prefix)
+
+
+@dataclass(frozen=True)
+class Principals:
+    """The identities' IAM user or role ARNs, for the bucket policy's denials of others."""
+
+    uploader: str
+    reader: str
+    verifier: str | None = None
+
+
+def principal_arn_problem(arn: str) -> str | None:
+    """Why `arn` is not an IAM user or role ARN, or None."""
+    if not _PRINCIPAL_ARN.fullmatch(arn):
+        return "must be an IAM user or role ARN such as arn:aws:iam::123456789012:role/NAME"
+    return None
+
+
+def presigned_only(max_life_seconds: int) -> dict[str, Any]:
+    """The condition of every grant: SigV4 presigned requests, signed no longer ago than
+    such a request may live (plus the clock skew S3 may see)."""
+    return {
+        "StringEquals": {
+            "s3:authType": "REST-QUERY-STRING",
+            "s3:signatureversion": "AWS4-HMAC-SHA256",
+        },
+        "NumericLessThanEquals": {
+            "s3:signatureAge": str((max_life_seconds + CLOCK_SKEW_SECONDS) * 1000)
+        },
+    }
 
 
 def _policy(*statements: dict[str, Any]) -> dict[str, Any]:
     return {"Version": VERSION, "Statement": list(statements)}
 
 
-def _allow(action: str | list[str], resource: str) -> dict[str, Any]:
-    return {"Effect": "Allow", "Action": action, "Resource": resource}
+def _allow(action: str | list[str], resource: str, max_life_seconds: int) -> dict[str, Any]:
+    return {
+        "Effect": "Allow",
+        "Action": action,
+        "Resource": resource,
+        "Condition": presigned_only(max_life_seconds),
+    }
 
 
 def uploader_policy(layout: Layout) -> dict[str, Any]:
     """Put objects (and abort multipart uploads): no Get, no Delete, no List."""
-    return _policy(_allow(["s3:PutObject", "s3:AbortMultipartUpload"], layout.staged))
+    return _policy(
+        _allow(["s3:PutObject", "s3:AbortMultipartUpload"], layout.staged, layout.upload_max_ttl)
+    )
 
 
 def reader_policy(layout: Layout) -> dict[str, Any]:
-    """Get objects, nothing else."""
-    return _policy(_allow("s3:GetObject", layout.avatars))
+    """Get objects, nothing else (download URLs, and its own short reads of markers)."""
+    return _policy(
+        _allow("s3:GetObject", layout.avatars, max(layout.download_max_ttl, DEFAULT_EXPIRES_IN))
+    )
 
 
 def verifier_policy(layout: Layout) -> dict[str, Any] | None:
-    """Read staged uploads, write and delete avatars (verified mode; None in direct mode)."""
+    """Read staged uploads, write and delete avatars (verified mode; None in direct mode),
+    with its own short-lived presigned requests."""
     if not layout.verified:
         return None
+    life = DEFAULT_EXPIRES_IN
     statements = [
-        _allow("s3:GetObject", layout.staged),
-        _allow(["s3:PutObject", "s3:DeleteObject"], layout.avatars),
+        _allow("s3:GetObject", layout.staged, life),
+        _allow(["s3:PutObject", "s3:DeleteObject"], layout.avatars, life),
     ]
     if layout.versioned:
-        statements += [
-            _allow("s3:DeleteObjectVersion", layout.avatars),
-            {
-                **_allow("s3:ListBucketVersions", bucket_arn(layout.bucket)),
-                "Condition": {"StringLike": {"s3:prefix": f"{layout.key_prefix}*"}},
-            },
-        ]
+        listing = _allow("s3:ListBucketVersions", bucket_arn(layout.bucket), life)
+        listing["Condition"]["StringLike"] = {"s3:prefix": f"{layout.key_prefix}*"}
+        statements += [_allow("s3:DeleteObjectVersion", layout.avatars, life), listing]
     return _policy(*statements)
 
 
@@ -167,20 +221,57 @@ def lifecycle(layout: Layout) -> dict[str, Any] | None:
     }
 
 
-def bucket_policy(layout: Layout, distribution_arn: str | None = None) -> dict[str, Any]:
-    """Deny any request to the bucket or its objects that does not use TLS; with a
-    distribution, let it (and only it, through Origin Access Control) read the avatars."""
-    bucket = layout.bucket
-    statements: list[dict[str, Any]] = [
+def _only(sid: str, action: str, resource: str, arn: str) -> dict[str, Any]:
+    """Deny `action` on `resource` to every principal but `arn`."""
+    return {
+        "Sid": sid,
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": action,
+        "Resource": resource,
+        "Condition": {"ArnNotEquals": {"aws:PrincipalArn": arn}},
+    }
+
+
+def bucket_policy(
+    layout: Layout, principals: Principals | None = None, distribution_arn: str | None = None
+) -> dict[str, Any]:
+    """Deny any request without TLS; given the ARNs, each prefix's reads and writes to all
+    but the identity whose job they are; given a distribution, let it (and only it,
+    through Origin Access Control) read the avatars."""
+    statements = [
         {
             "Sid": "DenyRequestsWithoutTLS",
             "Effect": "Deny",
             "Principal": "*",
             "Action": "s3:*",
-            "Resource": [bucket_arn(bucket), objects_arn(bucket)],
+            "Resource": [bucket_arn(layout.bucket), objects_arn(layout.bucket)],
             "Condition": {"Bool": {"aws:SecureTransport": "false"}},
         }
     ]
+    if principals is not None:
+        if layout.verified:
+            if principals.verifier is None:
+                raise ValueError("verified mode has a third identity: give the verifier's ARN")
+            statements += [
+                _only("OnlyTheUploaderWritesStaged", "s3:PutObject", layout.staged,
+                      principals.uploader),
+                _only("OnlyTheVerifierReadsStaged", "s3:GetObject", layout.staged,
+                      principals.verifier),
+                _only("OnlyTheVerifierWritesAvatars", "s3:PutObject", layout.avatars,
+                      principals.verifier),
+            ]  # fmt: skip
+        else:
+            statements.append(
+                _only("OnlyTheUploaderWritesAvatars", "s3:PutObject", layout.avatars,
+                      principals.uploader)
+            )  # fmt: skip
+        reader = principals.reader
+        reads = _only("OnlyTheReaderReadsAvatars", "s3:GetObject", layout.avatars, reader)
+        if distribution_arn is not None:
+            # CloudFront's requests carry no principal ARN but the distribution's SourceArn.
+            reads["Condition"]["StringNotEquals"] = {"AWS:SourceArn": distribution_arn}
+        statements.append(reads)
     if distribution_arn is not None:
         statements.append(
             {
@@ -188,9 +279,9 @@ def bucket_policy(layout: Layout, distribution_arn: str | None = None) -> dict[s
                 "Effect": "Allow",
                 "Principal": {"Service": "cloudfront.amazonaws.com"},
                 "Action": "s3:GetObject",
-                # The avatars only, in either mode: not staged uploads, confirmation
-                # markers or the check's canary.
-                "Resource": f"{bucket_arn(bucket)}/{layout.keys.avatar_pattern()}",
+                # The avatars only, in either mode: not staged uploads, markers or the
+                # check's canary.
+                "Resource": f"{bucket_arn(layout.bucket)}/{layout.keys.avatar_pattern()}",
                 "Condition": {"StringEquals": {"AWS:SourceArn": distribution_arn}},
             }
         )
@@ -239,7 +330,7 @@ def cors(origins: Sequence[str]) -> dict[str, Any] | None:
             {
                 "AllowedOrigins": list(dict.fromkeys(origins)),
                 "AllowedMethods": ["PUT", "GET"],
-                "AllowedHeaders": list(UPLOAD_HEADERS),
+                "AllowedHeaders": list(UploadSigner.HEADERS_A_BROWSER_MAY_SET),
                 "ExposeHeaders": ["ETag"],
                 "MaxAgeSeconds": CORS_MAX_AGE_SECONDS,
             }
@@ -284,9 +375,10 @@ def cloudfront(layout: Layout, region: str | None) -> dict[str, Any]:
             "Name": name,
             "Comment": "avatar-signer: the path alone is the cache key; the signature "
             "parameters (" + ", ".join(SIGNING_PARAMETERS) + ") and cookies are not in it",
-            "DefaultTTL": EDGE_DEFAULT_TTL_SECONDS,
+            # Stored avatars say `private, max-age=0`; the minimum TTL is what caches them.
+            "DefaultTTL": EDGE_TTL_SECONDS,
             "MaxTTL": EDGE_MAX_TTL_SECONDS,
-            "MinTTL": 0,
+            "MinTTL": EDGE_TTL_SECONDS,
             "ParametersInCacheKeyAndForwardedToOrigin": {
                 "EnableAcceptEncodingGzip": False,
                 "EnableAcceptEncodingBrotli": False,
@@ -332,15 +424,16 @@ def cloudfront(layout: Layout, region: str | None) -> dict[str, Any]:
 def documents(
     layout: Layout,
     origins: Sequence[str] = (),
+    principals: Principals | None = None,
     distribution_arn: str | None = None,
     region: str | None = None,
 ) -> dict[str, Any]:
-    """Everything `avatar-signer policies` prints (raises ValueError for a bad origin)."""
+    """Everything `avatar-signer policies` prints (ValueError for a bad origin)."""
     return {
         "uploader_policy": uploader_policy(layout),
         "reader_policy": reader_policy(layout),
         "verifier_policy": verifier_policy(layout),
-        "bucket_policy": bucket_policy(layout, distribution_arn),
+        "bucket_policy": bucket_policy(layout, principals, distribution_arn),
         "public_access_block": public_access_block(),
         "ownership_controls": ownership_controls(),
         "lifecycle": lifecycle(layout),
@@ -353,7 +446,10 @@ APPLY_HELP = """\
 Prints one JSON object. Apply each part with the AWS CLI (jq picks a part out):
 
   avatar-signer policies --bucket "$BUCKET" --allowed-origin https://app.example.com \\
-      > policies.json
+      --uploader-arn arn:aws:iam::123456789012:user/avatar-uploader \\
+      --reader-arn arn:aws:iam::123456789012:user/avatar-reader \\
+      --verifier-arn arn:aws:iam::123456789012:user/avatar-verifier > policies.json
+  (Roles: give the role ARN; an assumed role's sessions carry it as aws:PrincipalArn.)
 
   # The identities (verified mode, the default, has three; direct mode two). IAM users
   # (static keys or key files):
@@ -390,10 +486,12 @@ aws_s3_bucket_lifecycle_configuration and aws_s3_bucket_cors_configuration (thei
 blocks take the Rules and CORSRules fields).
 
 --mode, --key-prefix and --staging-prefix default to the service's own UPLOAD_MODE,
-S3_KEY_PREFIX and S3_STAGING_PREFIX when those are set. Then run `avatar-signer check`
-with the service's settings: it proves against the real bucket that each identity can do
-its one job and nothing else: the uploader cannot read, the reader cannot write, the
-verifier cannot read avatars or write staged uploads, and none can delete or list.
+S3_KEY_PREFIX and S3_STAGING_PREFIX when those are set; UPLOAD_MAX_TTL_SECONDS and
+DOWNLOAD_MAX_TTL_SECONDS bound s3:signatureAge as they bound the URLs. Then run
+`avatar-signer check` with the service's settings: it proves against the real bucket that
+each identity can do its one job and nothing else: the uploader cannot read, the reader
+cannot write, the verifier cannot read avatars or write staged uploads, and none can
+delete or list.
 
 CloudFront in front of the bucket (--distribution-arn; see docs/cloudfront.md). The
 bucket policy above then also lets that distribution, and only it, read the avatars:

@@ -39,9 +39,11 @@ DEFAULT_COOKIE_TTL = (3600, 43200)
 COOKIE_TTL = TtlRule(*DEFAULT_COOKIE_TTL)
 # What the distribution is set up with (`avatar-signer policies --distribution-arn` prints
 # these in its cache and response headers policies; the service relies on them too):
-# edges keep an avatar EDGE_DEFAULT_TTL_SECONDS, at most EDGE_MAX_TTL_SECONDS whatever
-# Cache-Control the object carries; browsers are told max-age=VIEWER_MAX_AGE_SECONDS.
-EDGE_DEFAULT_TTL_SECONDS = 300
+# edges keep an avatar EDGE_TTL_SECONDS, and never longer than EDGE_MAX_TTL_SECONDS
+# whatever Cache-Control the object carries; browsers are told max-age=VIEWER_MAX_AGE_SECONDS.
+# The minimum TTL is EDGE_TTL_SECONDS too: avatars are stored with `Cache-Control: private,
+# max-age=0` (for S3 URLs' viewers), which alone would keep CloudFront from caching them.
+EDGE_TTL_SECONDS = 300
 EDGE_MAX_TTL_SECONDS = 3600
 VIEWER_MAX_AGE_SECONDS = 300
 #: The settings that make CloudFront configured (named in FAILED_PRECONDITION messages).

@@ -19,10 +19,9 @@ from datetime import timedelta
 from xml.etree import ElementTree
 
 from ..errors import Unavailable
-from ..signing import sigv4
 from ..signing.clock import Clock, utc_now_to_the_second
 from ..signing.key_pairs import CredentialSource
-from ..signing.url_signers import BucketEndpoint
+from ..signing.url_signers import BucketEndpoint, presign_request
 from .s3_http import HTTP_TIMEOUT_SECONDS, Reply, send
 
 DEFAULT_EXPIRES_IN = 60
@@ -75,15 +74,12 @@ class ObjectStore:
     ) -> str:
         signed_at = self._clock().replace(microsecond=0)
         creds = self._credentials.get(signed_at + timedelta(seconds=self._expires_in))
-        return sigv4.presign(
+        return presign_request(
+            creds,
+            self._endpoint,
+            self._region,
             method=method,
-            origin=self._endpoint.origin,
-            host=self._endpoint.host,
-            path=self._endpoint.path(key),
-            access_key_id=creds.access_key_id,
-            secret_access_key=creds.secret_access_key,
-            session_token=creds.session_token,
-            region=self._region,
+            key=key,
             signed_at=signed_at,
             expires_in=self._expires_in,
             headers={name.lower(): value for name, value in headers.items()},

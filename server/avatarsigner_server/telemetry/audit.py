@@ -6,7 +6,9 @@
              deletion: reason "deleted" or "nothing_to_delete", user_id, keys; one line per set
              of viewer cookies: reason "signed", the pattern they grant (`grant`), expires_at
     denied   one line per refused call: request_id, caller (null when unknown), auth, rpc,
-             user_id (when the request names one valid id), code, reason
+             user_id (when the request names one valid id), code, reason; where the
+             caller's refusals are sampled (unidentified callers, per address: see
+             access.guard), `left_out` says how many before this one got no line
 
 This is the only place that decides what is logged about a signed URL. Never a URL (its
 query string is a bearer credential), a signature, a secret, a bearer token or an end-user
@@ -32,6 +34,19 @@ LOGGER_NAME = "avatarsigner.audit"
 log = logging.getLogger(LOGGER_NAME)
 
 
+def _line(call: Call, decision: str, reason: str, **fields: object) -> dict[str, object]:
+    """The fields every audit line has, then the decision's own."""
+    return {
+        "decision": decision,
+        "request_id": call.request_id,
+        "caller": call.caller,
+        "auth": call.auth,
+        "rpc": call.rpc,
+        "reason": reason,
+        **fields,
+    }
+
+
 class Audit:
     """Writes decision lines and counts them."""
 
@@ -48,76 +63,52 @@ class Audit:
         if not log.isEnabledFor(logging.INFO):
             return
         iso: dict[datetime, str] = {}  # a batch's URLs share their expiry: format it once
-        log.info(
-            "allowed",
-            extra={
-                "decision": "allowed",
-                "request_id": call.request_id,
-                "caller": call.caller,
-                "auth": call.auth,
-                "rpc": call.rpc,
-                "reason": "signed",
-                EACH: [
-                    {
-                        "user_id": user_id,
-                        "key": key,
-                        "expires_at": iso.get(expires_at)
-                        or iso.setdefault(expires_at, expires_at.isoformat()),
-                    }
-                    for user_id, key, expires_at in urls
-                ],
-            },
-        )
+        each = [
+            {
+                "user_id": user_id,
+                "key": key,
+                "expires_at": iso.get(expires_at)
+                or iso.setdefault(expires_at, expires_at.isoformat()),
+            }
+            for user_id, key, expires_at in urls
+        ]
+        log.info("allowed", extra=_line(call, "allowed", "signed", **{EACH: each}))
 
     def confirmed(self, call: Call, user_id: str, key: str, version: str) -> None:
         """The line for an upload published by ConfirmUpload (or confirmed again)."""
         if self._metrics is not None:
             self._metrics.upload_confirmed(call.caller or ANONYMOUS)
-        self._allowed(call, "confirmed", user_id=user_id, key=key, version=version)
+        extra = _line(call, "allowed", "confirmed", user_id=user_id, key=key, version=version)
+        log.info("allowed", extra=extra)
 
     def cookies_signed(self, call: Call, grant: str, expires_at: datetime) -> None:
         """The line for one set of viewer cookies: the URL pattern they grant, until when."""
         if self._metrics is not None:
             self._metrics.url_signed("cookies", call.caller or ANONYMOUS)
-        self._allowed(call, "signed", grant=grant, expires_at=expires_at.isoformat())
+        extra = _line(call, "allowed", "signed", grant=grant, expires_at=expires_at.isoformat())
+        log.info("allowed", extra=extra)
 
-    @staticmethod
-    def _allowed(call: Call, reason: str, **fields: object) -> None:
-        log.info(
-            "allowed",
-            extra={
-                "decision": "allowed",
-                "request_id": call.request_id,
-                "caller": call.caller,
-                "auth": call.auth,
-                "rpc": call.rpc,
-                "reason": reason,
-                **fields,
-            },
-        )
-
-    def deleted(
-        self, call: Call, user_id: str, keys: Sequence[str], had_avatar: bool
-    ) -> None:
+    def deleted(self, call: Call, user_id: str, keys: Sequence[str], had_avatar: bool) -> None:
         """The line for a DeleteAvatar that ran: the keys removed and whether there was one."""
         if self._metrics is not None:
             self._metrics.avatar_deleted(call.caller or ANONYMOUS, had_avatar)
         reason = "deleted" if had_avatar else "nothing_to_delete"
-        self._allowed(call, reason, user_id=user_id, keys=list(keys))
+        log.info("allowed", extra=_line(call, "allowed", reason, user_id=user_id, keys=list(keys)))
 
-    def denied(self, call: Call, error: ServiceError, user_id: object = None) -> None:
-        """The line for a refused call. user_id is logged only when it is a valid user id."""
-        extra: dict[str, object] = {
-            "decision": "denied",
-            "request_id": call.request_id,
-            "caller": call.caller,
-            "auth": call.auth,
-            "rpc": call.rpc,
-            "code": error.code,
-            "reason": error.reason,
-        }
+    def denied(
+        self, call: Call, error: ServiceError, user_id: object = None, left_out: int = 0
+    ) -> None:
+        """The line for a refused call. user_id is logged only when it is a valid user id;
+        left_out > 0: that many refusals of this kind of caller had no line before it."""
+        extra = _line(call, "denied", error.reason, code=error.code)
         if isinstance(user_id, str) and is_valid_user_id(user_id):
             extra["user_id"] = user_id
+        if left_out:
+            extra["left_out"] = left_out
         log.info("denied", extra=extra)
+        self.counted(call, error)
+
+    def counted(self, call: Call, error: ServiceError) -> None:
+        """A refused call counted in the metrics, without a line (a sampled-out refusal)."""
         if self._metrics is not None:
             self._metrics.denied(call.rpc, error.reason)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from ...settings import Settings
 from ...signing.clock import Clock, utc_now
 from . import cloudfront, least_privilege
-from .least_privilege import HELP, render
+from .least_privilege import HELP, NOT_PROVEN, render
 from .report import FAIL, PASS, SKIP, Result, failed
 
 
@@ -21,4 +21,4 @@ def run(settings: Settings, clock: Clock = utc_now) -> list[Result]:
     return least_privilege.run(settings, clock) + cloudfront.run(settings, clock)
 
 
-__all__ = ["FAIL", "HELP", "PASS", "SKIP", "Result", "failed", "render", "run"]
+__all__ = ["FAIL", "HELP", "NOT_PROVEN", "PASS", "SKIP", "Result", "failed", "render", "run"]
