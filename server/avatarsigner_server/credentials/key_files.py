@@ -3,12 +3,16 @@ an S3 key pair, `FileCredentials` (the CloudFront key is the other, cloudfront_k
 
 Each refresh costs two stat() calls (following symlinks, so Kubernetes' atomic `..data`
 symlink swap shows up as a new inode). A changed pair is read, validated, and adopted only
-when the next refresh sees the same files unchanged: a half-written file is never adopted
-mid-write, so a rotation takes effect within about two refresh periods. An empty, missing,
-unreadable or malformed file never replaces a good pair: a warning is logged (once per
-problem) and the previous pair stays in use. Both files are read between two stat()
-snapshots that must agree, so a swap during the read cannot pair an old key id with a new
-secret.
+when the next refresh sees the same files unchanged, and, once a pair is in force, only
+when S3 accepts a request signed with the new pair (`vet`, one request at rotation time,
+never on the request path): a secret left half-written for seconds, or a key id changed
+before its secret, is refused by S3 and never replaces the working pair. Until the new pair
+is proven the old one stays in force and a WARNING names the files; the proof is tried
+again every VET_RETRY_SECONDS (new IAM keys can take a few seconds to be accepted). An
+empty, missing, unreadable or malformed file never replaces a good pair: a warning is
+logged (once per problem) and the previous pair stays in use. Both files are read between
+two stat() snapshots that must agree, so a swap during the read cannot pair an old key id
+with a new secret.
 
 The same holds for any `WatchedFiles`. Log lines and errors name variables, paths and the
 identity, never a secret or file contents.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -27,10 +32,12 @@ from typing import Generic, TypeVar
 from ..errors import CredentialsUnavailable
 from ..settings.identities import KeyPairFiles, access_key_id_problem, secret_problem
 from ..signing.key_pairs import Credentials
+from .proofs import Proof, Verdict, Vet
 
 log = logging.getLogger("avatarsigner.credentials")
 
 _MAX_KEY_FILE_BYTES = 4096
+VET_RETRY_SECONDS = 5.0
 
 # (device, inode, size, mtime) of a file, following symlinks: how a change is noticed.
 FileStamp = tuple[int, int, int, int]
@@ -147,6 +154,14 @@ class WatchedFiles(Generic[T]):
     def _adopted(self, new: T, previous: T) -> None:
         """Called after `new` replaced `previous` (not for the first value)."""
 
+    def _proven(self, new: T) -> bool:
+        """Whether a stable new value may replace the one in force now (asked again on
+        later refreshes while it says no); `_report` what stands in the way."""
+        return True
+
+    def _pending_changed(self) -> None:
+        """Called when a new value starts waiting to be seen unchanged."""
+
     def refresh(self) -> None:
         """Blocking: re-read the files if they changed. Never raises; problems are logged."""
         with self._lock:
@@ -164,13 +179,12 @@ class WatchedFiles(Generic[T]):
         stamp, value = read_consistently(self._files, self._read)
         current = self._current
         if current is not None and self._same(value, current):
+            self._stamp, self._pending = stamp, None  # touched, same value
             self._report(None)
-            self._stamp = stamp  # touched, same value
             return
         refusal = None if current is None else self._refuse(value, current)
         if refusal is not None:
             raise refusal
-        self._report(None)
         pending = self._pending
         if current is not None and (
             pending is None or pending[0] != stamp or not self._same(value, pending[1])
@@ -178,8 +192,12 @@ class WatchedFiles(Generic[T]):
             # Changed since the last refresh: adopt it once it is seen unchanged next time,
             # so a file still being written is never taken up half-done.
             self._pending = (stamp, value)
+            self._pending_changed()
             return
+        if current is not None and not self._proven(value):
+            return  # the value in force stays; the files are tried again later
         self._current, self._stamp, self._pending = value, stamp, None
+        self._report(None)
         if current is not None:
             self._adopted(value, current)
 
@@ -200,7 +218,9 @@ class WatchedFiles(Generic[T]):
 class FileCredentials(WatchedFiles[Credentials]):
     """A key pair read from two files and re-read when they change (see module docstring)."""
 
-    def __init__(self, files: KeyPairFiles, identity: str = "signer") -> None:
+    def __init__(
+        self, files: KeyPairFiles, identity: str = "signer", vet: Vet | None = None
+    ) -> None:
         super().__init__(
             _named(files),
             (f"{identity} key", "key pair"),
@@ -208,6 +228,8 @@ class FileCredentials(WatchedFiles[Credentials]):
         )
         self.files = files
         self.identity = identity
+        self.vet = vet
+        self._vetted_at = 0.0  # when the pending pair was last put to S3 (monotonic)
         self.refresh()
 
     def _read(self) -> Credentials:
@@ -224,6 +246,27 @@ class FileCredentials(WatchedFiles[Credentials]):
 
     def current(self) -> Credentials | None:
         return self._current
+
+    def _pending_changed(self) -> None:
+        self._vetted_at = 0.0
+
+    def _proven(self, new: Credentials) -> bool:
+        """Whether S3 accepts the new pair; asks at most every VET_RETRY_SECONDS."""
+        if self.vet is None:
+            return True
+        now = time.monotonic()
+        if now - self._vetted_at < VET_RETRY_SECONDS:
+            return False
+        self._vetted_at = now
+        proof: Proof = self.vet(new)
+        if proof.verdict is Verdict.VALID:
+            return True
+        files = f"{self.files.key_id_file} and {self.files.secret_file}"
+        if proof.verdict is Verdict.INVALID:
+            self._report(f"S3 refuses the key pair now in {files} ({proof.detail})")
+        else:
+            self._report(f"the key pair now in {files} could not be proven yet ({proof.detail})")
+        return False
 
     def _adopted(self, new: Credentials, previous: Credentials) -> None:
         log.info(

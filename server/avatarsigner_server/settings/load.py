@@ -60,6 +60,8 @@ class Settings:
     # Verified or direct uploads (settings.uploads); the verifier exists in verified mode.
     uploads: UploadSettings = field(default_factory=UploadSettings)
     verifier: IdentitySetting | None = field(default=None, repr=False)
+    # How often each identity's pair in force is put to S3, to notice a revoked key (0: never).
+    credentials_probe_seconds: float = identities.DEFAULT_PROBE_SECONDS
     # A CloudFront distribution in front of the bucket (settings.cloudfront); None: off, and
     # download URLs are S3 presigned GETs.
     cloudfront: CloudFrontSettings | None = None
@@ -134,5 +136,6 @@ def load(environ: Mapping[str, str]) -> Settings:
         download_url_reuse_seconds=reuse,
         uploads=upload_settings,
         verifier=verifier,
+        credentials_probe_seconds=identities.probe_seconds(env),
         cloudfront=cloudfront(env),
     )
