@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -38,6 +39,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from guarded import caller, write_callers
 from servers import FAKE_ENV, ServerThread, settings_from
+from webapp.serving import Background
+from webapp.settings import WebSettings
 
 ORIGIN = "https://avatars.example.com"
 KEY_ID = edge.KEY_ID
@@ -630,3 +633,46 @@ def test_cli_without_cloudfront_fails_in_one_line_naming_the_settings(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("avatar-signer-client: FAILED_PRECONDITION: ")
     assert "CLOUDFRONT_URL" in line
+
+
+# --------------------------------------------------------------------------- the web example
+
+
+def test_the_web_example_feed_under_viewer_cookies(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """examples/web with FEED_AVATARS=cookies: plain avatar URLs, and the cookies that grant
+    them sent as Set-Cookie. (Its browser test stays on S3: there is no CloudFront here.)"""
+    web_caller = caller("profile-web", ["CreateViewerCookies"])
+    callers = write_callers(tmp_path / "callers.toml", [web_caller])
+    env = cloudfront_env(
+        tmp_path, rsa_key, CALLERS_FILE=str(callers), CLOUDFRONT_COOKIE_DOMAIN="example.com"
+    )
+    server = ServerThread(settings_from(env), clock=FakeClock(T0))
+    web = Background(
+        WebSettings(
+            signer_target=server.target,
+            signer_token=web_caller.token,
+            port=0,
+            feed_users=("alice", "bob"),
+            feed_avatars="cookies",
+        )
+    )
+    try:
+        with urllib.request.urlopen(f"{web.origin}/api/feed", timeout=10) as response:
+            body = json.loads(response.read())
+            set_cookie = response.headers.get_all("set-cookie")
+    finally:
+        web.stop()
+        server.stop()
+    assert [avatar["url"] for avatar in body["avatars"]] == [
+        f"{ORIGIN}/profiles/alice/avatar",
+        f"{ORIGIN}/profiles/bob/avatar",
+    ]
+    cookies = {}
+    for header in set_cookie:
+        (morsel,) = SimpleCookie(header).values()
+        assert morsel["domain"] == "example.com" and morsel["httponly"] is True
+        cookies[morsel.key] = morsel.value
+    for avatar in body["avatars"]:
+        assert edge.accepts_cookies(cookies, avatar["url"], rsa_key.public_key(), T0)
