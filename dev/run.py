@@ -245,7 +245,12 @@ def main() -> int:
         # The service's S3 settings, also for `avatar-signer check` (mode 0600, removed on exit).
         seaweed_s3.write_env_file(env_file, s3, identities)
         env = dict(os.environ) | seaweed_s3.service_env(s3, identities)
-        env |= {"GRPC_HOST": "127.0.0.1", "GRPC_PORT": str(args.port)}
+        # One person, no balancer to move traffic away: Ctrl-C stops without the drain.
+        env |= {
+            "GRPC_HOST": "127.0.0.1",
+            "GRPC_PORT": str(args.port),
+            "SHUTDOWN_DRAIN_SECONDS": "0",
+        }
         server = subprocess.Popen(
             [str(BIN / "avatar-signer"), "serve"], env=env, start_new_session=True
         )

@@ -38,6 +38,8 @@ FAKE_ENV: dict[str, str] = {
     "GRPC_HOST": "127.0.0.1",
     "GRPC_PORT": "0",
     "METRICS_PORT": "0",  # an ephemeral port: servers in parallel must not collide on 9464
+    # Server processes stop at once on SIGTERM; tests of the drain set it themselves.
+    "SHUTDOWN_DRAIN_SECONDS": "0",
 }
 
 
@@ -83,10 +85,13 @@ class ServerThread:
     def _call(self, coro: Any, timeout: float = 30) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    def shutdown_async(self, grace: float | None = None) -> Future[Any]:
-        """Begin the graceful shutdown; returns a future that completes when it is done."""
+    def shutdown_async(self, grace: float | None = None, drain: float = 0) -> Future[Any]:
+        """Begin the graceful shutdown (no drain unless asked); returns a future that
+        completes when it is done."""
         self._stopped = True
-        return asyncio.run_coroutine_threadsafe(self.server.shutdown(grace), self._loop)
+        return asyncio.run_coroutine_threadsafe(
+            self.server.shutdown(grace, drain=drain), self._loop
+        )
 
     def stop(self, grace: float | None = 0) -> None:
         if not self._stopped:

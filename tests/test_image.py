@@ -10,7 +10,7 @@ differs: the host's, so that the container reaches the SeaweedFS this test start
 
 Then, through the container's own service: health, reflection (grpcurl list), a real
 CreateUploadUrl -> PUT -> CreateDownloadUrl -> GET round trip over TLS with a caller's
-token, the Deployment's preStop command, SIGTERM, and what the container wrote.
+token, SIGTERM (the drain), and what the container wrote.
 
 The figures for docs/image.md (size, packages, start-up inside and outside the container)
 are printed and written to .run/image-figures.json; no test asserts a duration.
@@ -360,13 +360,13 @@ class Stopped:
 
 @pytest.fixture(scope="module")
 def stopped(engine: Engine, running: Running) -> Stopped:
-    """SIGTERM, as the kubelet sends it after the preStop hook: the container gets what the
-    pod's grace leaves after the preStop sleep, then the engine kills it (exit code 137)."""
+    """SIGTERM, as the kubelet sends it: the container gets the pod's termination grace,
+    then the engine kills it (exit code 137)."""
     status = engine("exec", running.name, "python", "-c", "print(open('/proc/1/status').read())")
     peak = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
     assert peak, status
     record(server_peak_rss_mib=round(int(peak[1]) / 1024, 1))
-    grace = int(POD["terminationGracePeriodSeconds"] - _prestop_seconds())
+    grace = int(POD["terminationGracePeriodSeconds"])
     engine("stop", "--time", str(grace), running.name, timeout=grace + 60)
     state = json.loads(engine("inspect", "--format", "{{json .State}}", running.name))
     logs = engine.logs(running.name)
@@ -378,13 +378,6 @@ def stopped(engine: Engine, running: Running) -> Stopped:
         [line.strip() for line in changes if line.strip()],
         sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*")),
     )
-
-
-def _prestop_seconds() -> float:
-    command = " ".join(CONTAINER["lifecycle"]["preStop"]["exec"]["command"])
-    match = re.search(r"sleep\D*(\d+(?:\.\d+)?)", command)
-    assert match, command
-    return float(match[1])
 
 
 def _in_image(engine: Engine, program: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -507,13 +500,6 @@ def test_check_command_proves_the_iam_split_from_a_container(
     result = engine.run("run", "--rm", *run_args(engine, running.deployed), IMAGE, "check")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 failed" in result.stdout, result.stdout
-
-
-def test_prestop_command_runs_in_the_container(engine: Engine, running: Running) -> None:
-    """The kubelet execs it as the container's user before SIGTERM: it must exist there."""
-    command = CONTAINER["lifecycle"]["preStop"]["exec"]["command"]
-    result = engine.run("exec", running.name, *command)
-    assert result.returncode == 0, result.stderr
 
 
 def test_sigterm_exits_0_within_the_grace(stopped: Stopped) -> None:

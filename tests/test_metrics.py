@@ -106,7 +106,7 @@ def test_metrics_port_in_use_is_a_startup_error_naming_it() -> None:
         try:
             await server.start()
         finally:
-            await server.shutdown(0)
+            await server.shutdown(0, drain=0)
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -25,9 +25,10 @@ import pytest
 import yaml
 from avatarsigner.contract import SERVICE_NAME
 from avatarsigner_server.access import callers
-from avatarsigner_server.app.server import HEALTH_SERVICES
+from avatarsigner_server.app.server import HEALTH_SERVICES, REFUSE_SECONDS
 from avatarsigner_server.commands import cli
 from avatarsigner_server.settings import Settings
+from avatarsigner_server.settings.serving import DEFAULT_DRAIN_SECONDS
 from doc_examples import callers_file_example
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
@@ -369,23 +370,17 @@ def test_services_and_network_policy_use_the_container_ports() -> None:
     assert admitted == {GRPC_PORT, METRICS_PORT}
 
 
-def _prestop_seconds(prestop: dict[str, Any]) -> float:
-    if "sleep" in prestop:
-        return float(prestop["sleep"]["seconds"])
-    command = " ".join(prestop["exec"]["command"])
-    match = re.search(r"sleep\D*(\d+(?:\.\d+)?)", command)
-    assert match, f"cannot read the preStop wait from {command!r}"
-    return float(match[1])
+def test_termination_grace_outlasts_the_drain_and_the_grace() -> None:
+    """The kubelet's hard stop comes after the server's own: drain, refusing, grace."""
 
+    def setting(name: str, default: float) -> float:
+        return float(_env().get(name, {}).get("value", default))
 
-def test_termination_grace_outlasts_prestop_and_drain() -> None:
-    drain = float(
-        _env().get("SHUTDOWN_GRACE_SECONDS", {}).get("value", DEFAULTS["shutdown_grace_seconds"])
-    )
-    prestop = _prestop_seconds(
-        _container().get("lifecycle", {}).get("preStop", {"sleep": {"seconds": 0}})
-    )
-    assert _pod_spec()["terminationGracePeriodSeconds"] > prestop + drain
+    drain = setting("SHUTDOWN_DRAIN_SECONDS", DEFAULT_DRAIN_SECONDS)
+    grace = setting("SHUTDOWN_GRACE_SECONDS", DEFAULTS["shutdown_grace_seconds"])
+    # No preStop hook: the server drains by itself, from SIGTERM on.
+    assert "preStop" not in _container().get("lifecycle", {})
+    assert _pod_spec()["terminationGracePeriodSeconds"] > drain + REFUSE_SECONDS + grace
 
 
 def test_each_identity_reads_only_its_own_secret_from_files() -> None:

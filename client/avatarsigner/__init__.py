@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .client import (
         DEFAULT_TIMEOUT,
+        SERVICE_CONFIG,
         AsyncAvatarSignerClient,
         AvatarSignerClient,
         AvatarSignerError,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "SERVICE_CONFIG",
     "AsyncAvatarSignerClient",
     "AvatarSignerClient",
     "AvatarSignerError",

@@ -34,6 +34,7 @@ import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
@@ -50,6 +51,13 @@ from .v1 import avatar_signer_pb2_grpc as pb_grpc
 
 DEFAULT_TIMEOUT = 5.0
 """Default deadline of each call, in seconds."""
+
+SERVICE_CONFIG = (resources.files(__package__) / "service_config.json").read_text("utf-8")
+"""The gRPC service config both clients use by default (service_config.json beside this
+module): every AvatarSigner call is retried on UNAVAILABLE, up to 4 attempts with backoff
+from 0.1 s to 1 s, honouring the server's `grpc-retry-pushback-ms`, throttled once many
+calls fail. Every RPC is idempotent, so a retry is always safe; UNAVAILABLE is what a
+server that is shutting down, or not reachable, answers."""
 
 Ttl = timedelta | float | None
 """How long a URL should stay valid: a timedelta, seconds, or None for the server default."""
@@ -442,6 +450,7 @@ class _Options:
         channel_credentials: grpc.ChannelCredentials | None,
         metadata: Metadata | None,
         allow_plaintext_credentials: bool = False,
+        service_config: str | None = SERVICE_CONFIG,
     ) -> None:
         if not target:
             raise ValueError("target must be host:port")
@@ -459,6 +468,11 @@ class _Options:
             or is_loopback_target(target)
         )
         self.check_credentials(self.metadata)
+        # gRPC parses the service config when the channel is made (and ignores it, logging
+        # an error, when it is not valid JSON of the right shape).
+        self.channel_options: list[tuple[str, Any]] = (
+            [] if service_config is None else [("grpc.service_config", service_config)]
+        )
 
     def check_credentials(self, metadata: Iterable[tuple[str, str]]) -> None:
         """PlaintextCredentialsError if metadata holds a bearer credential for plaintext."""
@@ -482,7 +496,9 @@ class AvatarSignerClient:
     `channel_credentials` None means plaintext (a trusted network or a local sidecar);
     `metadata` is sent with every call; every call gets `timeout` seconds. Over plaintext
     to another machine a bearer token is refused (PlaintextCredentialsError, a ValueError)
-    unless `allow_plaintext_credentials` is True.
+    unless `allow_plaintext_credentials` is True. `service_config` is the channel's gRPC
+    service config (JSON): by default `SERVICE_CONFIG`, which retries UNAVAILABLE; None
+    turns retries by the channel off.
     """
 
     def __init__(
@@ -493,14 +509,21 @@ class AvatarSignerClient:
         channel_credentials: grpc.ChannelCredentials | None = None,
         metadata: Metadata | None = None,
         allow_plaintext_credentials: bool = False,
+        service_config: str | None = SERVICE_CONFIG,
     ) -> None:
         self._options = _Options(
-            target, timeout, channel_credentials, metadata, allow_plaintext_credentials
+            target,
+            timeout,
+            channel_credentials,
+            metadata,
+            allow_plaintext_credentials,
+            service_config,
         )
+        options = self._options.channel_options
         if channel_credentials is None:
-            self._channel = grpc.insecure_channel(target)
+            self._channel = grpc.insecure_channel(target, options)
         else:
-            self._channel = grpc.secure_channel(target, channel_credentials)
+            self._channel = grpc.secure_channel(target, channel_credentials, options)
         self._stub: pb_grpc.AvatarSignerStub = pb_grpc.AvatarSignerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._closed = False
@@ -641,9 +664,15 @@ class AsyncAvatarSignerClient:
         channel_credentials: grpc.ChannelCredentials | None = None,
         metadata: Metadata | None = None,
         allow_plaintext_credentials: bool = False,
+        service_config: str | None = SERVICE_CONFIG,
     ) -> None:
         self._options = _Options(
-            target, timeout, channel_credentials, metadata, allow_plaintext_credentials
+            target,
+            timeout,
+            channel_credentials,
+            metadata,
+            allow_plaintext_credentials,
+            service_config,
         )
         self._channel: Any = None
         self._stub: pb_grpc.AvatarSignerAsyncStub | None = None
@@ -671,9 +700,7 @@ class AsyncAvatarSignerClient:
 
     async def confirm_upload(self, user_id: str, upload_id: str) -> Confirmation:
         request = pb.ConfirmUploadRequest(user_id=user_id, upload_id=upload_id)
-        response: pb.ConfirmUploadResponse = await self._call(
-            self._signer().ConfirmUpload, request
-        )
+        response: pb.ConfirmUploadResponse = await self._call(self._signer().ConfirmUpload, request)
         return _confirmation(response)
 
     async def upload(
@@ -736,10 +763,11 @@ class AsyncAvatarSignerClient:
         if self._stub is None:
             # grpc.aio channels belong to the loop they are created in: create it here.
             credentials = self._options.channel_credentials
+            target, options = self._options.target, self._options.channel_options
             if credentials is None:
-                self._channel = grpc.aio.insecure_channel(self._options.target)
+                self._channel = grpc.aio.insecure_channel(target, options)
             else:
-                self._channel = grpc.aio.secure_channel(self._options.target, credentials)
+                self._channel = grpc.aio.secure_channel(target, credentials, options)
             # Given an aio channel the generated stub is an AvatarSignerAsyncStub; the
             # annotation says so whether or not grpc itself is typed.
             created: Any = pb_grpc.AvatarSignerStub(self._channel)

@@ -21,6 +21,9 @@ const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
 
 const PROTO = path.resolve(__dirname, "../../protos/avatarsigner/v1/avatar_signer.proto");
+// The service config the Python client uses too: retry UNAVAILABLE (a server draining for a
+// deploy answers it, and every RPC is idempotent), with backoff, honouring the pushback.
+const SERVICE_CONFIG = path.resolve(__dirname, "../../client/avatarsigner/service_config.json");
 
 function parseArgs(argv) {
   const args = { target: "127.0.0.1:50051", user: null, file: null };
@@ -50,7 +53,9 @@ function loadClient(target) {
     includeDirs: [path.resolve(__dirname, "../../protos")],
   });
   const { avatarsigner } = grpc.loadPackageDefinition(definition);
-  return new avatarsigner.v1.AvatarSigner(target, grpc.credentials.createInsecure());
+  return new avatarsigner.v1.AvatarSigner(target, grpc.credentials.createInsecure(), {
+    "grpc.service_config": fs.readFileSync(SERVICE_CONFIG, "utf8"),
+  });
 }
 
 function call(client, method, request) {

@@ -6,8 +6,19 @@ sequence:
     start:    bind, start, mark "" and avatarsigner.v1.AvatarSigner SERVING once both
               identities hold usable credentials (NOT_SERVING while one has none: the
               credential watcher re-checks key files and role sessions every second)
-    shutdown: health NOT_SERVING (probes stop routing to us), stop accepting new calls,
-              let in-flight calls finish within the grace period, return.
+    shutdown: health NOT_SERVING at once, on GRPC_PORT and HEALTH_PORT (probes and
+              health-checking balancers move traffic away); keep serving every call for
+              SHUTDOWN_DRAIN_SECONDS; then refuse new calls UNAVAILABLE with a retry
+              pushback for REFUSE_SECONDS, which empties gRPC's queue of received calls
+              (see app.gate); wait for the calls in handlers, then stop within what is left
+              of SHUTDOWN_GRACE_SECONDS, return. A call the server received ends OK or
+              UNAVAILABLE, never CANCELLED (docs/operating.md, "Deploys").
+
+Connections are closed after GRPC_MAX_CONNECTION_AGE_SECONDS (a GOAWAY, so clients
+reconnect and spread over replicas; calls on it get the age grace) and pinged when quiet
+for GRPC_KEEPALIVE_SECONDS (a dead peer is dropped); clients may ping every
+CLIENT_PING_SECONDS. gRPC holds up to GRPC_MAX_PENDING_CALLS received calls before any
+handler takes them (see settings.serving).
 """
 
 from __future__ import annotations
@@ -29,10 +40,41 @@ from ..settings.identities import describe
 from ..signing.clock import Clock, utc_now
 from ..telemetry import logs
 from . import wiring
+from .gate import CallGate
 
 HEALTH_SERVICES = ("", SERVICE_NAME)
+# The refusing phase at the end of a drain: long enough for gRPC to hand every queued call
+# to the gate (each refusal takes tens of microseconds), short next to any deadline.
+REFUSE_SECONDS = 0.5
+# A refused call is retried by the client no sooner than this: after the port has closed.
+PUSHBACK_SECONDS = 1.0
+# Clients may send keepalive pings this often, also on connections without calls.
+CLIENT_PING_SECONDS = 10
 # How often the callers, JWKS and TLS files are checked for changes (see reload()).
 FILE_CHECK_SECONDS = 5.0
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """The grpc.aio server's channel arguments (see the module doc)."""
+    serving = settings.serving
+    options = [
+        # Refuse to share a port silently: a second server on it is a mistake. Only the
+        # processes of one `--workers N` supervisor share it (it checks the port is free).
+        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+        ("grpc.keepalive_timeout_ms", serving.keepalive_timeout_seconds * 1000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", CLIENT_PING_SECONDS * 1000),
+        ("grpc.server.max_pending_requests", serving.max_pending_calls),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * serving.max_pending_calls),
+    ]
+    if serving.keepalive_seconds:
+        options.append(("grpc.keepalive_time_ms", serving.keepalive_seconds * 1000))
+    if serving.connection_age_seconds:
+        options.append(("grpc.max_connection_age_ms", serving.connection_age_seconds * 1000))
+        options.append(
+            ("grpc.max_connection_age_grace_ms", serving.connection_age_grace_seconds * 1000)
+        )
+    return options
 
 
 class StartupError(RuntimeError):
@@ -60,11 +102,10 @@ class AvatarSignerServer:
         self._service = parts.servicer
         self._watch: asyncio.Task[None] | None = None
         self._reload_watch: asyncio.Task[None] | None = None
+        self.gate = CallGate(settings.serving.min_time_left_seconds, self.metrics)
         self._server = grpc.aio.server(
-            interceptors=[self.access.guard, *interceptors],
-            # Refuse to share a port silently: a second server on it is a mistake. Only the
-            # processes of one `--workers N` supervisor share it (it checks the port is free).
-            options=[("grpc.so_reuseport", 1 if settings.workers > 1 else 0)],
+            interceptors=[self.gate, self.access.guard, *interceptors],
+            options=server_options(settings),
         )
         self.port = 0
         self.metrics_port = 0
@@ -144,15 +185,30 @@ class AvatarSignerServer:
         for service in HEALTH_SERVICES:
             await self.health.set(service, status)
 
-    async def shutdown(self, grace: float | None = None) -> None:
-        """NOT_SERVING, refuse new calls, let in-flight calls finish within the grace."""
+    async def shutdown(self, grace: float | None = None, *, drain: float | None = None) -> None:
+        """NOT_SERVING; serve on for the drain; refuse new calls; stop within the grace.
+
+        grace, drain: seconds, SHUTDOWN_GRACE_SECONDS and SHUTDOWN_DRAIN_SECONDS by default.
+        With no drain the refusing phase is skipped too: stop at once (tests, local runs).
+        """
         if grace is None:
             grace = self.settings.shutdown_grace_seconds
+        if drain is None:
+            drain = self.settings.serving.drain_seconds
         await self.health.enter_graceful_shutdown()
         for task in (self._watch, self._reload_watch):
             if task is not None:
                 task.cancel()
-        await self._server.stop(grace)
+        if drain > 0:
+            await asyncio.sleep(drain)
+            self.gate.refuse(PUSHBACK_SECONDS)
+            await asyncio.sleep(REFUSE_SECONDS)
+        else:
+            self.gate.refuse(PUSHBACK_SECONDS)
+        loop = asyncio.get_running_loop()
+        waited_from = loop.time()
+        await self.gate.wait_idle(grace)
+        await self._server.stop(max(0.0, grace - (loop.time() - waited_from)))
         self._service.close()
         if self._health_server is not None:  # probes saw NOT_SERVING throughout the drain
             await self._health_server.stop(0)
@@ -211,7 +267,11 @@ async def serve(settings: Settings, on_serving: Callable[[int], None] | None = N
         on_serving(port)
     await stop.wait()
     logs.log.info(
-        "shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds}
+        "shutting down",
+        extra={
+            "drain_seconds": settings.serving.drain_seconds,
+            "grace_seconds": settings.shutdown_grace_seconds,
+        },
     )
     await server.shutdown()
     logs.log.info("stopped")

@@ -13,7 +13,8 @@ reads as one sequence:
               the supervisor exits 1, so the orchestrator restarts the whole pod with a
               known state.
     shutdown: forward the signal to every worker; each drains on its own (NOT_SERVING,
-              refuse new calls, finish in-flight ones within SHUTDOWN_GRACE_SECONDS);
+              serve on for SHUTDOWN_DRAIN_SECONDS, refuse new calls, finish in-flight
+              ones within SHUTDOWN_GRACE_SECONDS: app.server);
               exit 0 once all have exited 0.
 
 A worker tells the supervisor it has started (listening; health then says SERVING while
@@ -41,7 +42,7 @@ from types import FrameType
 
 from ..settings import Settings, host_port
 from ..telemetry import logs
-from .server import StartupError
+from .server import REFUSE_SECONDS, StartupError
 
 WORKER_ENV = "AVATAR_SIGNER_WORKER"
 START_TIMEOUT_SECONDS = 60.0
@@ -252,6 +253,7 @@ class Supervisor:
             if worker.process.poll() is None:
                 worker.process.send_signal(signum)
         deadline = time.monotonic() + self.settings.shutdown_grace_seconds + EXIT_SLACK_SECONDS
+        deadline += self.settings.serving.drain_seconds + REFUSE_SECONDS
         clean = died is None
         for worker in self._workers:
             try:

@@ -5,6 +5,7 @@
     bucket       region, bucket, endpoint, key prefix
     limits       URL lifetimes, allowed types, largest upload, reuse window
     network      host, ports, workers
+    serving      the drain at shutdown, connection age, keepalive, shedding late calls
     access       TLS, callers file, end-user tokens, rate limits (shapes only)
     cloudfront   the distribution, its signing key's file and id, viewer cookies
     load         composes them into Settings

@@ -18,6 +18,7 @@ from .cloudfront import CloudFrontSettings, cloudfront
 from .env import Env, SettingsError
 from .identities import IdentitySetting
 from .limits import TtlRule
+from .serving import Serving, serving
 from .uploads import UploadSettings
 
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
@@ -65,6 +66,8 @@ class Settings:
     # A CloudFront distribution in front of the bucket (settings.cloudfront); None: off, and
     # download URLs are S3 presigned GETs.
     cloudfront: CloudFrontSettings | None = None
+    # The drain at shutdown, connection age and keepalive, shedding (settings.serving).
+    serving: Serving = field(default_factory=Serving)
 
     def identities(self) -> dict[str, IdentitySetting]:
         """identity name -> its credential setting (the verifier only in verified mode)."""
@@ -137,5 +140,6 @@ def load(environ: Mapping[str, str]) -> Settings:
         uploads=upload_settings,
         verifier=verifier,
         credentials_probe_seconds=identities.probe_seconds(env),
+        serving=serving(env, upload_settings.confirm_timeout_seconds),
         cloudfront=cloudfront(env),
     )

@@ -3,6 +3,16 @@ server's event loop (see metrics_http for the endpoint's bounds).
 
     avatarsigner_rpcs_total{method, code}                 AvatarSigner calls by final status
     avatarsigner_rpc_duration_seconds{method}             time in the handler (histogram)
+    avatarsigner_calls_shed_total{method, reason}         calls refused before any work:
+                                                          expired (too little of the
+                                                          deadline left), draining
+                                                          (shutting down: UNAVAILABLE)
+    avatarsigner_call_time_left_seconds{method}           deadline left when the handler
+                                                          starts (histogram; calls with a
+                                                          deadline): low = calls waited
+    avatarsigner_calls_answered_late_total{method}        answered after their deadline:
+                                                          work nobody waited for
+    avatarsigner_calls_in_flight                          calls in a handler now
     avatarsigner_urls_signed_total{kind, caller}          kind: upload | download | cookies
     avatarsigner_uploads_confirmed_total{caller}          uploads ConfirmUpload published
     avatarsigner_avatars_deleted_total{caller, had_avatar} DeleteAvatar calls that ran
@@ -37,6 +47,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     GCCollector,
     Histogram,
     PlatformCollector,
@@ -66,6 +77,8 @@ class LoadedFiles:
 # file set name (callers, end_user_keys, tls) -> its LoadedFiles
 LoadedFilesSource = Callable[[], Mapping[str, LoadedFiles]]
 
+# Deadline left at the handler: a 1 s deadline that arrives with 0.1 s left waited 0.9 s.
+TIME_LEFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
@@ -187,6 +200,32 @@ class Metrics:
             ["method", "reason"],
             registry=self.registry,
         )
+        self._shed = Counter(
+            "avatarsigner_calls_shed",
+            "Calls refused before any work, by RPC and reason: expired (less than "
+            "CALL_MIN_TIME_LEFT_MS of the deadline left), draining (shutting down).",
+            ["method", "reason"],
+            registry=self.registry,
+        )
+        self._time_left = Histogram(
+            "avatarsigner_call_time_left_seconds",
+            "Deadline left when the call's handler starts, by RPC (calls with a deadline).",
+            ["method"],
+            buckets=TIME_LEFT_BUCKETS,
+            registry=self.registry,
+        )
+        self._late = Counter(
+            "avatarsigner_calls_answered_late",
+            "Calls answered after their deadline had passed (the caller had given up), by RPC.",
+            ["method"],
+            registry=self.registry,
+        )
+        self._in_flight = Gauge(
+            "avatarsigner_calls_in_flight",
+            "AvatarSigner calls in a handler now.",
+            registry=self.registry,
+        )
+        self._per_time_left: dict[str, Any] = {}
         self._expiry = _CredentialExpiryCollector()
         self.registry.register(self._expiry)
         self._files = _LoadedFilesCollector()
@@ -231,6 +270,22 @@ class Metrics:
 
     def denied(self, method: str, reason: str) -> None:
         self._denials.labels(method, reason).inc()
+
+    def shed(self, method: str, reason: str) -> None:
+        self._shed.labels(method, reason).inc()
+
+    def time_left(self, method: str, seconds: float) -> None:
+        child = self._per_time_left.get(method)
+        if child is None:
+            child = self._per_time_left[method] = self._time_left.labels(method)
+        child.observe(seconds)
+
+    def answered_late(self, method: str) -> None:
+        self._late.labels(method).inc()
+
+    def watch_in_flight(self, count: Callable[[], int]) -> None:
+        """Read the in-flight gauge from `count` at every scrape."""
+        self._in_flight.set_function(count)
 
     # -- the endpoint ----------------------------------------------------------------------
 
