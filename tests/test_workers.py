@@ -118,6 +118,19 @@ def test_workers_default_to_one() -> None:
     assert load_settings(FAKE_ENV).workers == 1
 
 
+@pytest.mark.parametrize("value", ["0.5", "601", "soon"], ids=["below-two-beats", "high", "word"])
+def test_bad_heartbeat_timeout_is_one_line_naming_the_setting(value: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(FAKE_ENV | {"WORKER_HEARTBEAT_TIMEOUT_SECONDS": value})
+    assert str(raised.value).startswith("WORKER_HEARTBEAT_TIMEOUT_SECONDS: ")
+
+
+def test_heartbeat_timeout_defaults_to_five_seconds() -> None:
+    assert load_settings(FAKE_ENV).worker_heartbeat_timeout_seconds == 5.0
+    env = FAKE_ENV | {"WORKER_HEARTBEAT_TIMEOUT_SECONDS": "2.5"}
+    assert load_settings(env).worker_heartbeat_timeout_seconds == 2.5
+
+
 @pytest.mark.slow
 def test_workers_flag_is_checked_like_the_variable(port: int) -> None:
     result = subprocess.run(
@@ -326,3 +339,4 @@ def test_busy_health_port_fails_loudly_in_workers_mode(port: int) -> None:
         _, stderr = supervisor.communicate(timeout=30)
     assert supervisor.returncode == 2
     assert "HEALTH_PORT" in stderr and "Traceback" not in stderr
+
