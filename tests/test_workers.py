@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO
 
 import grpc
 import pytest
@@ -53,17 +52,6 @@ def _start(port: int, *args: str, **extra: str) -> subprocess.Popen[str]:
         env=_env(port, **extra),
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _start_logging_to(log: IO[str], port: int, *args: str, **extra: str) -> subprocess.Popen[str]:
-    """As _start, stderr to a file: a pipe nobody reads would stall the busy workers' logs."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "avatarsigner_server.commands.cli", "serve", *args],
-        env=_env(port, **extra),
-        stdin=subprocess.DEVNULL,
-        stderr=log,
         text=True,
     )
 
@@ -380,6 +368,24 @@ def _kill_all(supervisor: subprocess.Popen[str]) -> None:
     supervisor.kill()
 
 
+@contextlib.contextmanager
+def _two_watched_workers(port: int, log: Path) -> Iterator[subprocess.Popen[str]]:
+    """The supervisor of two workers with a short heartbeat timeout, stderr to `log` (a pipe
+    nobody reads would stall busy workers' logs); killed with its workers if still running."""
+    with log.open("w") as out:
+        supervisor = subprocess.Popen(
+            [sys.executable, "-m", "avatarsigner_server.commands.cli", "serve", "--workers", "2"],
+            env=_env(port, WORKER_HEARTBEAT_TIMEOUT_SECONDS=str(HEARTBEAT_TIMEOUT)),
+            stdin=subprocess.DEVNULL,
+            stderr=out,
+            text=True,
+        )
+        try:
+            yield supervisor
+        finally:
+            _kill_all(supervisor)
+
+
 @pytest.mark.slow
 def test_a_stopped_worker_is_found_killed_and_the_rest_drained_with_status_1(
     port: int, tmp_path: Path
@@ -387,17 +393,11 @@ def test_a_stopped_worker_is_found_killed_and_the_rest_drained_with_status_1(
     """SIGSTOP keeps a worker's share of the port (its callers wait out their deadlines);
     the supervisor notices the silence, SIGKILLs it, drains the other and exits 1."""
     log = tmp_path / "stderr.log"
-    with log.open("w") as out:
-        supervisor = _start_logging_to(
-            out, port, "--workers", "2", WORKER_HEARTBEAT_TIMEOUT_SECONDS=str(HEARTBEAT_TIMEOUT)
-        )
-        try:
-            victim = min(_two_workers(port))
-            os.kill(victim, signal.SIGSTOP)
-            # Found within the timeout plus one look; 10 s more for the machine and the drain.
-            supervisor.wait(timeout=HEARTBEAT_TIMEOUT + 10)
-        finally:
-            _kill_all(supervisor)
+    with _two_watched_workers(port, log) as supervisor:
+        victim = min(_two_workers(port))
+        os.kill(victim, signal.SIGSTOP)
+        # Found within the timeout plus one look; 10 s more for the machine and the drain.
+        supervisor.wait(timeout=HEARTBEAT_TIMEOUT + 10)
     stderr = log.read_text()
     assert supervisor.returncode == 1, stderr
     hung = _log_line(stderr, "worker hung; killing it")
@@ -418,7 +418,7 @@ def test_a_stopped_worker_is_found_killed_and_the_rest_drained_with_status_1(
 
 def _busy_calls(port: int, seconds: float) -> int:
     """Single and batch calls from 8 threads on their own connections for `seconds`
-    (at most 4,000 calls); the number that succeeded."""
+    (at most 4,000 calls, each must succeed); how many were made."""
     deadline = time.monotonic() + seconds
 
     def caller(index: int) -> int:
@@ -445,18 +445,12 @@ def _busy_calls(port: int, seconds: float) -> int:
 @pytest.mark.slow
 def test_busy_workers_are_not_taken_for_hung(port: int, tmp_path: Path) -> None:
     log = tmp_path / "stderr.log"
-    with log.open("w") as out:
-        supervisor = _start_logging_to(
-            out, port, "--workers", "2", WORKER_HEARTBEAT_TIMEOUT_SECONDS=str(HEARTBEAT_TIMEOUT)
-        )
-        try:
-            _two_workers(port)
-            assert _busy_calls(port, seconds=2 * HEARTBEAT_TIMEOUT) > 0
-            assert supervisor.poll() is None
-            supervisor.send_signal(signal.SIGTERM)
-            supervisor.wait(timeout=20)
-        finally:
-            _kill_all(supervisor)
+    with _two_watched_workers(port, log) as supervisor:
+        _two_workers(port)
+        assert _busy_calls(port, seconds=2 * HEARTBEAT_TIMEOUT) > 0
+        assert supervisor.poll() is None
+        supervisor.send_signal(signal.SIGTERM)
+        supervisor.wait(timeout=20)
     stderr = log.read_text()
     assert "worker hung" not in stderr
     assert supervisor.returncode == 0, stderr
@@ -468,25 +462,19 @@ def test_a_paused_pod_is_not_taken_for_a_hung_worker(port: int, tmp_path: Path) 
     """Every process stopped longer than the timeout (Ctrl-Z, a frozen container), the
     supervisor resumed a moment before its workers: no worker is killed."""
     log = tmp_path / "stderr.log"
-    with log.open("w") as out:
-        supervisor = _start_logging_to(
-            out, port, "--workers", "2", WORKER_HEARTBEAT_TIMEOUT_SECONDS=str(HEARTBEAT_TIMEOUT)
-        )
-        try:
-            workers = _two_workers(port)
-            for pid in (*workers, supervisor.pid):
-                os.kill(pid, signal.SIGSTOP)
-            time.sleep(HEARTBEAT_TIMEOUT + 1)
-            os.kill(supervisor.pid, signal.SIGCONT)
-            time.sleep(0.2)
-            for pid in workers:
-                with contextlib.suppress(ProcessLookupError):  # the failure: already killed
-                    os.kill(pid, signal.SIGCONT)
-            time.sleep(HEARTBEAT_TIMEOUT)
-            supervisor.send_signal(signal.SIGTERM)  # (nothing, if it has exited already)
-            supervisor.wait(timeout=20)
-        finally:
-            _kill_all(supervisor)
+    with _two_watched_workers(port, log) as supervisor:
+        workers = _two_workers(port)
+        for pid in (*workers, supervisor.pid):
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(HEARTBEAT_TIMEOUT + 1)
+        os.kill(supervisor.pid, signal.SIGCONT)
+        time.sleep(0.2)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):  # the failure: already killed
+                os.kill(pid, signal.SIGCONT)
+        time.sleep(HEARTBEAT_TIMEOUT)
+        supervisor.send_signal(signal.SIGTERM)  # (nothing, if it has exited already)
+        supervisor.wait(timeout=20)
     stderr = log.read_text()
     assert "worker hung" not in stderr
     assert supervisor.returncode == 0, stderr
