@@ -73,3 +73,14 @@ class RateLimited(ServiceError):
     def __init__(self, message: str, reason: str, retry_after_seconds: float) -> None:
         super().__init__(message, reason)
         self.retry_after_seconds = retry_after_seconds
+
+
+class Unavailable(ServiceError):
+    """UNAVAILABLE: something the service needs cannot answer now (the rate-limit store, in
+    closed mode); a google.rpc.RetryInfo says when a retry may succeed."""
+
+    code = "UNAVAILABLE"
+
+    def __init__(self, message: str, reason: str, retry_after_seconds: float) -> None:
+        super().__init__(message, reason)
+        self.retry_after_seconds = retry_after_seconds

@@ -2,7 +2,8 @@
 
 Each `ServiceError` becomes a status with its code, its message and the google.rpc details
 that say more to a program: a BadRequest with the field violations, a RetryInfo with the
-time until a retry can succeed.
+time until a retry can succeed (RESOURCE_EXHAUSTED from a rate limit, UNAVAILABLE while the
+rate-limit store cannot decide).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ..errors import InvalidArgument, RateLimited, ServiceError
+from ..errors import InvalidArgument, RateLimited, ServiceError, Unavailable
 
 
 def status_code(error: ServiceError) -> grpc.StatusCode:
@@ -44,7 +45,7 @@ def details(error: ServiceError) -> list[any_pb2.Any]:
                 )
             )
         ]
-    if isinstance(error, RateLimited):
+    if isinstance(error, RateLimited | Unavailable):
         delay = duration_pb2.Duration()
         # Whole milliseconds, rounded up: retrying at the advertised moment must succeed.
         delay.FromMilliseconds(max(1, math.ceil(error.retry_after_seconds * 1000)))

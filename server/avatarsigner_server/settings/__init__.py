@@ -6,6 +6,7 @@
     limits       URL lifetimes, allowed types, largest upload, reuse window
     network      host, ports, workers
     access       TLS, callers file, end-user tokens, rate limits (shapes only)
+    rate_limit_store  the Redis/Valkey server the rate limits share (RATE_LIMIT_REDIS_*)
     load         composes them into Settings
 """
 

@@ -2,8 +2,8 @@
 
 Every problem is a `SettingsError` whose message is one line naming the variable and the
 rule; it never echoes a secret. `avatar-signer serve` prints it and exits with status 2.
-Each concern reads its own variables (identities, bucket, limits, network, access); this
-module composes them.
+Each concern reads its own variables (identities, bucket, limits, network, access, the
+rate-limit store); this module composes them.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from .access import AccessSettings, access
 from .env import Env, SettingsError
 from .identities import IdentitySetting
 from .limits import TtlRule
+from .rate_limit_store import RateLimitStoreSettings, rate_limit_store
 
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
 
@@ -51,6 +52,9 @@ class Settings:
     download_url_reuse_seconds: int = 0
     # Callers, TLS, end-user tokens and rate limits (settings.access).
     access: AccessSettings = field(default_factory=AccessSettings)
+    # The Redis/Valkey server holding the rate-limit buckets of every process and replica
+    # (settings.rate_limit_store); None: each process keeps its own buckets.
+    rate_limit_store: RateLimitStoreSettings | None = None
 
     def identities(self) -> dict[str, IdentitySetting]:
         """identity name -> its credential setting."""
@@ -108,6 +112,7 @@ def load(environ: Mapping[str, str]) -> Settings:
         ),
         log_level=log_level,
         access=access(env),
+        rate_limit_store=rate_limit_store(env),
         workers=listen.workers,
         download_url_reuse_seconds=reuse,
     )

@@ -7,6 +7,13 @@
     avatarsigner_credentials_expiry_seconds{identity}     seconds until the identity's
                                                           current credentials expire;
                                                           +Inf for static keys (never)
+    avatarsigner_rate_limit_store_unreachable_total{reason}
+                                                          checks the shared store did not
+                                                          decide: timeout | connection |
+                                                          error | skipped
+    avatarsigner_rate_limit_store_reachable               1 while it decides, 0 from a
+                                                          failed check to the next good one
+                                                          (only with RATE_LIMIT_REDIS_URL)
     process_*, python_gc_*, python_info                   the usual process metrics
 
 Health and reflection calls are not counted. Every label value comes from a small fixed set
@@ -37,6 +44,8 @@ from prometheus_client.registry import Collector
 
 # identity name -> seconds until its current credentials expire (math.inf: never; 0: none)
 CredentialExpiry = Callable[[], Mapping[str, float]]
+# Whether the shared rate-limit store decided the last check.
+StoreReachable = Callable[[], bool]
 
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -66,6 +75,24 @@ class _CredentialExpiryCollector(Collector):
                 expiries = {}
             for identity, seconds in sorted(expiries.items()):
                 gauge.add_metric([identity], max(0.0, seconds))
+        yield gauge
+
+
+class _StoreReachableCollector(Collector):
+    """The shared store's reachability, asked at scrape time; nothing without a store."""
+
+    def __init__(self) -> None:
+        self.source: StoreReachable | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.source is None:
+            return
+        gauge = GaugeMetricFamily(
+            "avatarsigner_rate_limit_store_reachable",
+            "1 while the shared rate-limit store decides checks; 0 from a check it did not "
+            "decide until the next one it does.",
+        )
+        gauge.add_metric([], 1.0 if self.source() else 0.0)
         yield gauge
 
 
@@ -104,6 +131,15 @@ class Metrics:
         )
         self._expiry = _CredentialExpiryCollector()
         self.registry.register(self._expiry)
+        self._store_unreachable = Counter(
+            "avatarsigner_rate_limit_store_unreachable",
+            "Rate-limit checks the shared store did not decide, by reason (timeout, "
+            "connection, error, skipped: waiting to retry after a failure).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._store_reachable = _StoreReachableCollector()
+        self.registry.register(self._store_reachable)
         self._http: tuple[WSGIServer, threading.Thread] | None = None
         self._per_call: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
         self._per_url: dict[tuple[str, str], Any] = {}
@@ -113,6 +149,14 @@ class Metrics:
     def watch_credentials(self, source: CredentialExpiry) -> None:
         """Feed the expiry gauge from `source`, asked at every scrape."""
         self._expiry.source = source
+
+    def watch_store(self, reachable: StoreReachable) -> None:
+        """Feed the store reachability gauge from `reachable`, asked at every scrape."""
+        self._store_reachable.source = reachable
+
+    def store_unreachable(self, reason: str) -> None:
+        """One check the shared store did not decide (called on the event loop; cheap)."""
+        self._store_unreachable.labels(reason).inc()
 
     def call(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         children = self._per_call.get((method, code))
