@@ -3,12 +3,14 @@
     tls           server credentials (TLS, or mutual TLS with a client CA), or plaintext
     callers       the callers file (CALLERS_FILE), or None: every caller allowed
     end_users     the end-user token verifier for uploads, or None (off)
-    limiter       token buckets per caller and per user
+    limiter       token buckets per caller and per user: in this process, or in the shared
+                  store when one is given (RATE_LIMIT_REDIS_URL)
     guard         the interceptor that authenticates, authorizes and rate-limits each call
-    upload_gates  what the servicer runs before signing an upload URL
+    upload_gates  what the servicer runs before signing an upload URL, each a child span
+                  (`upload_check.*`) when tracing is on
     reloader      re-reads the callers, JWKS and TLS files on SIGHUP or when they change
 
-The audit log and the metrics are the server's, passed in.
+The audit log, the metrics, the shared store and the tracing are the server's, passed in.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ import grpc
 from ..api.servicer import UploadGate
 from ..settings.access import AccessSettings
 from ..telemetry.audit import Audit
+from ..telemetry.call_context import Call
 from ..telemetry.metrics import Metrics
+from ..telemetry.tracing import Tracing
 from .callers import CallersFile
 from .end_users import EndUserVerifier
 from .guard import CallGuard
-from .rate_limits import RateLimiter
+from .rate_limits import Limiter, RateLimiter
 from .reloading import FileReloader
+from .shared_rate_limits import SharedRateLimiter, SharedStore
 from .tls import ServerTls
 
 
@@ -31,8 +36,15 @@ class AccessControl:
     """Who may call which RPC, how fast, and over what transport (see module docstring)."""
 
     def __init__(
-        self, settings: AccessSettings, audit: Audit, metrics: Metrics | None = None
+        self,
+        settings: AccessSettings,
+        audit: Audit,
+        metrics: Metrics | None = None,
+        *,
+        store: SharedStore | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        tracing = tracing or Tracing.off()
         watched = [
             path
             for path in (
@@ -52,13 +64,18 @@ class AccessControl:
         self.callers = CallersFile(settings.callers_file) if settings.callers_file else None
         self.end_users = EndUserVerifier(settings.end_user) if settings.end_user else None
         self.reloader.track(self.callers, self.end_users, self.tls)
-        self.limiter = RateLimiter(settings.rate_limits)
-        self.guard = CallGuard(self.callers, self.limiter, audit, metrics)
+        self.store = store
+        self.limiter: Limiter = (
+            RateLimiter(settings.rate_limits)
+            if store is None
+            else SharedRateLimiter(settings.rate_limits, store)
+        )
+        self.guard = CallGuard(self.callers, self.limiter, audit, metrics, tracing)
         gates: list[UploadGate] = []
         if self.end_users is not None:
             # First: a call without the user's token must not use up the user's bucket.
-            gates.append(self.end_users.admit_upload)
-        gates.append(self.limiter.admit_upload_user)
+            gates.append(_step(tracing, "upload_check.end_user_token", self.end_users.admit_upload))
+        gates.append(_step(tracing, "upload_check.rate_limit_user", self.limiter.admit_upload_user))
         self.upload_gates: tuple[UploadGate, ...] = tuple(gates)
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
@@ -101,4 +118,21 @@ class AccessControl:
             if self.callers is None
             else [c.name for c in self.callers.table.callers],
             "end_user_tokens": "off" if self.end_users is None else self.end_users.mode,
+            "rate_limits": "per process"
+            if self.store is None
+            else f"shared: {self.store.address} (failure {self.store.failure})",
         }
+
+
+def _step(tracing: Tracing, name: str, gate: UploadGate) -> UploadGate:
+    """The gate inside a child span `name` when tracing is on; the gate itself when off."""
+    if not tracing.enabled:
+        return gate
+
+    async def traced(call: Call, user_id: str) -> None:
+        with tracing.step(name):
+            pending = gate(call, user_id)
+            if pending is not None:
+                await pending
+
+    return traced

@@ -10,12 +10,18 @@ grpcurl work), in this order:
                     naming two different callers -> UNAUTHENTICATED
     3. authorize    the RPC must be in the caller's `allow` -> else PERMISSION_DENIED
     4. rate limit   the caller's bucket for uploads or downloads -> RESOURCE_EXHAUSTED
+                    (with a shared store: one round trip, a `rate_limit.caller` step;
+                    closed mode and the store unreachable -> UNAVAILABLE)
     5. the handler runs with the `Call` current (call_context.current()); it adds the
        per-user gates (end-user token, per-user upload limit) and audits what it signs
 
 Refusals are audited (one line, a fixed reason) and answered through api.status.abort_with;
 every call is counted by method and final status code, with its latency. Without a callers
 file every caller is allowed as "anonymous" (local development; start-up warns).
+
+Each call is one SERVER span (telemetry.tracing; a shared do-nothing span when tracing is
+off) continuing the caller's `traceparent`: its caller and how it proved itself once known,
+the URLs it asks for, and its final status code with the refusal's reason word.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
-from avatarsigner.contract import AUTHORIZATION_METADATA, METHOD_PREFIX
+from avatarsigner.contract import AUTHORIZATION_METADATA, METHOD_PREFIX, SERVICE_NAME
 
 from ..api.status import abort_with
 from ..api.validation import MAX_BATCH
@@ -35,8 +41,9 @@ from ..telemetry import call_context
 from ..telemetry.audit import Audit
 from ..telemetry.call_context import ANONYMOUS, Call
 from ..telemetry.metrics import Metrics
+from ..telemetry.tracing import RpcSpan, Tracing
 from .callers import Caller, CallersFile, CallerTable
-from .rate_limits import RateLimiter
+from .rate_limits import Admission, Limiter
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -78,14 +85,16 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
     def __init__(
         self,
         callers: CallersFile | None,
-        limiter: RateLimiter,
+        limiter: Limiter,
         audit: Audit,
         metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._callers = callers
         self._limiter = limiter
         self._audit = audit
         self._metrics = metrics
+        self._tracing = tracing or Tracing.off()
         # method -> (the handler gRPC gave us, our wrapper of it)
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
@@ -113,30 +122,52 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
             code: grpc.StatusCode | None = None
             metadata = _metadata(context)
             request_id = call_context.request_id(metadata)
-            try:
-                call = Call(request_id, rpc, metadata=metadata)
+            with self._tracing.rpc(SERVICE_NAME, rpc, metadata, request_id) as span:
                 try:
-                    caller, how = self._identify(metadata, context)
-                    name = ANONYMOUS if caller is None else caller.name
-                    call = Call(request_id, rpc, name, how, metadata)
-                    self._authorize(call, caller, request)
-                except ServiceError as error:
-                    self._audit.denied(call, error, getattr(request, "user_id", None))
-                    await abort_with(context, error)
-                token = call_context.enter(call)
-                try:
-                    return await inner(request, context)
+                    call = await self._admitted(rpc, request_id, metadata, request, context, span)
+                    token = call_context.enter(call)
+                    try:
+                        return await inner(request, context)
+                    finally:
+                        call_context.leave(token)
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
                 finally:
-                    call_context.leave(token)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            finally:
-                if self._metrics is not None:
                     code = code or context.code() or grpc.StatusCode.OK
-                    self._metrics.call(rpc, code, time.perf_counter() - started)
+                    span.outcome(code.name)
+                    if self._metrics is not None:
+                        self._metrics.call(rpc, code, time.perf_counter() - started)
 
         return guarded
+
+    async def _admitted(
+        self,
+        rpc: str,
+        request_id: str,
+        metadata: Mapping[str, str],
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        span: RpcSpan,
+    ) -> Call:
+        """The call once its caller is known, allowed this RPC and within its rate limit;
+        otherwise the refusal is audited, said on the span, and the call aborted (raises)."""
+        call = Call(request_id, rpc, metadata=metadata)
+        try:
+            caller, how = self._identify(metadata, context)
+            name = ANONYMOUS if caller is None else caller.name
+            call = Call(request_id, rpc, name, how, metadata)
+            span.caller(name, how)
+            self._authorize(call, caller)
+            pending = self._caller_limit(call, request, span)
+            if pending is not None:  # the shared store decides: one round trip
+                with self._tracing.step("rate_limit.caller"):
+                    await pending
+        except ServiceError as error:
+            span.outcome(error.code, error.reason)
+            self._audit.denied(call, error, getattr(request, "user_id", None))
+            await abort_with(context, error)
+        return call
 
     def _identify(
         self, metadata: Mapping[str, str], context: grpc.aio.ServicerContext
@@ -146,13 +177,20 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
             return None, "open"
         return self._authenticate(self._callers.table, metadata, context)
 
-    def _authorize(self, call: Call, caller: Caller | None, request: Any) -> None:
-        """PermissionDenied unless the RPC is in the caller's allow; RateLimited when over."""
+    @staticmethod
+    def _authorize(call: Call, caller: Caller | None) -> None:
+        """PermissionDenied unless the RPC is in the caller's allow."""
         if caller is not None and call.rpc not in caller.allow:
             raise PermissionDenied(
                 f"caller {caller.name} may not call {call.rpc}", "rpc_not_allowed"
             )
-        self._limiter.admit_caller(call.caller or ANONYMOUS, call.rpc, _cost(call.rpc, request))
+
+    def _caller_limit(self, call: Call, request: Any, span: RpcSpan) -> Admission:
+        """The caller's rate limit for this kind of call: RateLimited when over, None when
+        decided at once, or the shared store's check to await."""
+        cost = _cost(call.rpc, request)
+        span.count(cost)
+        return self._limiter.admit_caller(call.caller or ANONYMOUS, call.rpc, cost)
 
     @staticmethod
     def _authenticate(

@@ -24,7 +24,7 @@ from google.protobuf import timestamp_pb2
 from ..errors import ServiceError
 from ..signing.object_keys import ObjectKeys
 from ..signing.url_signers import DownloadSigner, UploadSigner
-from ..telemetry import call_context, logs
+from ..telemetry import call_context, logs, tracing
 from ..telemetry.audit import Audit
 from ..telemetry.call_context import Call
 from . import validation
@@ -34,8 +34,10 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[["AvatarSignerService", Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 # Called with the current call and the validated user id before an upload URL is signed;
-# raises a ServiceError to refuse it (end-user binding, per-user rate limit).
-UploadGate = Callable[[Call, str], None]
+# raises a ServiceError to refuse it (end-user binding, per-user rate limit). A gate that
+# decides at once returns None; one that must ask elsewhere (the shared rate-limit store)
+# returns an awaitable that decides, so gates that need no I/O stay synchronous.
+UploadGate = Callable[[Call, str], Awaitable[None] | None]
 
 
 def _handled(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
@@ -48,6 +50,7 @@ def _handled(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         except ServiceError as error:
             call = call_context.current(handler.__name__)
             self._audit.denied(call, error, getattr(request, "user_id", None))
+            tracing.rpc_outcome(error.code, error.reason)
             await abort_with(context, error)
             raise  # unreachable: abort raises
         except Exception:
@@ -93,7 +96,9 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
         upload = validation.upload(request, self._limits)
         call = call_context.current("CreateUploadUrl")
         for gate in self._upload_gates:
-            gate(call, upload.user_id)
+            pending = gate(call, upload.user_id)
+            if pending is not None:
+                await pending
         key = self._keys.key_for(upload.user_id)
         signed = self._uploads.sign(
             key,

@@ -7,7 +7,11 @@ sequence:
               identities hold usable credentials (NOT_SERVING while one has none: the
               credential watcher re-checks key files and role sessions every second)
     shutdown: health NOT_SERVING (probes stop routing to us), stop accepting new calls,
-              let in-flight calls finish within the grace period, return.
+              let in-flight calls finish within the grace period, close the shared
+              rate-limit store's connections and export the spans still buffered, return.
+
+Health follows the credentials only: the shared rate-limit store being down never makes
+the server NOT_SERVING (its failure mode decides what calls get; a metric says it).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ..settings import Settings, host_port
 from ..settings.identities import describe
 from ..signing.clock import Clock, utc_now
 from ..telemetry import logs
+from ..telemetry.tracing import Tracing
 from . import wiring
 
 HEALTH_SERVICES = ("", SERVICE_NAME)
@@ -48,14 +53,17 @@ class AvatarSignerServer:
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         clock: Clock = utc_now,
         credentials: CredentialWatcher | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.health = health.aio.HealthServicer()
         # Credentials, metrics, audit, access control, the servicer (reads their files now).
-        parts = wiring.build(settings, clock, credentials)
+        parts = wiring.build(settings, clock, credentials, tracing)
         self.credentials = parts.credentials
         self.metrics = parts.metrics
         self.access = parts.access
+        self.tracing = parts.tracing
+        self._store = parts.store
         self._service = parts.servicer
         self._watch: asyncio.Task[None] | None = None
         self._reload_watch: asyncio.Task[None] | None = None
@@ -155,7 +163,16 @@ class AvatarSignerServer:
         await self._server.stop(grace)
         if self._health_server is not None:  # probes saw NOT_SERVING throughout the drain
             await self._health_server.stop(0)
+        await self._close_shared_parts()
         self.metrics.stop()
+
+    async def _close_shared_parts(self) -> None:
+        """Once no call is left: the store's connections closed, buffered spans exported
+        (the exporter blocks, so in a thread, within its own timeout)."""
+        if self._store is not None:
+            await self._store.aclose()
+        if self.tracing.enabled:
+            await asyncio.to_thread(self.tracing.shutdown)
 
     def reload(self) -> None:
         """SIGHUP: re-read the callers, JWKS and TLS files; calls in flight are unaffected."""
@@ -165,12 +182,16 @@ class AvatarSignerServer:
         await self._server.wait_for_termination()
 
 
-async def serve(settings: Settings, on_serving: Callable[[int], None] | None = None) -> None:
+async def serve(
+    settings: Settings,
+    on_serving: Callable[[int], None] | None = None,
+    tracing: Tracing | None = None,
+) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully.
 
     on_serving(port) is called once the server is SERVING (a worker tells its supervisor).
     """
-    server = AvatarSignerServer(settings)
+    server = AvatarSignerServer(settings, tracing=tracing)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -200,6 +221,7 @@ async def serve(settings: Settings, on_serving: Callable[[int], None] | None = N
                 host_port(settings.grpc_host, server.health_port) if server.health_port else None
             ),
             **server.access.describe(),
+            "tracing": "on" if server.tracing.enabled else "off",
         },
     )
     if on_serving is not None:
