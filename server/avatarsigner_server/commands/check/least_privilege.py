@@ -55,6 +55,8 @@ environment, as for `serve`), with real requests signed by the service's own sig
   neither identity can DELETE or LIST
   URLs are SigV4 for AWS_REGION on the regional virtual-hosted endpoint
   the bucket answers from AWS_REGION (no redirect)
+  with RATE_LIMIT_REDIS_URL set: the rate-limit store runs a check (server, version and
+  address shown, never the password)
 
 Prints a table of PASS / FAIL / SKIP rows; exits 1 when any row fails, 2 on a settings
 error. SKIP marks a check that means nothing for this endpoint (an S3-compatible server at
