@@ -11,7 +11,13 @@ What runs (about two minutes, all on 127.0.0.1):
    vs serving an empty handler (bench/variant_server.py) at 1, 8 and 64 calls in flight;
    BatchCreateDownloadUrls(100) vs a boto3-backed signer; `--workers 2` vs 1. Variants
    alternate in short rounds so machine noise hits both sides of each ratio alike;
-4. peak RSS (VmHWM) of every server process, after all of that.
+4. many replicas: the production command with a per-caller download limit set (never
+   refusing, so every call is checked) with its buckets per process vs shared through a
+   local redis-server (RATE_LIMIT_REDIS_URL), single URLs and batches; the cost of one
+   shared check (bench/shared_limits.py); tracing off vs on (every call a sampled span,
+   exported over OTLP/gRPC to a collector in another process that drops them);
+   `python bench/run.py replicas` runs this part alone (printed, BENCHMARKS.md untouched);
+5. peak RSS (VmHWM) of every server process, after all of that.
 
 Every gRPC status is counted; a non-OK status is shown in the table, never dropped.
 """
@@ -38,7 +44,10 @@ from importlib import metadata
 from pathlib import Path
 
 import grpc
+import shared_limits
 import signing
+import tracing
+import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +71,10 @@ ROUNDS = 3
 ROUND_SECONDS = float(os.environ.get("BENCH_ROUND_SECONDS", "2.0"))
 MAX_CALLS = 200_000  # per round: a bound besides the time
 BATCH = 100
+# Per-caller download limits that never refuse: every download call is checked.
+CHECKED = {"DOWNLOADS_PER_CALLER_PER_SECOND": "1000000", "DOWNLOADS_PER_CALLER_BURST": "1000000"}
 TARGETS = {
+    "shared": 0.85,
     "signer": 40.0,
     "single": 0.90,
     "batch": 30.0,
@@ -386,6 +398,98 @@ def servers_running(workdir: Path) -> Iterator[dict[str, Server]]:
 
 
 @dataclass
+class Replicas:
+    """Shared rate limits on vs off, the cost of one shared check, tracing on vs off."""
+
+    single: dict[str, Load] = field(default_factory=dict)
+    batch: dict[str, Load] = field(default_factory=dict)
+    traced: dict[str, Load] = field(default_factory=dict)
+    checks: shared_limits.CheckCosts | None = None
+
+
+def measure_replicas(clients: LoadClients, workdir: Path) -> Replicas:
+    result = Replicas()
+    with shared_limits.redis_server() as store, tracing.collector() as endpoint:
+        real = variant_command("real")
+        servers: dict[str, Server] = {}
+        try:
+            servers["local"] = start_server("limits-local", real, workdir, **CHECKED)
+            servers["shared"] = start_server(
+                "limits-shared", real, workdir, RATE_LIMIT_REDIS_URL=store, **CHECKED
+            )
+            servers["off"] = start_server("tracing-off", real, workdir)
+            servers["on"] = start_server(
+                "tracing-on", real, workdir, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint
+            )
+            limits = {"local": servers["local"], "shared": servers["shared"]}
+            print("  shared rate limits: CreateDownloadUrl, 8 in flight ...", flush=True)
+            result.single = compare(clients, limits, "download", 8)
+            print(f"  shared rate limits: BatchCreateDownloadUrls({BATCH}) ...", flush=True)
+            result.batch = compare(clients, limits, "batch", 2)
+            print("  tracing: CreateDownloadUrl, 8 in flight ...", flush=True)
+            result.traced = compare(
+                clients, {"off": servers["off"], "on": servers["on"]}, "download", 8
+            )
+        finally:
+            for server in servers.values():
+                server.stop()
+        print("  one shared check (in process) ...", flush=True)
+        result.checks = uvloop.run(shared_limits.measure(store))
+    return result
+
+
+def render_replicas(r: Replicas) -> list[str]:
+    """The rows of the many-replicas part (after the table's header)."""
+    local, shared = r.single["local"], r.single["shared"]
+    ratio = ratio_of(shared.rps, local.rps)
+    rows = [
+        f"| shared rate limits: CreateDownloadUrl, 8 in flight (a per-caller download limit "
+        f"checked on every call): RPS, p50 / p99 | store {fmt_int(shared.rps)} RPS, "
+        f"{latency(shared)} | per process {fmt_int(local.rps)} RPS, {latency(local)} "
+        f"| {ratio:.0%} | ≥ {TARGETS['shared']:.0%}: {verdict(ratio >= TARGETS['shared'])} |"
+    ]
+    local, shared = r.batch["local"], r.batch["shared"]
+    rows.append(
+        f"| shared rate limits: BatchCreateDownloadUrls({BATCH}), 2 in flight: URLs/s "
+        f"| store {fmt_int(shared.rps * BATCH)} URLs/s ({latency(shared)}) "
+        f"| per process {fmt_int(local.rps * BATCH)} URLs/s ({latency(local)}) "
+        f"| {ratio_of(shared.rps, local.rps):.0%} | — |"
+    )
+    if r.checks is not None:
+        checks = r.checks.per_check
+        rows.append(
+            f"| one shared check, one at a time ({r.checks.server}, 127.0.0.1): wall / CPU "
+            f"| {checks['shared'][0]:.0f} / {checks['shared'][1]:.0f} µs (PING alone "
+            f"{checks['PING'][0]:.0f} / {checks['PING'][1]:.0f} µs) "
+            f"| per process {checks['per-process'][1]:.1f} µs | — | — |"
+        )
+    off, on = r.traced["off"], r.traced["on"]
+    rows.append(
+        f"| tracing on (every call sampled, OTLP/gRPC export): CreateDownloadUrl, 8 in "
+        f"flight: RPS, p50 / p99 | on {fmt_int(on.rps)} RPS, {latency(on)} "
+        f"| off {fmt_int(off.rps)} RPS, {latency(off)} | {ratio_of(on.rps, off.rps):.0%} "
+        "| reported |"
+    )
+    return rows
+
+
+def summary_replicas(r: Replicas) -> list[str]:
+    """Server CPU per call for the many-replicas rows."""
+    local, shared = r.single["local"], r.single["shared"]
+    off, on = r.traced["off"], r.traced["on"]
+    return [
+        f"- shared rate limits, CreateDownloadUrl: {shared.server_us_per_call:.0f} µs of "
+        f"server CPU per call with the store, {local.server_us_per_call:.0f} µs per process "
+        f"(+{shared.server_us_per_call - local.server_us_per_call:.0f} µs; the store's own "
+        "CPU, on the same two cores, is not counted here but takes from them)",
+        f"- tracing, CreateDownloadUrl: {on.server_us_per_call:.0f} µs per call on, "
+        f"{off.server_us_per_call:.0f} µs off "
+        f"(+{on.server_us_per_call - off.server_us_per_call:.0f} µs: the span, its "
+        "attributes, the trace id on the audit line, and the export thread)",
+    ]
+
+
+@dataclass
 class Results:
     host: dict[str, str]
     signers: dict[str, signing.Timing]
@@ -397,11 +501,26 @@ class Results:
     workers_single: dict[str, Load] = field(default_factory=dict)
     workers_batch: dict[str, Load] = field(default_factory=dict)
     rss: dict[str, float] = field(default_factory=dict)
+    replicas: Replicas = field(default_factory=Replicas)
     logged: int = 0
     took: float = 0.0
 
 
+def replicas_only() -> int:
+    """`python bench/run.py replicas`: the many-replicas rows alone (BENCHMARKS.md untouched)."""
+    with tempfile.TemporaryDirectory(prefix="avatar-bench-") as tmp:
+        clients = LoadClients(1)
+        try:
+            replicas = measure_replicas(clients, Path(tmp))
+        finally:
+            clients.close()
+    print("\n".join(["", *render_replicas(replicas), "", *summary_replicas(replicas)]))
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:] == ["replicas"]:
+        return replicas_only()
     started = time.monotonic()
     host = machine()
     print(f"avatar-signer bench: {host['nproc']} cores, {host['cpu']}, {host['python']}")
@@ -438,6 +557,7 @@ def main() -> int:
                 }
                 # One audit line per signed URL, each with its expires_at (never the URL).
                 results.logged = servers["ours"].log.read_bytes().count(b'"expires_at"')
+            results.replicas = measure_replicas(clients, workdir)
         finally:
             clients.close()
 
@@ -504,6 +624,7 @@ def render(r: Results) -> str:
             f"({one.server_cores:.2f} cores) | {ratio:.2f}x "
             f"| ≥ {TARGETS['workers']}x: {verdict(ratio >= TARGETS['workers'])} |"
         )
+    rows.extend(render_replicas(r.replicas))
     rows.append(
         f"| start-up, exec to SERVING (median of 3) | {r.startup_1 * 1000:.0f} ms "
         f"| `--workers 2`, all workers SERVING: {r.startup_2 * 1000:.0f} ms | — "
@@ -522,6 +643,8 @@ def render(r: Results) -> str:
 def summary(r: Results) -> list[str]:
     all_loads = [load for loads in r.single.values() for load in loads.values()]
     all_loads += [*r.batch.values(), *r.workers_single.values(), *r.workers_batch.values()]
+    for loads in (r.replicas.single, r.replicas.batch, r.replicas.traced):
+        all_loads += loads.values()
     ours_urls = sum(loads["ours"].ok + loads["ours"].warmup for loads in r.single.values())
     ours_urls += r.workers_single["workers1"].ok + r.workers_single["workers1"].warmup
     for load in (r.batch["ours"], r.workers_batch["workers1"]):
@@ -550,6 +673,7 @@ def summary(r: Results) -> list[str]:
         f"{r.batch['ours'].server_us_per_call / BATCH:.1f} µs per URL, boto3-backed "
         f"{r.batch['boto3'].server_us_per_call / BATCH:.1f} µs per URL"
     )
+    lines.extend(summary_replicas(r.replicas))
     b = r.breakdown
     lines.append(
         f"- profile of that handler in process (no gRPC; pyinstrument, {b['handler']:.1f} µs "
