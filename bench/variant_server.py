@@ -45,6 +45,11 @@ class EmptyAvatarSigner(pb_grpc.AvatarSignerServicer):
     ) -> pb.CreateDownloadUrlResponse:
         return pb.CreateDownloadUrlResponse()
 
+    async def ConfirmUpload(
+        self, request: pb.ConfirmUploadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ConfirmUploadResponse:
+        return pb.ConfirmUploadResponse()
+
     async def BatchCreateDownloadUrls(
         self, request: pb.BatchCreateDownloadUrlsRequest, context: grpc.aio.ServicerContext
     ) -> pb.BatchCreateDownloadUrlsResponse:

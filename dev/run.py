@@ -1,8 +1,9 @@
 """`make run`: a local S3 (SeaweedFS), the service against it, and commands to try.
 
-Starts SeaweedFS on 127.0.0.1 with the bucket and the two identities (the least-privilege
-IAM policies), starts `avatar-signer serve` with those credentials, waits until it is SERVING,
-then prints commands that work as pasted. Ctrl-C (or SIGTERM) stops both cleanly.
+Starts SeaweedFS on 127.0.0.1 with the bucket and verified mode's three identities
+(uploader, reader, verifier: exactly the policies `avatar-signer policies` prints), starts
+`avatar-signer serve` with those credentials, waits until it is SERVING, then prints
+commands that work as pasted. Ctrl-C (or SIGTERM) stops both cleanly.
 
     python dev/run.py [--port 50051] [--workdir .run]
 
@@ -28,6 +29,7 @@ import zlib
 from pathlib import Path
 
 import seaweed_s3
+from avatarsigner_server.settings.uploads import UploadMode
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -74,7 +76,10 @@ def wait_serving(target: str, process: subprocess.Popen[bytes], timeout: float =
     raise SystemExit(f"avatar-signer did not become SERVING on {target} within {timeout:.0f}s")
 
 
-def tour(target: str, sample: Path, downloaded: Path, env_file: Path) -> str:
+FAKE_IMAGE = b"<html><script>alert('not an avatar')</script></html>\n"
+
+
+def tour(target: str, sample: Path, fake: Path, downloaded: Path, env_file: Path) -> str:
     """The commands printed for a person to paste, one block per step."""
     data = sample.read_bytes()
     size = len(data)
@@ -83,43 +88,70 @@ def tour(target: str, sample: Path, downloaded: Path, env_file: Path) -> str:
     client = shlex.quote(str(BIN / "avatar-signer-client"))
     server = shlex.quote(str(BIN / "avatar-signer"))
     python = shlex.quote(str(BIN / "python"))
-    url_of = f"{python} -c 'import json,sys; print(json.load(sys.stdin)[\"url\"])'"
-    upload_body = shlex.quote(
-        json.dumps(
-            {
-                "user_id": "alice",
-                "content_type": "image/png",
-                "content_length": size,
-                "checksum_sha256": checksum,
-            }
-        )
+    field = "json_field"
+    define_field = (
+        f"json_field() {{ {python} -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "
+        '"$1"; }'
     )
+
+    def upload_body(user: str, length: int, sha256: str | None) -> str:
+        body = {"user_id": user, "content_type": "image/png", "content_length": length}
+        if sha256:
+            body["checksum_sha256"] = sha256
+        return shlex.quote(json.dumps(body))
+
+    confirm_body = '"{\\"user_id\\": \\"%s\\", \\"upload_id\\": \\"$%s\\"}"'
     download_body = shlex.quote('{"user_id": "alice"}')
     file = shlex.quote(str(sample))
+    fake_file = shlex.quote(str(fake))
     copy = shlex.quote(str(downloaded))
+    put = "curl -fsS -X PUT -H 'Content-Type: image/png' -H 'If-None-Match: *'"
+    put_again = put.replace("-fsS", "-sS -o /dev/null -w 'second PUT: %{http_code}\\n'")
+    upload_alice = upload_body("alice", size, checksum)
+    upload_fake = upload_body("mallory", len(FAKE_IMAGE), None)
+    confirm_alice = confirm_body % ("alice", "UPLOAD_ID")
+    confirm_fake = confirm_body % ("mallory", "FAKE_ID")
     return f"""
 # 1. What the server offers (reflection), and its health:
 {grpcurl} -plaintext {target} list
 {grpcurl} -plaintext {target} grpc.health.v1.Health/Check
 
-# 2. Ask for an upload URL for alice's avatar: a {size}-byte PNG with this SHA-256
-#    (see url, the headers to send, expires_at and key):
-{grpcurl} -plaintext -d {upload_body} {target} {SERVICE}/CreateUploadUrl
+# 2. Ask for an upload URL for alice's avatar: a {size}-byte PNG with this SHA-256. The
+#    answer: url, the headers to send (If-None-Match: * too: the URL writes once),
+#    expires_at, the staging key, and the upload_id to confirm with:
+{grpcurl} -plaintext -d {upload_alice} {target} {SERVICE}/CreateUploadUrl
 
-# 3. Upload: keep the URL, then PUT the raw bytes with exactly the returned headers:
-UPLOAD_URL=$({grpcurl} -plaintext -d {upload_body} {target} {SERVICE}/CreateUploadUrl | {url_of})
-curl -fsS -X PUT -H 'Content-Type: image/png' -H 'Content-Length: {size}' -H 'x-amz-checksum-sha256: {checksum}' --data-binary @{file} "$UPLOAD_URL" && echo uploaded
+# 3. Upload: keep the answer, then PUT the raw bytes with exactly the returned headers:
+{define_field}
+UPLOAD=$({grpcurl} -plaintext -d {upload_alice} {target} {SERVICE}/CreateUploadUrl)
+UPLOAD_URL=$(echo "$UPLOAD" | {field} url); UPLOAD_ID=$(echo "$UPLOAD" | {field} upload_id)
+{put} -H 'Content-Length: {size}' -H 'x-amz-checksum-sha256: {checksum}' --data-binary @{file} "$UPLOAD_URL" && echo uploaded
 
-# 4. Download it back and compare:
-DOWNLOAD_URL=$({grpcurl} -plaintext -d {download_body} {target} {SERVICE}/CreateDownloadUrl | {url_of})
+# 4. Nobody sees it yet. Confirm: the service checks it really is a PNG within the limits,
+#    removes its metadata and publishes exactly those bytes (width, height, what it removed):
+{grpcurl} -plaintext -d {confirm_alice} {target} {SERVICE}/ConfirmUpload
+
+# 5. The upload URL cannot write again (S3 answers 412 Precondition Failed):
+{put_again} -H 'Content-Length: {size}' -H 'x-amz-checksum-sha256: {checksum}' --data-binary @{file} "$UPLOAD_URL"
+
+# 6. Download it back and compare (this PNG had no metadata, so the bytes are the same):
+DOWNLOAD_URL=$({grpcurl} -plaintext -d {download_body} {target} {SERVICE}/CreateDownloadUrl | {field} url)
 curl -fsS -o {copy} "$DOWNLOAD_URL" && cmp {copy} {file} && echo "same bytes"
 
-# 5. The same upload with the Python client (detects the type, signs the SHA-256 too):
+# 7. A fake: HTML named .png uploads fine (S3 checks type, length and signature, not
+#    content), but ConfirmUpload refuses it (FailedPrecondition, reason NOT_AN_IMAGE) and
+#    nothing is published:
+FAKE=$({grpcurl} -plaintext -d {upload_fake} {target} {SERVICE}/CreateUploadUrl)
+FAKE_URL=$(echo "$FAKE" | {field} url); FAKE_ID=$(echo "$FAKE" | {field} upload_id)
+{put} -H 'Content-Length: {len(FAKE_IMAGE)}' --data-binary @{fake_file} "$FAKE_URL" && echo uploaded
+{grpcurl} -plaintext -format-error -d {confirm_fake} {target} {SERVICE}/ConfirmUpload || echo "refused, as it should be"
+
+# 8. The same upload with the Python client (detects the type, signs the SHA-256, confirms):
 {client} --target {target} upload {file} --user bob
 {client} --target {target} download-url --user bob
 
-# 6. Prove the IAM split on this S3 with the service's own settings (uploader cannot read,
-#    reader cannot write, neither can delete or list):
+# 9. Prove the least privilege on this S3 with the service's own settings: each of the
+#    three identities can do its one job and nothing else, none can delete or list:
 (set -a; . {shlex.quote(str(env_file))}; {server} check)
 """
 
@@ -134,6 +166,8 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     sample = workdir / "sample-avatar.png"
     sample.write_bytes(sample_png())
+    fake = workdir / "not-an-avatar.png"
+    fake.write_bytes(FAKE_IMAGE)
     target = f"127.0.0.1:{args.port}"
     # Each run its own S3 data and settings (another `make run` may be running beside it).
     session = Path(tempfile.mkdtemp(prefix="run-", dir=workdir))
@@ -150,7 +184,9 @@ def main() -> int:
 
     print("starting a local S3 (SeaweedFS) on 127.0.0.1 ...", file=sys.stderr, flush=True)
     try:
-        s3, uploader, reader = seaweed_s3.start_with_identities(session / "seaweedfs")
+        s3, identities = seaweed_s3.start_with_identities(
+            session / "seaweedfs", mode=UploadMode.VERIFIED
+        )
     except seaweed_s3.LocalS3Error as error:
         shutil.rmtree(session, ignore_errors=True)
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -159,8 +195,8 @@ def main() -> int:
     server: subprocess.Popen[bytes] | None = None
     try:
         # The service's S3 settings, also for `avatar-signer check` (mode 0600, removed on exit).
-        seaweed_s3.write_env_file(env_file, s3, uploader, reader)
-        env = dict(os.environ) | seaweed_s3.service_env(s3, uploader, reader)
+        seaweed_s3.write_env_file(env_file, s3, identities)
+        env = dict(os.environ) | seaweed_s3.service_env(s3, identities)
         env |= {"GRPC_HOST": "127.0.0.1", "GRPC_PORT": str(args.port)}
         server = subprocess.Popen(
             [str(BIN / "avatar-signer"), "serve"], env=env, start_new_session=True
@@ -171,7 +207,7 @@ def main() -> int:
             f"{s3.bucket!r}.\nPaste these in another terminal (Ctrl-C here stops both):",
             flush=True,
         )
-        print(tour(target, sample, workdir / "downloaded-avatar.png", env_file), flush=True)
+        print(tour(target, sample, fake, workdir / "downloaded-avatar.png", env_file), flush=True)
         while not stopping and server.poll() is None:
             time.sleep(0.2)
     finally:

@@ -6,8 +6,9 @@ bound to 127.0.0.1 on freshly picked ports, with what it writes kept inside ``wo
 is healthy and the bucket exists.  ``LocalS3.create_identity`` adds an IAM user with an
 inline policy and an access key through the IAM API that SeaweedFS serves on the S3
 port, and returns only once the new key is accepted and its policy is in force.
-``start_with_identities`` does both for the two identities, uploader and reader, with
-their least-privilege policies.
+``start_with_identities`` does both for one upload mode's identities (direct: uploader
+and reader; verified: uploader, reader and verifier), each with exactly the policy
+``avatar-signer policies`` prints for it, so the tests judge the printed documents.
 
 As a script it runs a local S3 on its own (``make run`` uses the functions, with the
 service beside it)::
@@ -28,6 +29,9 @@ Things about SeaweedFS 4.48 this module relies on or works around:
   weed's environment; ``-s3.iam.readOnly=false`` lets it call the IAM API.
 * IAM user policies are used rather than ``s3.json`` identities, whose coarse "Write"
   action would also let the uploader DELETE.
+* It enforces prefix-scoped policies and ``If-None-Match: *`` on (presigned) PUTs
+  (412 PreconditionFailed once the key exists), and answers a GET with the stored
+  ``x-amz-checksum-sha256``.
 """
 
 from __future__ import annotations
@@ -63,14 +67,19 @@ from typing import Any
 
 import boto3
 import botocore.session
+from avatarsigner_server.commands import policies
+from avatarsigner_server.commands.policies import Layout
+from avatarsigner_server.settings.identities import PREFIXES
+from avatarsigner_server.settings.uploads import UploadMode
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
 __all__ = [
-    "UPLOADER_POLICY",
     "Identity",
     "LocalS3",
     "LocalS3Error",
+    "create_identities",
+    "policy",
     "reader_policy",
     "start",
     "start_with_identities",
@@ -81,6 +90,15 @@ log = logging.getLogger(__name__)
 
 UPLOADER_NAME = "avatar-uploader"
 READER_NAME = "avatar-reader"
+# IAM user names of each mode's identities (both modes can share one SeaweedFS).
+IDENTITY_NAMES = {
+    UploadMode.DIRECT: {"uploader": UPLOADER_NAME, "reader": READER_NAME},
+    UploadMode.VERIFIED: {
+        "uploader": "avatar-staging-uploader",
+        "reader": "avatar-profile-reader",
+        "verifier": "avatar-verifier",
+    },
+}
 
 #: How long ``create_identity``/``put_user_policy`` wait for SeaweedFS to apply a change.
 IDENTITY_TIMEOUT = 20.0
@@ -124,36 +142,28 @@ class LocalS3Error(RuntimeError):
 # --------------------------------------------------------------------------- policies
 
 
+def layout(bucket: str, mode: UploadMode) -> Layout:
+    """The bucket's layout under the service's default prefixes."""
+    return Layout(bucket, mode)
+
+
+def policy(identity: str, bucket: str, mode: UploadMode = UploadMode.DIRECT) -> dict[str, Any]:
+    """The IAM policy of one identity: exactly what `avatar-signer policies` prints."""
+    documents = policies.documents(layout(bucket, mode))
+    found: dict[str, Any] | None = documents[f"{identity}_policy"]
+    if found is None:
+        raise ValueError(f"no {identity} in {mode} mode")
+    return found
+
+
 def uploader_policy(bucket: str) -> dict[str, Any]:
-    """The uploader's policy: put objects (and abort multipart uploads), nothing else."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
-                "Resource": f"arn:aws:s3:::{bucket}/*",
-            }
-        ],
-    }
+    """The uploader's policy of the original (direct) design."""
+    return policy("uploader", bucket)
 
 
 def reader_policy(bucket: str) -> dict[str, Any]:
-    """The reader's policy: get objects, nothing else."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Action": "s3:GetObject",
-                "Resource": f"arn:aws:s3:::{bucket}/*",
-            }
-        ],
-    }
-
-
-#: The uploader's policy with the placeholder bucket name ``BUCKET``.
-UPLOADER_POLICY: dict[str, Any] = uploader_policy("BUCKET")
+    """The reader's policy of the original (direct) design."""
+    return policy("reader", bucket)
 
 
 _SIMPLE_STATEMENT_KEYS = frozenset({"Sid", "Effect", "Action", "Resource"})
@@ -625,18 +635,29 @@ def _sleep_or_fail(deadline: float, message: str) -> None:
     time.sleep(_POLL_INTERVAL)
 
 
+def create_identities(server: LocalS3, mode: UploadMode) -> dict[str, Identity]:
+    """The IAM users of one upload mode, each with exactly its printed policy."""
+    return {
+        identity: server.create_identity(name, policy(identity, server.bucket, mode))
+        for identity, name in IDENTITY_NAMES[mode].items()
+    }
+
+
 def start_with_identities(
-    workdir: Path, *, bucket: str = "avatars", region: str = "us-east-1"
-) -> tuple[LocalS3, Identity, Identity]:
-    """Start SeaweedFS with the two IAM users; returns (server, uploader, reader)."""
+    workdir: Path,
+    *,
+    bucket: str = "avatars",
+    region: str = "us-east-1",
+    mode: UploadMode = UploadMode.DIRECT,
+) -> tuple[LocalS3, dict[str, Identity]]:
+    """Start SeaweedFS with one mode's IAM users; returns (server, identity -> user)."""
     server = start(workdir, bucket=bucket, region=region)
     try:
-        uploader = server.create_identity(UPLOADER_NAME, uploader_policy(bucket))
-        reader = server.create_identity(READER_NAME, reader_policy(bucket))
+        identities = create_identities(server, mode)
     except BaseException:
         server.stop()
         raise
-    return server, uploader, reader
+    return server, identities
 
 
 # --------------------------------------------------------------------------- helpers
@@ -742,22 +763,24 @@ def _log_tail(log_file: Path, offset: int = 0) -> str:
 # --------------------------------------------------------------------------- CLI
 
 
-def service_env(server: LocalS3, uploader: Identity, reader: Identity) -> dict[str, str]:
-    """The avatar-signer settings (environment variables) that point it at this S3."""
-    return {
+def service_env(server: LocalS3, identities: Mapping[str, Identity]) -> dict[str, str]:
+    """The avatar-signer settings (environment variables) that point it at this S3: verified
+    mode when a verifier is among the identities, direct mode otherwise."""
+    env = {
         "S3_ENDPOINT_URL": server.endpoint_url,
         "AWS_REGION": server.region,
         "S3_BUCKET": server.bucket,
-        "S3_UPLOAD_KEY": uploader.access_key_id,
-        "S3_UPLOAD_SECRET": uploader.secret_access_key,
-        "S3_READ_KEY": reader.access_key_id,
-        "S3_READ_SECRET": reader.secret_access_key,
+        "UPLOAD_MODE": "verified" if "verifier" in identities else "direct",
     }
+    for identity, user in identities.items():
+        env[f"{PREFIXES[identity]}_KEY"] = user.access_key_id
+        env[f"{PREFIXES[identity]}_SECRET"] = user.secret_access_key
+    return env
 
 
-def write_env_file(path: Path, server: LocalS3, uploader: Identity, reader: Identity) -> None:
+def write_env_file(path: Path, server: LocalS3, identities: Mapping[str, Identity]) -> None:
     """Write the service's S3 settings as a shell-sourceable file, mode 0600, atomically."""
-    values = service_env(server, uploader, reader)
+    values = service_env(server, identities)
     text = "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -792,25 +815,28 @@ def _stop_requested() -> Iterator[threading.Event]:
 def main(argv: list[str] | None = None) -> int:
     """``python dev/seaweed_s3.py --workdir DIR --env-file FILE``: run until signalled."""
     parser = argparse.ArgumentParser(
-        description="Run a local SeaweedFS S3 server with the avatar uploader and reader users."
+        description="Run a local SeaweedFS S3 server with the avatar service's IAM users."
     )
     parser.add_argument("--workdir", type=Path, required=True, help="data, sockets and log")
     parser.add_argument("--bucket", default="avatars")
     parser.add_argument("--region", default="us-east-1")
+    parser.add_argument(
+        "--mode", choices=[m.value for m in UploadMode], default=UploadMode.VERIFIED.value
+    )
     parser.add_argument(
         "--env-file", type=Path, required=True, help="where to write the S3_* settings (0600)"
     )
     args = parser.parse_args(argv)
     with _stop_requested() as stop:
         try:
-            server, uploader, reader = start_with_identities(
-                args.workdir, bucket=args.bucket, region=args.region
+            server, identities = start_with_identities(
+                args.workdir, bucket=args.bucket, region=args.region, mode=UploadMode(args.mode)
             )
         except LocalS3Error as exc:
             print(f"local S3 failed to start: {exc}", file=sys.stderr)
             return 1
         with server:
-            write_env_file(args.env_file, server, uploader, reader)
+            write_env_file(args.env_file, server, identities)
             print(f"local S3 ready at {server.endpoint_url}", file=sys.stderr, flush=True)
             while not stop.wait(1.0):
                 if not server.running:

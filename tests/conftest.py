@@ -18,8 +18,9 @@ import leaks
 import pytest
 import seaweed_s3
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
+from avatarsigner_server.settings.uploads import UploadMode
 from redis_server import RedisServer, new_password, running
-from servers import FAKE_ENV, ServerThread, settings_from
+from servers import DIRECT_ENV, FAKE_ENV, ServerThread, settings_from
 
 BUCKET = "avatars"
 
@@ -31,7 +32,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.s3)
 
 # -- suite-wide: no avatarsigner log line carries a secret (see tests/leaks.py) -------------
-leaks.remember(FAKE_ENV["S3_UPLOAD_SECRET"], FAKE_ENV["S3_READ_SECRET"])
+leaks.remember(
+    FAKE_ENV["S3_UPLOAD_SECRET"], FAKE_ENV["S3_READ_SECRET"], FAKE_ENV["S3_VERIFY_SECRET"]
+)
 _LOG_LINES = leaks.Collector()
 
 
@@ -77,6 +80,17 @@ def stub(server: ServerThread) -> Iterator[pb_grpc.AvatarSignerStub]:
 
 
 @pytest.fixture
+def direct_stub() -> Iterator[pb_grpc.AvatarSignerStub]:
+    """A server in direct mode (UPLOAD_MODE=direct) with fake credentials."""
+    running = ServerThread(settings_from(DIRECT_ENV))
+    try:
+        with running.channel() as channel:
+            yield pb_grpc.AvatarSignerStub(channel)
+    finally:
+        running.stop()
+
+
+@pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """This test's own redis-server on 127.0.0.1 (no password)."""
     yield from running(tmp_path)
@@ -92,9 +106,11 @@ def redis_server_with_password(tmp_path: Path) -> Iterator[RedisServer]:
 def local_s3(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[seaweed_s3.LocalS3, seaweed_s3.Identity, seaweed_s3.Identity]]:
-    """SeaweedFS with the bucket, the uploader and the reader (the least-privilege policies)."""
+    """SeaweedFS with the bucket and the original design's two identities (direct mode):
+    the uploader and the reader, each with exactly the policy `policies` prints."""
     workdir: Path = tmp_path_factory.mktemp("seaweedfs")
-    s3, uploader, reader = seaweed_s3.start_with_identities(workdir, bucket=BUCKET)
+    s3, identities = seaweed_s3.start_with_identities(workdir, bucket=BUCKET)
+    uploader, reader = identities["uploader"], identities["reader"]
     leaks.remember(uploader.secret_access_key, reader.secret_access_key, s3.admin.secret_access_key)
     try:
         yield s3, uploader, reader
@@ -102,17 +118,38 @@ def local_s3(
         s3.stop()
 
 
+@pytest.fixture(scope="session")
+def verified_s3(
+    local_s3: tuple[seaweed_s3.LocalS3, seaweed_s3.Identity, seaweed_s3.Identity],
+) -> tuple[seaweed_s3.LocalS3, dict[str, seaweed_s3.Identity]]:
+    """The same SeaweedFS with verified mode's three identities (uploader, reader,
+    verifier), each with exactly the policy `policies` prints for verified mode."""
+    s3 = local_s3[0]
+    identities = seaweed_s3.create_identities(s3, UploadMode.VERIFIED)
+    leaks.remember(*(identity.secret_access_key for identity in identities.values()))
+    return s3, identities
+
+
 def s3_env(
     s3: seaweed_s3.LocalS3, uploader: seaweed_s3.Identity, reader: seaweed_s3.Identity
 ) -> dict[str, str]:
-    return {**FAKE_ENV, **seaweed_s3.service_env(s3, uploader, reader)}
+    """Direct mode on the real S3 (the original two-identity design)."""
+    identities = {"uploader": uploader, "reader": reader}
+    return {**DIRECT_ENV, **seaweed_s3.service_env(s3, identities)}
+
+
+def verified_env(
+    s3: seaweed_s3.LocalS3, identities: dict[str, seaweed_s3.Identity]
+) -> dict[str, str]:
+    """Verified mode (the default) on the real S3."""
+    return {**FAKE_ENV, **seaweed_s3.service_env(s3, identities)}
 
 
 @pytest.fixture(scope="session")
 def s3_server(
     local_s3: tuple[seaweed_s3.LocalS3, seaweed_s3.Identity, seaweed_s3.Identity],
 ) -> Iterator[ServerThread]:
-    """The real server signing for the real local S3 with the two real identities."""
+    """The real server signing for the real local S3 in direct mode (two identities)."""
     running = ServerThread(settings_from(s3_env(*local_s3)))
     yield running
     running.stop()
@@ -121,4 +158,20 @@ def s3_server(
 @pytest.fixture
 def s3_stub(s3_server: ServerThread) -> Iterator[pb_grpc.AvatarSignerStub]:
     with grpc.insecure_channel(s3_server.target) as channel:
+        yield pb_grpc.AvatarSignerStub(channel)
+
+
+@pytest.fixture(scope="session")
+def verified_server(
+    verified_s3: tuple[seaweed_s3.LocalS3, dict[str, seaweed_s3.Identity]],
+) -> Iterator[ServerThread]:
+    """The real server in verified mode (three identities) on the real local S3."""
+    running = ServerThread(settings_from(verified_env(*verified_s3)))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def verified_stub(verified_server: ServerThread) -> Iterator[pb_grpc.AvatarSignerStub]:
+    with grpc.insecure_channel(verified_server.target) as channel:
         yield pb_grpc.AvatarSignerStub(channel)

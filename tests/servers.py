@@ -26,11 +26,20 @@ FAKE_ENV: dict[str, str] = {
     "S3_UPLOAD_SECRET": "uploader-secret-0001",
     "S3_READ_KEY": "READERKEYID0000001",
     "S3_READ_SECRET": "reader-secret-00001",
+    "S3_VERIFY_KEY": "VERIFIERKEYID00001",
+    "S3_VERIFY_SECRET": "verifier-secret-001",
     "AWS_REGION": "eu-west-1",
     "S3_BUCKET": "avatars",
     "GRPC_HOST": "127.0.0.1",
     "GRPC_PORT": "0",
     "METRICS_PORT": "0",  # an ephemeral port: servers in parallel must not collide on 9464
+}
+
+
+# The original two-identity design: upload URLs write the avatar itself, no verifier.
+DIRECT_ENV: dict[str, str] = {
+    **{name: value for name, value in FAKE_ENV.items() if not name.startswith("S3_VERIFY_")},
+    "UPLOAD_MODE": "direct",
 }
 
 

@@ -21,6 +21,7 @@ from avatarsigner import (
     upload_bytes,
 )
 from s3http import request
+from s3http import request as http_request
 from servers import ServerThread
 
 CLI = [sys.executable, "-m", "avatarsigner.cli"]
@@ -37,19 +38,31 @@ def _user() -> str:
 
 
 @pytest.mark.slow
-def test_cli_upload_end_to_end(s3_server: ServerThread, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["direct", "verified"])
+def test_cli_upload_end_to_end(mode: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    server: ServerThread = request.getfixturevalue(
+        "s3_server" if mode == "direct" else "verified_server"
+    )
     image = tmp_path / "me.png"
     data = make_run.sample_png(32, 32)
     image.write_bytes(data)
     user = _user()
 
-    result = _cli(s3_server.target, "upload", str(image), "--user", user)
+    result = _cli(server.target, "upload", str(image), "--user", user)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"profiles/{user}/avatar"
+    printed = json.loads(result.stdout)
+    assert printed["key"] == f"profiles/{user}/avatar"
+    if mode == "verified":  # the CLI confirmed the upload and prints what was verified
+        assert (printed["width"], printed["height"], printed["content_type"]) == (
+            32,
+            32,
+            "image/png",
+        )
+        assert printed["checksum_sha256"] == sha256_base64(data)  # no metadata to remove
 
-    shown = _cli(s3_server.target, "download-url", "--user", user)
+    shown = _cli(server.target, "download-url", "--user", user)
     assert shown.returncode == 0, shown.stderr
-    fetched = request("GET", json.loads(shown.stdout)["url"])
+    fetched = http_request("GET", json.loads(shown.stdout)["url"])
     assert fetched.status == 200
     assert fetched.body == data
     assert fetched.headers["content-type"] == "image/png"
@@ -111,3 +124,34 @@ def test_async_client(s3_server: ServerThread) -> None:
         return download.key, health
 
     assert asyncio.run(main()) == ("profiles/alice/avatar", "SERVING")
+
+
+def test_client_upload_confirms_and_surfaces_the_refusal_reason(
+    verified_server: ServerThread,
+) -> None:
+    user = _user()
+    with AvatarSignerClient(verified_server.target, timeout=30) as client:
+        result = client.upload(user, make_run.sample_png(20, 10))
+    assert result.confirmation is not None
+    assert result.key == result.confirmation.key == f"profiles/{user}/avatar"
+    assert (result.confirmation.width, result.confirmation.height) == (20, 10)
+
+    async def upload_async() -> None:
+        async with AsyncAvatarSignerClient(verified_server.target, timeout=30) as client:
+            done = await client.upload(user, make_run.sample_png(8, 8))
+            assert done.confirmation is not None and done.confirmation.width == 8
+            assert done.confirmation.version != result.confirmation.version  # type: ignore[union-attr]
+
+    asyncio.run(upload_async())
+
+
+def test_client_sees_not_an_image_as_a_reason(verified_server: ServerThread) -> None:
+    fake = b"<html>" + bytes(40)
+    with AvatarSignerClient(verified_server.target, timeout=30) as client:
+        upload = client.create_upload_url(_user(), "image/png", len(fake))
+        upload_bytes(upload, fake)
+        user = upload.key.split("/")[1]
+        with pytest.raises(AvatarSignerError) as refused:
+            client.confirm_upload(user, upload.upload_id)
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.reason == "NOT_AN_IMAGE"

@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from avatarsigner_server.credentials.watcher import check_sources
+from avatarsigner_server.app import wiring
 from avatarsigner_server.settings import SettingsError, host_port
 from avatarsigner_server.settings import load as load_settings
-from servers import FAKE_ENV
+from servers import DIRECT_ENV, FAKE_ENV
 
 MISSING = object()
 
@@ -69,6 +69,19 @@ BAD_SETTINGS = [
     ("region-china", "AWS_REGION", "cn-north-1", "AWS_REGION"),
     ("region-govcloud", "AWS_REGION", "us-gov-west-1", "AWS_REGION"),
     ("region-iso", "AWS_REGION", "us-isob-east-1", "AWS_REGION"),
+    ("upload-mode-unknown", "UPLOAD_MODE", "later", "UPLOAD_MODE"),
+    ("verifier-key-missing", "S3_VERIFY_KEY", MISSING, "S3_VERIFY_KEY"),
+    ("verifier-secret-missing", "S3_VERIFY_SECRET", MISSING, "S3_VERIFY_SECRET"),
+    ("verifier-same-as-reader", "S3_VERIFY_KEY", FAKE_ENV["S3_READ_KEY"], "S3_VERIFY_KEY"),
+    ("staging-inside-profiles", "S3_STAGING_PREFIX", "profiles/staged/", "S3_STAGING_PREFIX"),
+    ("staging-holds-profiles", "S3_KEY_PREFIX", "uploads/avatars/", "S3_STAGING_PREFIX"),
+    ("staging-no-slash", "S3_STAGING_PREFIX", "uploads", "S3_STAGING_PREFIX"),
+    ("types-unverifiable", "ALLOWED_CONTENT_TYPES", "image/png,image/gif", "ALLOWED_CONTENT_TYPES"),
+    ("max-pixels-over-decoder", "MAX_IMAGE_PIXELS", "100000000", "MAX_IMAGE_PIXELS"),
+    ("max-side-zero", "MAX_IMAGE_SIDE", "0", "MAX_IMAGE_SIDE"),
+    ("max-frames-zero", "MAX_IMAGE_FRAMES", "0", "MAX_IMAGE_FRAMES"),
+    ("confirm-concurrency-zero", "CONFIRM_CONCURRENCY", "0", "CONFIRM_CONCURRENCY"),
+    ("confirm-timeout-word", "CONFIRM_TIMEOUT_SECONDS", "soon", "CONFIRM_TIMEOUT_SECONDS"),
 ]
 
 
@@ -87,8 +100,8 @@ def _env_with(name: str, value: object) -> dict[str, str]:
 )
 def test_bad_setting_is_refused_naming_the_variable(name: str, value: object, named: str) -> None:
     with pytest.raises(SettingsError) as caught:
-        # What `serve` checks before anything runs: the settings, then the identities' sources.
-        check_sources(load_settings(_env_with(name, value)))
+        # What `serve` checks before anything runs: the settings, then what they name.
+        wiring.check(load_settings(_env_with(name, value)))
     message = str(caught.value)
     assert caught.value.name == named
     assert message.startswith(f"{named}: ")
@@ -205,3 +218,30 @@ def test_health_port_must_not_be_a_metrics_port(health: str, workers: str) -> No
     with pytest.raises(SettingsError) as caught:
         load_settings(env)
     assert caught.value.name == "HEALTH_PORT"
+
+
+def test_verified_mode_without_a_verifier_names_both_ways_out() -> None:
+    env = {k: v for k, v in FAKE_ENV.items() if not k.startswith("S3_VERIFY_")}
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env)
+    assert caught.value.name == "S3_VERIFY_KEY"
+    assert "S3_VERIFY_SECRET" in str(caught.value) and "UPLOAD_MODE=direct" in str(caught.value)
+
+
+def test_direct_mode_refuses_leftover_verifier_settings() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(FAKE_ENV | {"UPLOAD_MODE": "direct"})
+    assert caught.value.name == "S3_VERIFY_KEY"
+    direct = load_settings(DIRECT_ENV)
+    assert not direct.uploads.verified and direct.verifier is None
+    # Direct mode keeps what the original design allowed: any image/* type, any prefix.
+    direct = load_settings(DIRECT_ENV | {"ALLOWED_CONTENT_TYPES": "image/gif"})
+    wiring.check(direct)
+    assert direct.allowed_content_types == ("image/gif",)
+
+
+def test_verified_mode_is_the_default() -> None:
+    settings = load_settings(FAKE_ENV)
+    assert settings.uploads.verified
+    assert settings.uploads.staging_prefix == "uploads/"
+    assert set(settings.identities()) == {"uploader", "reader", "verifier"}

@@ -87,7 +87,7 @@ def test_grpcurl_call_with_json_body(server: ServerThread) -> None:
     assert result.returncode == 0, result.stderr
     response = json.loads(result.stdout)
     assert response["method"] == "PUT"
-    assert response["key"] == "profiles/alice/avatar"
+    assert response["key"] == f"uploads/alice/{response['upload_id']}"
     assert "X-Amz-Expires=60" in response["url"]
 
 

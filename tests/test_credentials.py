@@ -720,8 +720,15 @@ def test_health_is_not_serving_while_an_identity_has_no_credentials(clock: Clock
                 Credentials(FAKE_ENV["S3_UPLOAD_KEY"], FAKE_ENV["S3_UPLOAD_SECRET"]), "uploader"
             ),
             "reader": _role(clock, sts, duration=900, refresh_before=300, min_retry=0.05),
+            "verifier": StaticCredentials(
+                Credentials(FAKE_ENV["S3_VERIFY_KEY"], FAKE_ENV["S3_VERIFY_SECRET"]), "verifier"
+            ),
         },
-        needed={"uploader": timedelta(seconds=600), "reader": timedelta(seconds=300)},
+        needed={
+            "uploader": timedelta(seconds=600),
+            "reader": timedelta(seconds=300),
+            "verifier": timedelta(seconds=60),
+        },
         clock=clock,
         period=0.1,
     )

@@ -84,8 +84,9 @@ def test_expiry_gauge_counts_down_for_temporary_credentials() -> None:
         {
             "uploader": StaticCredentials(Creds("ASIATEMPUPLOADER", "x" * 40, "t" * 20, soon)),
             "reader": watcher["reader"],
+            "verifier": watcher["verifier"],
         },
-        needed={"uploader": timedelta(0), "reader": timedelta(0)},
+        needed={"uploader": timedelta(0), "reader": timedelta(0), "verifier": timedelta(0)},
     )
     running = ServerThread(settings, credentials=temporary)
     try:

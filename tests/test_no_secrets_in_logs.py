@@ -57,7 +57,7 @@ def test_server_lines_reach_the_check_and_hold_no_secret(
     assert code_of(guarded, "CreateDownloadUrl", unknown) == "UNAUTHENTICATED"
     lines = _collector().peek()[before:]
     assert any(
-        '"decision": "allowed"' in line and '"key": "profiles/alice/avatar"' in line
+        '"decision": "allowed"' in line and '"key": "uploads/alice/' in line
         for line in lines
     )
     assert any('"reason": "unknown_token"' in line for line in lines)

@@ -31,6 +31,7 @@ def _node(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_node_client_uploads_and_fetches_back(s3_server: ServerThread, tmp_path: Path) -> None:
+    """Direct mode: the upload is the avatar."""
     image = tmp_path / "avatar.png"
     image.write_bytes(make_run.sample_png(20, 20))
     user = "node-" + uuid.uuid4().hex[:8]
@@ -40,8 +41,22 @@ def test_node_client_uploads_and_fetches_back(s3_server: ServerThread, tmp_path:
         "key": f"profiles/{user}/avatar",
         "bytes": image.stat().st_size,
         "same": True,
+        "confirmed": None,
     }
     assert "X-Amz-Signature" not in result.stdout + result.stderr
+
+
+def test_node_client_confirms_a_verified_upload(
+    verified_server: ServerThread, tmp_path: Path
+) -> None:
+    image = tmp_path / "avatar.png"
+    image.write_bytes(make_run.sample_png(24, 12))
+    user = "node-" + uuid.uuid4().hex[:8]
+    result = _node("--target", verified_server.target, "--user", user, "--file", str(image))
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert (printed["key"], printed["same"]) == (f"profiles/{user}/avatar", True)
+    assert (printed["confirmed"]["width"], printed["confirmed"]["height"]) == (24, 12)
 
 
 def test_node_client_reports_invalid_argument(s3_server: ServerThread, tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
 """`avatar-signer policies`: the documents the security model rests on, as one JSON object.
 
-The IAM statements and the CORS rule are compared with the original design's own JSON,
-copied verbatim below, so a drift from it fails here.
+Direct mode's IAM statements and the CORS rule are compared with the original design's own
+JSON, copied verbatim below, so a drift from it fails here. Verified mode's three
+identities are prefix-scoped; the test S3 (dev/seaweed_s3.py) creates its identities from
+these very documents, so the s3 tests (test_check, test_verified_uploads) judge them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import sys
 from typing import Any
 
 import pytest
-import seaweed_s3
 from avatarsigner_server.commands import policies
 from avatarsigner_server.credentials.sources import StaticCredentials
 from avatarsigner_server.signing.key_pairs import Credentials
@@ -52,30 +53,96 @@ ORIGINAL_CORS = """
 def _policies(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "avatarsigner_server.commands.cli", "policies", *args],
-        env=dict(os.environ),
+        # The service's own settings would change the defaults: not in these tests.
+        env={
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("UPLOAD_MODE", "S3_KEY_PREFIX", "S3_STAGING_PREFIX")
+        },
         capture_output=True,
         text=True,
         timeout=60,
     )
 
 
-@pytest.fixture(scope="module")
-def printed() -> dict[str, Any]:
-    result = _policies("--bucket", ORIGINAL_BUCKET, "--allowed-origin", "https://yourapp.com")
+def _printed(*args: str) -> dict[str, Any]:
+    origin = ("--allowed-origin", "https://yourapp.com")
+    result = _policies("--bucket", ORIGINAL_BUCKET, *origin, *args)
     assert result.returncode == 0, result.stderr
     document: dict[str, Any] = json.loads(result.stdout)  # one JSON object, nothing else
     return document
 
 
-def test_prints_exactly_the_six_documents(printed: dict[str, Any]) -> None:
-    assert list(printed) == [
-        "uploader_policy",
-        "reader_policy",
-        "bucket_policy",
-        "public_access_block",
-        "ownership_controls",
-        "cors",
-    ]
+@pytest.fixture(scope="module")
+def printed() -> dict[str, Any]:
+    """Direct mode: the original two-identity design."""
+    return _printed("--mode", "direct")
+
+
+@pytest.fixture(scope="module")
+def verified() -> dict[str, Any]:
+    """Verified mode, the default (the environment's UPLOAD_MODE is not set in tests)."""
+    return _printed()
+
+
+DOCUMENTS = [
+    "uploader_policy",
+    "reader_policy",
+    "verifier_policy",
+    "bucket_policy",
+    "public_access_block",
+    "ownership_controls",
+    "lifecycle",
+    "cors",
+]
+
+
+def test_prints_exactly_the_eight_documents(
+    printed: dict[str, Any], verified: dict[str, Any]
+) -> None:
+    assert list(printed) == DOCUMENTS
+    assert list(verified) == DOCUMENTS
+    # Direct mode has no verifier and leaves nothing behind to expire.
+    assert printed["verifier_policy"] is None and printed["lifecycle"] is None
+
+
+def test_verified_identities_each_have_one_prefix_scoped_job(verified: dict[str, Any]) -> None:
+    staged = f"arn:aws:s3:::{ORIGINAL_BUCKET}/uploads/*"
+    avatars = f"arn:aws:s3:::{ORIGINAL_BUCKET}/profiles/*"
+
+    def allowed(document: str) -> set[tuple[str, str]]:
+        found = set()
+        for statement in verified[document]["Statement"]:
+            assert statement["Effect"] == "Allow"
+            actions = statement["Action"]
+            for action in [actions] if isinstance(actions, str) else actions:
+                found.add((action, statement["Resource"]))
+        return found
+
+    assert allowed("uploader_policy") == {
+        ("s3:PutObject", staged),
+        ("s3:AbortMultipartUpload", staged),
+    }
+    assert allowed("reader_policy") == {("s3:GetObject", avatars)}
+    assert allowed("verifier_policy") == {("s3:GetObject", staged), ("s3:PutObject", avatars)}
+
+
+def test_lifecycle_expires_staged_uploads_and_markers(verified: dict[str, Any]) -> None:
+    rules = {rule["Filter"]["Prefix"]: rule for rule in verified["lifecycle"]["Rules"]}
+    assert rules["uploads/"]["Expiration"] == {"Days": 1}
+    assert rules["uploads/"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    assert rules["profiles/.avatar-signer/confirmed/"]["Expiration"] == {"Days": 2}
+    assert all(rule["Status"] == "Enabled" for rule in rules.values())
+
+
+def test_prefixes_follow_the_flags_and_may_not_overlap() -> None:
+    custom = _printed("--key-prefix", "img/p/", "--staging-prefix", "img/u/")
+    assert custom["reader_policy"]["Statement"][0]["Resource"] == (
+        f"arn:aws:s3:::{ORIGINAL_BUCKET}/img/p/*"
+    )
+    overlapping = _policies("--bucket", "avatars", "--staging-prefix", "profiles/in/")
+    assert overlapping.returncode == 2
+    assert overlapping.stderr.startswith("avatar-signer: configuration error: --staging-prefix:")
 
 
 def test_uploader_policy_is_the_original_statement_exactly(printed: dict[str, Any]) -> None:
@@ -90,12 +157,6 @@ def test_reader_policy_is_the_original_statement_exactly(printed: dict[str, Any]
         "Version": "2012-10-17",
         "Statement": [json.loads(ORIGINAL_READ_STATEMENT)],
     }
-
-
-def test_the_test_s3_enforces_the_same_policies() -> None:
-    """SeaweedFS in the tests carries these very documents (dev/seaweed_s3.py)."""
-    assert seaweed_s3.uploader_policy("avatars") == policies.uploader_policy("avatars")
-    assert seaweed_s3.reader_policy("avatars") == policies.reader_policy("avatars")
 
 
 def test_bucket_policy_denies_requests_without_tls(printed: dict[str, Any]) -> None:
@@ -130,7 +191,12 @@ def test_cors_allows_put_and_get_from_the_origins_with_upload_headers_only(
     assert sorted(rule["AllowedMethods"]) == sorted(original_rule["AllowedMethods"])
     assert rule["MaxAgeSeconds"] == original_rule["MaxAgeSeconds"]
     # Not the original "*": exactly the headers an upload URL signs.
-    assert rule["AllowedHeaders"] == ["content-type", "content-length", "x-amz-checksum-sha256"]
+    assert rule["AllowedHeaders"] == [
+        "content-type",
+        "content-length",
+        "x-amz-checksum-sha256",
+        "if-none-match",
+    ]
     assert rule["ExposeHeaders"] == ["ETag"]
 
 
@@ -142,6 +208,7 @@ def test_cors_headers_are_the_ones_upload_urls_ask_for() -> None:
         content_length=10,
         checksum_sha256="a" * 43 + "=",
         ttl_seconds=60,
+        write_once=True,
     )
     assert {name.lower() for name in signed.headers} == set(policies.UPLOAD_HEADERS)
 

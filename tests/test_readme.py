@@ -14,11 +14,11 @@ from servers import ServerThread
 EXAMPLE_TARGET = '"avatar-signer:50051"'
 
 
-def test_readme_python_example_runs(s3_server: ServerThread, tmp_path: Path) -> None:
+def test_readme_python_example_runs(verified_server: ServerThread, tmp_path: Path) -> None:
     blocks = fenced_blocks(README, "python")
     assert len(blocks) == 1, "the README has one Python example"
     assert EXAMPLE_TARGET in blocks[0]
-    code = blocks[0].replace(EXAMPLE_TARGET, repr(s3_server.target))
+    code = blocks[0].replace(EXAMPLE_TARGET, repr(verified_server.target))
     (tmp_path / "photo.png").write_bytes(make_run.sample_png(16, 16))
     cwd = os.getcwd()
     os.chdir(tmp_path)
@@ -28,6 +28,8 @@ def test_readme_python_example_runs(s3_server: ServerThread, tmp_path: Path) -> 
     finally:
         os.chdir(cwd)
     assert [u.key for u in scope["urls"]] == ["profiles/alice/avatar", "profiles/bob/avatar"]  # type: ignore[attr-defined]
+    confirmation = scope["result"].confirmation  # type: ignore[attr-defined]
+    assert (confirmation.key, confirmation.width) == ("profiles/alice/avatar", 16)
 
 
 def test_clients_doc_asyncio_example_runs_and_prints_what_it_says(

@@ -268,7 +268,7 @@ def test_a_frozen_store_holds_only_its_own_call_never_the_event_loop(
         redis_server,
         tmp_path,
         RATE_LIMIT_REDIS_FAILURE=failure,
-        RATE_LIMIT_REDIS_TIMEOUT_SECONDS="3",
+        RATE_LIMIT_REDIS_TIMEOUT_SECONDS="1.5",
     )
     server, stub = servers.start(env)
     assert upload(stub) == "OK"  # a pooled connection to the store

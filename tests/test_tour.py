@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -51,9 +50,9 @@ def test_make_run_prints_commands_that_work_as_pasted(tmp_path: Path) -> None:
     )
     try:
         lines = _read_tour(process, time.monotonic() + 90)
-        commands = [line for line in lines if line and not line.startswith("#")]
-        commands = [c for c in commands if re.match(r"^(/|\(|UPLOAD_URL|DOWNLOAD_URL|curl)", c)]
-        assert len(commands) >= 10, lines
+        start = next(i for i, line in enumerate(lines) if line.startswith("# 1."))
+        commands = [line for line in lines[start:] if line and not line.startswith("#")]
+        assert len(commands) >= 15, lines
         script = "set -euo pipefail\n" + "\n".join(commands) + "\n"
         # A clean shell, as a person's terminal would be: no venv activated.
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)}
@@ -68,10 +67,14 @@ def test_make_run_prints_commands_that_work_as_pasted(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
         assert "avatarsigner.v1.AvatarSigner" in result.stdout
         assert '"status": "SERVING"' in result.stdout
-        assert "uploaded" in result.stdout
+        assert result.stdout.count("uploaded") == 2  # the avatar and the fake
+        assert '"key": "profiles/alice/avatar"' in result.stdout  # confirmed
+        assert "second PUT: 412" in result.stdout  # the upload URL writes once
         assert "same bytes" in result.stdout
-        assert "profiles/bob/avatar" in result.stdout
-        assert "0 failed" in result.stdout  # avatar-signer check: the IAM split holds
+        assert "NOT_AN_IMAGE" in result.stderr  # grpcurl prints the error details there
+        assert "refused, as it should be" in result.stdout
+        assert '"key": "profiles/bob/avatar"' in result.stdout  # the client confirmed too
+        assert "0 failed" in result.stdout  # avatar-signer check: the three-way split holds
 
         process.send_signal(signal.SIGINT)  # what Ctrl-C sends
         _, stderr = process.communicate(timeout=60)

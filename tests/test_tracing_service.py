@@ -9,6 +9,7 @@ spans after the drain.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -23,14 +24,16 @@ import grpc
 import jwt
 import leaks
 import pytest
-from avatarsigner import AvatarSignerClient, AvatarSignerError
+from avatarsigner import AvatarSignerClient, AvatarSignerError, upload_bytes
 from avatarsigner._propagation import trace_metadata
 from avatarsigner_server.telemetry.tracing import ATTRIBUTES, Tracing
+from conftest import verified_env
 from guarded import caller, new_token, write_callers
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from PIL import Image
 from redis_server import RedisServer
 from servers import FAKE_ENV, ServerThread, free_port, settings_from, wait_serving
 
@@ -263,6 +266,41 @@ def test_no_url_signature_token_key_id_user_or_secret_in_any_span_of_a_whole_run
     assert leaks.find(text.splitlines()) == []
     assert not [event for span in spans for event in span.events]  # no exception events
     assert {key for span in spans for key in (span.attributes or {})} <= ATTRIBUTES
+
+
+def test_confirm_uploads_s3_calls_are_steps_of_its_span(
+    verified_s3: Any, exporter: InMemorySpanExporter
+) -> None:
+    picture = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 40, 90)).save(picture, "PNG")
+    data = picture.getvalue()
+    running = ServerThread(
+        settings_from(verified_env(*verified_s3)), tracing=Tracing.exporting_to(exporter)
+    )
+    try:
+        with AvatarSignerClient(running.target) as client:
+            upload = client.create_upload_url(USER, "image/png", len(data))
+            upload_bytes(upload, data)
+            first_answer = client.confirm_upload(USER, upload.upload_id)
+            again = client.confirm_upload(USER, upload.upload_id)  # answered from its marker
+    finally:
+        running.stop()
+    assert again.version == first_answer.version
+    first, second = (
+        span for span in server_spans(exporter, 3) if span.name.endswith("/ConfirmUpload")
+    )
+    assert children_of(exporter, first) == [
+        "confirm.read_marker",
+        "confirm.read_staged",
+        "confirm.verify_image",
+        "confirm.write_avatar",
+        "confirm.write_marker",
+    ]
+    assert children_of(exporter, second) == ["confirm.read_marker"]
+    text = "\n".join(span.to_json() for span in exporter.get_finished_spans())
+    for forbidden in (USER, upload.upload_id, "X-Amz-", "https://", "http://"):
+        assert forbidden not in text, forbidden
+    assert leaks.find(text.splitlines()) == []
 
 
 def test_the_client_sends_the_trace_context_only_inside_a_trace() -> None:

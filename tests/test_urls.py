@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
+from avatarsigner_server.signing import upload_ids
 from avatarsigner_server.telemetry import logs as observability
 from google.protobuf import duration_pb2
 from servers import FAKE_ENV, ServerThread, settings_from
@@ -24,22 +25,62 @@ def _query(url: str) -> dict[str, str]:
 def test_upload_url_is_sigv4_on_the_regional_virtual_hosted_endpoint(
     stub: pb_grpc.AvatarSignerStub,
 ) -> None:
+    """Verified mode (the default): a staging key, written at most once."""
     response = stub.CreateUploadUrl(
         pb.CreateUploadUrlRequest(user_id="alice", content_type="image/png", content_length=42)
     )
+    ticket = upload_ids.parse(response.upload_id)
+    assert ticket is not None and ticket.content_length == 42 and ticket.sha256 is None
     parts = urlsplit(response.url)
     assert (parts.scheme, parts.netloc, parts.path) == (
         "https",
         "avatars.s3.eu-west-1.amazonaws.com",
-        "/profiles/alice/avatar",
+        f"/uploads/alice/{response.upload_id}",
     )
     query = _query(response.url)
     assert query["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
     assert query["X-Amz-Credential"].split("/")[2:] == ["eu-west-1", "s3", "aws4_request"]
-    assert query["X-Amz-SignedHeaders"] == "content-length;content-type;host"
+    assert query["X-Amz-SignedHeaders"] == "content-length;content-type;host;if-none-match"
     assert response.method == "PUT"
+    assert dict(response.headers) == {
+        "Content-Type": "image/png",
+        "Content-Length": "42",
+        "If-None-Match": "*",
+    }
+    assert response.key == f"uploads/alice/{response.upload_id}"
+
+
+def test_direct_mode_upload_url_writes_the_avatar_key(
+    direct_stub: pb_grpc.AvatarSignerStub,
+) -> None:
+    response = direct_stub.CreateUploadUrl(
+        pb.CreateUploadUrlRequest(user_id="alice", content_type="image/png", content_length=42)
+    )
+    assert urlsplit(response.url).path == "/profiles/alice/avatar"
+    assert _query(response.url)["X-Amz-SignedHeaders"] == "content-length;content-type;host"
     assert dict(response.headers) == {"Content-Type": "image/png", "Content-Length": "42"}
-    assert response.key == "profiles/alice/avatar"
+    assert (response.key, response.upload_id) == ("profiles/alice/avatar", "")
+
+
+def test_upload_ids_are_unique_and_carry_the_signed_checksum(
+    stub: pb_grpc.AvatarSignerStub,
+) -> None:
+    digest = hashlib.sha256(b"png bytes").digest()
+    ids = {
+        stub.CreateUploadUrl(
+            pb.CreateUploadUrlRequest(
+                user_id=f"user{n}",
+                content_type="image/png",
+                content_length=9,
+                checksum_sha256=base64.b64encode(digest).decode(),
+            )
+        ).upload_id
+        for n in range(20)
+    }
+    assert len(ids) == 20
+    for upload_id in ids:
+        ticket = upload_ids.parse(upload_id)
+        assert ticket is not None and ticket.sha256 == digest and ticket.content_length == 9
 
 
 def test_no_sdk_default_checksum_parameters(stub: pb_grpc.AvatarSignerStub) -> None:
@@ -66,7 +107,7 @@ def test_checksum_is_signed_and_listed_in_headers(stub: pb_grpc.AvatarSignerStub
         )
     )
     assert _query(response.url)["X-Amz-SignedHeaders"] == (
-        "content-length;content-type;host;x-amz-checksum-sha256"
+        "content-length;content-type;host;if-none-match;x-amz-checksum-sha256"
     )
     assert response.headers["x-amz-checksum-sha256"] == checksum
 
@@ -154,6 +195,7 @@ def test_one_audit_line_per_signed_url_without_the_url(
         ("BatchCreateDownloadUrls", "zed"),
         ("CreateUploadUrl", "bob"),
     ]
-    assert all(line["key"] == f"profiles/{line['user_id']}/avatar" for line in lines)
+    assert all(line["key"] == f"profiles/{line['user_id']}/avatar" for line in lines[:3])
+    assert lines[3]["key"].startswith("uploads/bob/")
     assert all(line["expires_at"].endswith("+00:00") for line in lines)
     assert "X-Amz" not in text and "http" not in text

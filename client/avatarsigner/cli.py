@@ -5,8 +5,10 @@
     avatar-signer-client batch-download-url --user u1 --user u2
     avatar-signer-client health [--service avatarsigner.v1.AvatarSigner]
     avatar-signer-client upload me.png --user u123
+    avatar-signer-client confirm --user u123 --upload-id ID
 
-Results go to stdout as JSON (health: the status name; upload: the object key). Presigned
+Results go to stdout as JSON (health: the status name; upload: the avatar's key and, where
+the server verifies uploads, what it verified). Presigned
 URLs appear only there. Every failure is one line on stderr, without a URL or traceback:
 
     exit 0  success (health: SERVING)
@@ -36,13 +38,13 @@ from .client import (
     DEFAULT_TIMEOUT,
     AvatarSignerClient,
     AvatarSignerError,
+    Confirmation,
     DownloadUrl,
     UploadError,
     UploadUrl,
-    upload_bytes,
 )
 from .contract import AUTHORIZATION_METADATA
-from .images import detect_content_type, sha256_base64
+from .images import detect_content_type
 
 PROG = "avatar-signer-client"
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -160,8 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.set_defaults(run=_health)
 
+    confirm = commands.add_parser(
+        "confirm", help="verify a staged upload and publish it as the avatar (JSON)"
+    )
+    confirm.add_argument("--user", required=True, metavar="ID", help="the user id")
+    confirm.add_argument(
+        "--upload-id", required=True, metavar="ID", help="upload_id from upload-url"
+    )
+    confirm.set_defaults(run=_confirm)
+
     upload = commands.add_parser(
-        "upload", help="upload an image file as the user's avatar; prints the object key"
+        "upload",
+        help="upload an image file as the user's avatar (URL, PUT, confirm); prints JSON",
     )
     upload.add_argument("file", metavar="FILE", help="a JPEG, PNG, WebP or GIF image")
     upload.add_argument("--user", required=True, metavar="ID", help="the user id")
@@ -208,6 +220,21 @@ def _upload_json(upload: UploadUrl) -> dict[str, Any]:
         "headers": upload.headers,
         "expires_at": _iso(upload.expires_at),
         "key": upload.key,
+        "upload_id": upload.upload_id,
+    }
+
+
+def _confirmation_json(done: Confirmation) -> dict[str, Any]:
+    return {
+        "key": done.key,
+        "content_type": done.content_type,
+        "content_length": done.content_length,
+        "width": done.width,
+        "height": done.height,
+        "checksum_sha256": done.checksum_sha256,
+        "metadata_removed": list(done.metadata_removed),
+        "icc_profile_kept": done.icc_profile_kept,
+        "version": done.version,
     }
 
 
@@ -256,23 +283,26 @@ def _health(client: AvatarSignerClient, args: argparse.Namespace) -> int:
     return EXIT_OK if status == "SERVING" else EXIT_FAILED
 
 
+def _confirm(client: AvatarSignerClient, args: argparse.Namespace) -> int:
+    _print_json(_confirmation_json(client.confirm_upload(args.user, args.upload_id)))
+    return EXIT_OK
+
+
 def _upload(client: AvatarSignerClient, args: argparse.Namespace) -> int:
     data = _read(args.file)
-    content_type = detect_content_type(data)
-    if content_type is None:
+    if detect_content_type(data) is None:
         raise UsageError(
             f"{args.file}: not a JPEG, PNG, WebP or GIF image (judged by its first bytes)"
         )
-    upload = client.create_upload_url(
+    result = client.upload(
         args.user,
-        content_type,
-        len(data),
-        sha256_base64(data),
-        args.ttl,
+        data,
+        ttl=args.ttl,
         end_user_token=args.end_user_token,
+        put_timeout=max(30.0, args.timeout),
     )
-    upload_bytes(upload, data, timeout=max(30.0, args.timeout))
-    print(upload.key)
+    done = result.confirmation
+    _print_json({"key": result.key} if done is None else _confirmation_json(done))
     return EXIT_OK
 
 
@@ -300,6 +330,8 @@ def _describe(error: AvatarSignerError, args: argparse.Namespace) -> str:
         return f"cannot reach {args.target} (UNAVAILABLE)"
     if error.code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"no answer from {args.target} within {args.timeout:g}s (DEADLINE_EXCEEDED)"
+    if error.reason:
+        return f"{error} ({error.reason})"
     return str(error)
 
 

@@ -21,6 +21,7 @@ so the server's span joins the caller's trace.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import math
 import re
@@ -41,6 +42,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._propagation import trace_metadata
 from .contract import END_USER_TOKEN_METADATA
+from .images import detect_content_type, sha256_base64
 from .v1 import avatar_signer_pb2 as pb
 from .v1 import avatar_signer_pb2_grpc as pb_grpc
 
@@ -73,6 +75,36 @@ class UploadUrl:
     expires_at: datetime
     """When the URL stops working (timezone-aware, UTC)."""
     key: str
+    upload_id: str = ""
+    """Verified mode: pass it to ``confirm_upload`` once the bytes are uploaded. Empty in
+    direct mode, where the URL writes the avatar itself."""
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What ConfirmUpload verified and published: now the user's avatar."""
+
+    key: str
+    content_type: str
+    content_length: int
+    width: int
+    """As displayed (EXIF orientation applied)."""
+    height: int
+    checksum_sha256: str
+    """Base64 SHA-256 of the stored bytes (metadata removed, so not the uploaded ones)."""
+    metadata_removed: tuple[str, ...]
+    icc_profile_kept: bool
+    version: str
+    """Changes with every confirmed upload: store it, use it to tell cached copies apart."""
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """What ``upload`` did: the avatar's key, and in verified mode what was verified."""
+
+    key: str
+    confirmation: Confirmation | None
+    """None when the server runs direct uploads (no confirm step)."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +129,8 @@ class FieldViolation(NamedTuple):
 
 
 class AvatarSignerError(Exception):
-    """A call failed: the gRPC status code, the server's message and any field violations.
+    """A call failed: the gRPC status code, the server's message, any field violations,
+    and the google.rpc.ErrorInfo reason when the server gave one (``NOT_AN_IMAGE``...).
 
     ``str(error)`` is one line: ``INVALID_ARGUMENT: user_id: must match ...``.
     """
@@ -107,10 +140,12 @@ class AvatarSignerError(Exception):
         code: grpc.StatusCode,
         message: str,
         field_violations: Iterable[tuple[str, str]] = (),
+        reason: str | None = None,
     ) -> None:
         self.code: grpc.StatusCode = code
         self.message = message
         self.field_violations = tuple(FieldViolation(f, d) for f, d in field_violations)
+        self.reason = reason
         super().__init__(code, message, self.field_violations)
 
     def __str__(self) -> str:
@@ -167,14 +202,18 @@ def _decode(
     code: grpc.StatusCode, message: str | None, trailing_metadata: Any
 ) -> AvatarSignerError:
     violations: list[tuple[str, str]] = []
+    reason = None
     rich = _rich_status(trailing_metadata)
     # Trust the details only when they describe this very status.
     if rich is not None and rich.code == code.value[0]:
         for detail in rich.details:
             bad_request = error_details_pb2.BadRequest()
+            info = error_details_pb2.ErrorInfo()
             if detail.Is(bad_request.DESCRIPTOR) and detail.Unpack(bad_request):
                 violations.extend((v.field, v.description) for v in bad_request.field_violations)
-    return AvatarSignerError(code, message or "", violations)
+            elif detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
+                reason = info.reason
+    return AvatarSignerError(code, message or "", violations, reason)
 
 
 def _rich_status(trailing_metadata: Any) -> status_pb2.Status | None:
@@ -237,7 +276,30 @@ def _upload_url(response: pb.CreateUploadUrlResponse) -> UploadUrl:
         headers=dict(response.headers),
         expires_at=_expires_at(response.expires_at),
         key=response.key,
+        upload_id=response.upload_id,
     )
+
+
+def _confirmation(response: pb.ConfirmUploadResponse) -> Confirmation:
+    return Confirmation(
+        key=response.key,
+        content_type=response.content_type,
+        content_length=response.content_length,
+        width=response.width,
+        height=response.height,
+        checksum_sha256=response.checksum_sha256,
+        metadata_removed=tuple(response.metadata_removed),
+        icc_profile_kept=response.icc_profile_kept,
+        version=response.version,
+    )
+
+
+def _upload_parts(data: bytes) -> tuple[str, str]:
+    """(content type, SHA-256) of the bytes; ValueError when they are not an image."""
+    content_type = detect_content_type(data)
+    if content_type is None:
+        raise ValueError("data is not a JPEG, PNG, WebP or GIF image (judged by its first bytes)")
+    return content_type, sha256_base64(data)
 
 
 def _download_url(user_id: str, response: pb.CreateDownloadUrlResponse) -> DownloadUrl:
@@ -345,6 +407,38 @@ class AvatarSignerClient:
         )
         return _upload_url(response)
 
+    def confirm_upload(self, user_id: str, upload_id: str) -> Confirmation:
+        """Verify a staged upload and publish it as the user's avatar (verified mode).
+
+        A refusal raises AvatarSignerError with code FAILED_PRECONDITION and ``reason``
+        (NOT_UPLOADED, NOT_AN_IMAGE, TYPE_MISMATCH, TOO_MANY_PIXELS, ...).
+        """
+        request = pb.ConfirmUploadRequest(user_id=user_id, upload_id=upload_id)
+        response: pb.ConfirmUploadResponse = self._call(self._stub.ConfirmUpload, request)
+        return _confirmation(response)
+
+    def upload(
+        self,
+        user_id: str,
+        data: bytes,
+        *,
+        ttl: Ttl = None,
+        end_user_token: str | None = None,
+        put_timeout: float = 30,
+    ) -> UploadResult:
+        """The whole upload: an upload URL for these bytes (type detected, SHA-256 signed),
+        the PUT, and in verified mode ConfirmUpload. Raises AvatarSignerError,
+        UploadError, or ValueError when the bytes are not an image."""
+        content_type, checksum = _upload_parts(data)
+        upload = self.create_upload_url(
+            user_id, content_type, len(data), checksum, ttl, end_user_token=end_user_token
+        )
+        upload_bytes(upload, data, timeout=put_timeout)
+        if not upload.upload_id:
+            return UploadResult(upload.key, None)
+        confirmation = self.confirm_upload(user_id, upload.upload_id)
+        return UploadResult(confirmation.key, confirmation)
+
     def create_download_url(self, user_id: str, ttl: Ttl = None) -> DownloadUrl:
         """A presigned GET for the user's avatar (which may not exist yet)."""
         request = pb.CreateDownloadUrlRequest(user_id=user_id, ttl=_ttl_field(ttl))
@@ -431,6 +525,33 @@ class AsyncAvatarSignerClient:
             self._signer().CreateUploadUrl, request, _end_user(end_user_token)
         )
         return _upload_url(response)
+
+    async def confirm_upload(self, user_id: str, upload_id: str) -> Confirmation:
+        request = pb.ConfirmUploadRequest(user_id=user_id, upload_id=upload_id)
+        response: pb.ConfirmUploadResponse = await self._call(
+            self._signer().ConfirmUpload, request
+        )
+        return _confirmation(response)
+
+    async def upload(
+        self,
+        user_id: str,
+        data: bytes,
+        *,
+        ttl: Ttl = None,
+        end_user_token: str | None = None,
+        put_timeout: float = 30,
+    ) -> UploadResult:
+        """As AvatarSignerClient.upload; the PUT runs in a worker thread."""
+        content_type, checksum = _upload_parts(data)
+        upload = await self.create_upload_url(
+            user_id, content_type, len(data), checksum, ttl, end_user_token=end_user_token
+        )
+        await asyncio.to_thread(upload_bytes, upload, data, put_timeout)
+        if not upload.upload_id:
+            return UploadResult(upload.key, None)
+        confirmation = await self.confirm_upload(user_id, upload.upload_id)
+        return UploadResult(confirmation.key, confirmation)
 
     async def create_download_url(self, user_id: str, ttl: Ttl = None) -> DownloadUrl:
         request = pb.CreateDownloadUrlRequest(user_id=user_id, ttl=_ttl_field(ttl))

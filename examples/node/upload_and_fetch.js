@@ -1,11 +1,15 @@
 // Node client for avatarsigner.v1.AvatarSigner, loading the project's .proto at run time.
 //
 //   node upload_and_fetch.js --target 127.0.0.1:50051 --user alice --file avatar.png
+//   (a bearer token for a server with a callers file: AVATAR_SIGNER_TOKEN in the environment)
 //
 // Asks for an upload URL (type, length and SHA-256 of the file are signed into it), PUTs the
-// raw bytes with exactly the returned headers, asks for a download URL, fetches the bytes
-// back and checks they are the same. Prints one JSON line; exits non-zero on any failure.
-// It never prints a presigned URL: those are bearer credentials until they expire.
+// raw bytes with exactly the returned headers, and, where the server verifies uploads (the
+// answer has an upload_id), confirms the upload: the service checks the image and publishes
+// it without its metadata. Then it asks for a download URL, fetches the avatar and checks it
+// is what was stored (the confirmed SHA-256, or the uploaded bytes in direct mode). Prints
+// one JSON line; exits non-zero on any failure. It never prints a presigned URL: those are
+// bearer credentials until they expire.
 "use strict";
 
 const crypto = require("node:crypto");
@@ -50,9 +54,13 @@ function loadClient(target) {
 }
 
 function call(client, method, request) {
-  const deadline = new Date(Date.now() + 5000);
+  const deadline = new Date(Date.now() + 30000);
+  const metadata = new grpc.Metadata();
+  if (process.env.AVATAR_SIGNER_TOKEN) {
+    metadata.set("authorization", `Bearer ${process.env.AVATAR_SIGNER_TOKEN}`);
+  }
   return new Promise((resolve, reject) => {
-    client[method](request, { deadline }, (error, response) => {
+    client[method](request, metadata, { deadline }, (error, response) => {
       if (error) reject(new Error(`${method}: ${grpc.status[error.code]}: ${error.details}`));
       else resolve(response);
     });
@@ -86,11 +94,24 @@ async function main() {
     const put = await send(upload.method, upload.url, upload.headers, bytes);
     if (put.status !== 200) throw new Error(`upload refused by S3: HTTP ${put.status}`);
 
+    let key = upload.key;
+    let stored = crypto.createHash("sha256").update(bytes).digest("base64");
+    let confirmed = null;
+    if (upload.upload_id) {
+      const done = await call(client, "ConfirmUpload", {
+        user_id: args.user,
+        upload_id: upload.upload_id,
+      });
+      key = done.key;
+      stored = done.checksum_sha256;
+      confirmed = { width: done.width, height: done.height, metadata_removed: done.metadata_removed };
+    }
+
     const download = await call(client, "CreateDownloadUrl", { user_id: args.user });
     const got = await send("GET", download.url, {}, undefined);
     if (got.status !== 200) throw new Error(`download refused by S3: HTTP ${got.status}`);
-    const same = got.body.equals(bytes);
-    console.log(JSON.stringify({ key: upload.key, bytes: bytes.length, same }));
+    const same = crypto.createHash("sha256").update(got.body).digest("base64") === stored;
+    console.log(JSON.stringify({ key, bytes: got.body.length, same, confirmed }));
     if (!same) process.exitCode = 1;
   } finally {
     client.close();

@@ -21,18 +21,27 @@ class FieldViolation:
     description: str
 
 
+ERROR_DOMAIN = "avatarsigner.v1"
+"""google.rpc.ErrorInfo.domain of the reasons this service gives."""
+
+
 class ServiceError(Exception):
     """Base of every error a handler reports to its caller on purpose."""
 
     #: The gRPC status code's name (a `grpc.StatusCode` member name).
     code: str = "UNKNOWN"
 
-    def __init__(self, message: str, reason: str | None = None) -> None:
+    def __init__(
+        self, message: str, reason: str | None = None, *, error_info: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         # A short, fixed snake_case word for audit lines and metrics labels (never a value
         # from the request); defaults to the status code's name.
         self.reason = reason or self.code.lower()
+        # A fixed UPPER_SNAKE word a program can switch on (google.rpc.ErrorInfo.reason in
+        # ERROR_DOMAIN), or None when the status code says enough.
+        self.error_info = error_info
 
 
 class InvalidArgument(ServiceError):
@@ -75,12 +84,38 @@ class RateLimited(ServiceError):
         self.retry_after_seconds = retry_after_seconds
 
 
+class UploadRefused(ServiceError):
+    """FAILED_PRECONDITION: ConfirmUpload does not publish this upload, and says why."""
+
+    code = "FAILED_PRECONDITION"
+
+    def __init__(self, why: str, message: str) -> None:
+        super().__init__(message, f"upload_{why.lower()}", error_info=why)
+
+
+class Overloaded(ServiceError):
+    """RESOURCE_EXHAUSTED: the server cannot take this work now; a retry may succeed."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, why: str, message: str) -> None:
+        super().__init__(message, why.lower(), error_info=why)
+
+
+class DeadlineExceeded(ServiceError):
+    """DEADLINE_EXCEEDED: the work did not finish in the time it was given."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
 class Unavailable(ServiceError):
-    """UNAVAILABLE: something the service needs cannot answer now (the rate-limit store, in
-    closed mode); a google.rpc.RetryInfo says when a retry may succeed."""
+    """UNAVAILABLE: a dependency (S3, the rate-limit store) did not answer as it must; a
+    retry may succeed, after `retry_after_seconds` when that is known (a RetryInfo)."""
 
     code = "UNAVAILABLE"
 
-    def __init__(self, message: str, reason: str, retry_after_seconds: float) -> None:
-        super().__init__(message, reason)
+    def __init__(
+        self, why: str, message: str, retry_after_seconds: float | None = None
+    ) -> None:
+        super().__init__(message, why.lower(), error_info=why)
         self.retry_after_seconds = retry_after_seconds

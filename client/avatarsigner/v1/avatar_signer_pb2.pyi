@@ -8,6 +8,13 @@ images and hands out short-lived S3 presigned URLs. Callers never see a key and
 never choose an object key: the object key is always derived from `user_id` as
 `<prefix><user_id>/avatar` (prefix `profiles/` unless configured otherwise).
 
+Uploads. In verified mode (the default) an upload URL writes a staging object,
+`uploads/<user_id>/<upload_id>`, that nobody can read through a download URL;
+ConfirmUpload then checks the bytes really are an image of the declared type within
+the limits, removes their metadata and publishes exactly the verified bytes at
+`<prefix><user_id>/avatar`. In direct mode the upload URL writes the avatar key itself
+and there is no confirm step.
+
 Errors (google.rpc.Status codes):
   INVALID_ARGUMENT     a field is malformed or out of range; the status details
                        carry a google.rpc.BadRequest with one field violation per
@@ -17,7 +24,10 @@ Errors (google.rpc.Status codes):
                        with end-user binding, the end user is not `user_id`).
   RESOURCE_EXHAUSTED   a rate limit was reached; details carry google.rpc.RetryInfo.
   FAILED_PRECONDITION  the service's own S3 credentials cannot sign a URL that
-                       lives as long as asked (for example, they expire sooner).
+                       lives as long as asked (for example, they expire sooner); or
+                       ConfirmUpload refused the upload: a google.rpc.ErrorInfo says
+                       why in `reason` (NOT_UPLOADED, SIZE_MISMATCH, NOT_AN_IMAGE, ...;
+                       see ConfirmUpload), domain `avatarsigner.v1`.
   UNAVAILABLE          the server is shutting down; retry on another replica.
 """
 
@@ -122,6 +132,7 @@ class CreateUploadUrlResponse(_message.Message):
     HEADERS_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
     url: _builtins.str
     """The presigned URL. Treat it as a secret until it expires: whoever holds it can
     perform this one upload.
@@ -129,7 +140,14 @@ class CreateUploadUrlResponse(_message.Message):
     method: _builtins.str
     """The HTTP method to use: always "PUT"."""
     key: _builtins.str
-    """The S3 object key the upload is written to, `<prefix><user_id>/avatar`."""
+    """The S3 object key the upload is written to: in verified mode the staging key
+    `uploads/<user_id>/<upload_id>`, in direct mode `<prefix><user_id>/avatar`.
+    """
+    upload_id: _builtins.str
+    """Verified mode: the id to pass to ConfirmUpload once the bytes are uploaded. Minted
+    by the service, unguessable, URL-safe (A-Z a-z 0-9 - _), bound to this user and to
+    the signed type, length and checksum. Empty in direct mode.
+    """
     @_builtins.property
     def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Exactly the headers the uploader must send with the request body (raw bytes,
@@ -149,14 +167,108 @@ class CreateUploadUrlResponse(_message.Message):
         headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         key: _builtins.str = ...,
+        upload_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "headers", b"headers", "key", b"key", "method", b"method", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "headers", b"headers", "key", b"key", "method", b"method", "upload_id", b"upload_id", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateUploadUrlResponse: _TypeAlias = CreateUploadUrlResponse  # noqa: Y015
+
+@_typing.final
+class ConfirmUploadRequest(_message.Message):
+    """Request for ConfirmUpload."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """Required. The user the upload URL was made for; same rule as
+    CreateUploadUrlRequest.user_id.
+    """
+    upload_id: _builtins.str
+    """Required. CreateUploadUrlResponse.upload_id of that upload. Another user's
+    upload_id is refused (NOT_UPLOADED).
+    """
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        upload_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["upload_id", b"upload_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmUploadRequest: _TypeAlias = ConfirmUploadRequest  # noqa: Y015
+
+@_typing.final
+class ConfirmUploadResponse(_message.Message):
+    """Response for ConfirmUpload: what is now stored and visible to download URLs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    CONTENT_LENGTH_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    CHECKSUM_SHA256_FIELD_NUMBER: _builtins.int
+    METADATA_REMOVED_FIELD_NUMBER: _builtins.int
+    ICC_PROFILE_KEPT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The S3 object key the avatar was written to, `<prefix><user_id>/avatar`."""
+    content_type: _builtins.str
+    """The verified type of the stored bytes, e.g. `image/png`."""
+    content_length: _builtins.int
+    """Size of the stored bytes, after metadata was removed."""
+    width: _builtins.int
+    """Width of the image in pixels, as displayed (EXIF orientation applied)."""
+    height: _builtins.int
+    """Height of the image in pixels, as displayed (EXIF orientation applied)."""
+    checksum_sha256: _builtins.str
+    """SHA-256 of the stored bytes, base64 (standard alphabet, with padding)."""
+    icc_profile_kept: _builtins.bool
+    """True when the upload's colour profile (ICC) was valid and kept: removing it would
+    change the colours of wide-gamut photos.
+    """
+    version: _builtins.str
+    """An opaque token that changes with every confirmed upload. Store it to know that the
+    user has an avatar, and use it to tell cached copies of an older one apart.
+    """
+    @_builtins.property
+    def metadata_removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The kinds of metadata that were removed, in a fixed order, from: EXIF, GPS,
+        THUMBNAIL, XMP, IPTC, ICC (a malformed colour profile), COMMENT, TEXT, TIMESTAMP,
+        TRAILING_DATA (bytes after the end of the image), OTHER. Empty when there was none.
+        """
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        content_type: _builtins.str = ...,
+        content_length: _builtins.int = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+        checksum_sha256: _builtins.str = ...,
+        metadata_removed: _abc.Iterable[_builtins.str] | None = ...,
+        icc_profile_kept: _builtins.bool = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksum_sha256", b"checksum_sha256", "content_length", b"content_length", "content_type", b"content_type", "height", b"height", "icc_profile_kept", b"icc_profile_kept", "key", b"key", "metadata_removed", b"metadata_removed", "version", b"version", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmUploadResponse: _TypeAlias = ConfirmUploadResponse  # noqa: Y015
 
 @_typing.final
 class CreateDownloadUrlRequest(_message.Message):

@@ -41,6 +41,11 @@ class AvatarSignerStub:
                 request_serializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.CreateUploadUrlRequest.SerializeToString,
                 response_deserializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.CreateUploadUrlResponse.FromString,
                 _registered_method=True)
+        self.ConfirmUpload = channel.unary_unary(
+                '/avatarsigner.v1.AvatarSigner/ConfirmUpload',
+                request_serializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.ConfirmUploadRequest.SerializeToString,
+                response_deserializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.ConfirmUploadResponse.FromString,
+                _registered_method=True)
         self.CreateDownloadUrl = channel.unary_unary(
                 '/avatarsigner.v1.AvatarSigner/CreateDownloadUrl',
                 request_serializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.CreateDownloadUrlRequest.SerializeToString,
@@ -61,7 +66,28 @@ class AvatarSignerServicer:
     def CreateUploadUrl(self, request, context):
         """Returns a presigned PUT URL bound to the user's object key, one content type,
         one exact length and, when given, the SHA-256 of the bytes. S3 itself rejects
-        an upload that differs in any of these.
+        an upload that differs in any of these. In verified mode the URL writes a staging
+        object once (If-None-Match: *) and the upload becomes visible only through
+        ConfirmUpload.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmUpload(self, request, context):
+        """Verifies a staged upload and publishes it as the user's avatar (verified mode).
+        It checks that the staged object exists, has the signed length and SHA-256, is
+        really an image of the declared type (by structure, decoded in full) within the
+        pixel, side and frame limits; removes its metadata (EXIF including GPS, XMP,
+        comments) without touching the pixels; and writes exactly those bytes to
+        `<prefix><user_id>/avatar`. Confirming the same upload again gives the same answer
+        and writes nothing. A refusal is FAILED_PRECONDITION with a google.rpc.ErrorInfo
+        `reason`: NOT_UPLOADED (no such staged object for this user, or it expired),
+        SIZE_MISMATCH, CHECKSUM_MISMATCH, NOT_AN_IMAGE, TYPE_MISMATCH (an image of another
+        type than declared), UNSUPPORTED_FORMAT, TRUNCATED, CORRUPT, TOO_MANY_PIXELS,
+        ANIMATED, TOO_MANY_FRAMES, TOO_COMPLEX, TOO_LARGE; RESOURCE_EXHAUSTED (reason
+        OUT_OF_MEMORY or BUSY) and DEADLINE_EXCEEDED are worth a retry. In direct mode it
+        answers FAILED_PRECONDITION (reason DIRECT_MODE): there is nothing to confirm.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,6 +116,11 @@ def add_AvatarSignerServicer_to_server(servicer, server):
                     servicer.CreateUploadUrl,
                     request_deserializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.CreateUploadUrlRequest.FromString,
                     response_serializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.CreateUploadUrlResponse.SerializeToString,
+            ),
+            'ConfirmUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmUpload,
+                    request_deserializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.ConfirmUploadRequest.FromString,
+                    response_serializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.ConfirmUploadResponse.SerializeToString,
             ),
             'CreateDownloadUrl': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateDownloadUrl,
@@ -131,6 +162,33 @@ class AvatarSigner:
             '/avatarsigner.v1.AvatarSigner/CreateUploadUrl',
             avatarsigner_dot_v1_dot_avatar__signer__pb2.CreateUploadUrlRequest.SerializeToString,
             avatarsigner_dot_v1_dot_avatar__signer__pb2.CreateUploadUrlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/avatarsigner.v1.AvatarSigner/ConfirmUpload',
+            avatarsigner_dot_v1_dot_avatar__signer__pb2.ConfirmUploadRequest.SerializeToString,
+            avatarsigner_dot_v1_dot_avatar__signer__pb2.ConfirmUploadResponse.FromString,
             options,
             channel_credentials,
             insecure,

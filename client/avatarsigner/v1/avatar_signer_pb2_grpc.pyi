@@ -8,6 +8,13 @@ images and hands out short-lived S3 presigned URLs. Callers never see a key and
 never choose an object key: the object key is always derived from `user_id` as
 `<prefix><user_id>/avatar` (prefix `profiles/` unless configured otherwise).
 
+Uploads. In verified mode (the default) an upload URL writes a staging object,
+`uploads/<user_id>/<upload_id>`, that nobody can read through a download URL;
+ConfirmUpload then checks the bytes really are an image of the declared type within
+the limits, removes their metadata and publishes exactly the verified bytes at
+`<prefix><user_id>/avatar`. In direct mode the upload URL writes the avatar key itself
+and there is no confirm step.
+
 Errors (google.rpc.Status codes):
   INVALID_ARGUMENT     a field is malformed or out of range; the status details
                        carry a google.rpc.BadRequest with one field violation per
@@ -17,7 +24,10 @@ Errors (google.rpc.Status codes):
                        with end-user binding, the end user is not `user_id`).
   RESOURCE_EXHAUSTED   a rate limit was reached; details carry google.rpc.RetryInfo.
   FAILED_PRECONDITION  the service's own S3 credentials cannot sign a URL that
-                       lives as long as asked (for example, they expire sooner).
+                       lives as long as asked (for example, they expire sooner); or
+                       ConfirmUpload refused the upload: a google.rpc.ErrorInfo says
+                       why in `reason` (NOT_UPLOADED, SIZE_MISMATCH, NOT_AN_IMAGE, ...;
+                       see ConfirmUpload), domain `avatarsigner.v1`.
   UNAVAILABLE          the server is shutting down; retry on another replica.
 """
 
@@ -56,7 +66,24 @@ class AvatarSignerStub:
     CreateUploadUrl: _grpc.UnaryUnaryMultiCallable[_avatar_signer_pb2.CreateUploadUrlRequest, _avatar_signer_pb2.CreateUploadUrlResponse]
     """Returns a presigned PUT URL bound to the user's object key, one content type,
     one exact length and, when given, the SHA-256 of the bytes. S3 itself rejects
-    an upload that differs in any of these.
+    an upload that differs in any of these. In verified mode the URL writes a staging
+    object once (If-None-Match: *) and the upload becomes visible only through
+    ConfirmUpload.
+    """
+    ConfirmUpload: _grpc.UnaryUnaryMultiCallable[_avatar_signer_pb2.ConfirmUploadRequest, _avatar_signer_pb2.ConfirmUploadResponse]
+    """Verifies a staged upload and publishes it as the user's avatar (verified mode).
+    It checks that the staged object exists, has the signed length and SHA-256, is
+    really an image of the declared type (by structure, decoded in full) within the
+    pixel, side and frame limits; removes its metadata (EXIF including GPS, XMP,
+    comments) without touching the pixels; and writes exactly those bytes to
+    `<prefix><user_id>/avatar`. Confirming the same upload again gives the same answer
+    and writes nothing. A refusal is FAILED_PRECONDITION with a google.rpc.ErrorInfo
+    `reason`: NOT_UPLOADED (no such staged object for this user, or it expired),
+    SIZE_MISMATCH, CHECKSUM_MISMATCH, NOT_AN_IMAGE, TYPE_MISMATCH (an image of another
+    type than declared), UNSUPPORTED_FORMAT, TRUNCATED, CORRUPT, TOO_MANY_PIXELS,
+    ANIMATED, TOO_MANY_FRAMES, TOO_COMPLEX, TOO_LARGE; RESOURCE_EXHAUSTED (reason
+    OUT_OF_MEMORY or BUSY) and DEADLINE_EXCEEDED are worth a retry. In direct mode it
+    answers FAILED_PRECONDITION (reason DIRECT_MODE): there is nothing to confirm.
     """
     CreateDownloadUrl: _grpc.UnaryUnaryMultiCallable[_avatar_signer_pb2.CreateDownloadUrlRequest, _avatar_signer_pb2.CreateDownloadUrlResponse]
     """Returns a presigned GET URL for one user's avatar."""
@@ -76,7 +103,24 @@ class AvatarSignerAsyncStub(AvatarSignerStub):
     CreateUploadUrl: _aio.UnaryUnaryMultiCallable[_avatar_signer_pb2.CreateUploadUrlRequest, _avatar_signer_pb2.CreateUploadUrlResponse]  # type: ignore[assignment]
     """Returns a presigned PUT URL bound to the user's object key, one content type,
     one exact length and, when given, the SHA-256 of the bytes. S3 itself rejects
-    an upload that differs in any of these.
+    an upload that differs in any of these. In verified mode the URL writes a staging
+    object once (If-None-Match: *) and the upload becomes visible only through
+    ConfirmUpload.
+    """
+    ConfirmUpload: _aio.UnaryUnaryMultiCallable[_avatar_signer_pb2.ConfirmUploadRequest, _avatar_signer_pb2.ConfirmUploadResponse]  # type: ignore[assignment]
+    """Verifies a staged upload and publishes it as the user's avatar (verified mode).
+    It checks that the staged object exists, has the signed length and SHA-256, is
+    really an image of the declared type (by structure, decoded in full) within the
+    pixel, side and frame limits; removes its metadata (EXIF including GPS, XMP,
+    comments) without touching the pixels; and writes exactly those bytes to
+    `<prefix><user_id>/avatar`. Confirming the same upload again gives the same answer
+    and writes nothing. A refusal is FAILED_PRECONDITION with a google.rpc.ErrorInfo
+    `reason`: NOT_UPLOADED (no such staged object for this user, or it expired),
+    SIZE_MISMATCH, CHECKSUM_MISMATCH, NOT_AN_IMAGE, TYPE_MISMATCH (an image of another
+    type than declared), UNSUPPORTED_FORMAT, TRUNCATED, CORRUPT, TOO_MANY_PIXELS,
+    ANIMATED, TOO_MANY_FRAMES, TOO_COMPLEX, TOO_LARGE; RESOURCE_EXHAUSTED (reason
+    OUT_OF_MEMORY or BUSY) and DEADLINE_EXCEEDED are worth a retry. In direct mode it
+    answers FAILED_PRECONDITION (reason DIRECT_MODE): there is nothing to confirm.
     """
     CreateDownloadUrl: _aio.UnaryUnaryMultiCallable[_avatar_signer_pb2.CreateDownloadUrlRequest, _avatar_signer_pb2.CreateDownloadUrlResponse]  # type: ignore[assignment]
     """Returns a presigned GET URL for one user's avatar."""
@@ -99,7 +143,30 @@ class AvatarSignerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_avatar_signer_pb2.CreateUploadUrlResponse, _abc.Awaitable[_avatar_signer_pb2.CreateUploadUrlResponse]]:
         """Returns a presigned PUT URL bound to the user's object key, one content type,
         one exact length and, when given, the SHA-256 of the bytes. S3 itself rejects
-        an upload that differs in any of these.
+        an upload that differs in any of these. In verified mode the URL writes a staging
+        object once (If-None-Match: *) and the upload becomes visible only through
+        ConfirmUpload.
+        """
+
+    @_abc_1.abstractmethod
+    def ConfirmUpload(
+        self,
+        request: _avatar_signer_pb2.ConfirmUploadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_avatar_signer_pb2.ConfirmUploadResponse, _abc.Awaitable[_avatar_signer_pb2.ConfirmUploadResponse]]:
+        """Verifies a staged upload and publishes it as the user's avatar (verified mode).
+        It checks that the staged object exists, has the signed length and SHA-256, is
+        really an image of the declared type (by structure, decoded in full) within the
+        pixel, side and frame limits; removes its metadata (EXIF including GPS, XMP,
+        comments) without touching the pixels; and writes exactly those bytes to
+        `<prefix><user_id>/avatar`. Confirming the same upload again gives the same answer
+        and writes nothing. A refusal is FAILED_PRECONDITION with a google.rpc.ErrorInfo
+        `reason`: NOT_UPLOADED (no such staged object for this user, or it expired),
+        SIZE_MISMATCH, CHECKSUM_MISMATCH, NOT_AN_IMAGE, TYPE_MISMATCH (an image of another
+        type than declared), UNSUPPORTED_FORMAT, TRUNCATED, CORRUPT, TOO_MANY_PIXELS,
+        ANIMATED, TOO_MANY_FRAMES, TOO_COMPLEX, TOO_LARGE; RESOURCE_EXHAUSTED (reason
+        OUT_OF_MEMORY or BUSY) and DEADLINE_EXCEEDED are worth a retry. In direct mode it
+        answers FAILED_PRECONDITION (reason DIRECT_MODE): there is nothing to confirm.
         """
 
     @_abc_1.abstractmethod

@@ -380,5 +380,5 @@ class SharedRateLimiter:
             return await buckets.take(key, cost)
         except StoreUnavailable as error:  # closed mode
             raise Unavailable(
-                str(error), "rate_limit_store_unavailable", max(self.store.retry_after, 0.001)
+                "RATE_LIMIT_STORE_UNAVAILABLE", str(error), max(self.store.retry_after, 0.001)
             ) from None

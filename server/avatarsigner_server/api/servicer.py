@@ -1,4 +1,4 @@
-"""The AvatarSigner servicer: validate -> derive key -> sign -> respond.
+"""The AvatarSigner servicer: validate -> gate -> derive key -> sign (or confirm) -> respond.
 
 Handlers hold no state of their own. Every error a caller can cause is a `ServiceError`,
 turned into a gRPC status by `_handled` in one place; anything unexpected is logged (type
@@ -11,7 +11,10 @@ every decision — each signed URL, each refusal — is one line of the audit lo
 
 from __future__ import annotations
 
+import base64
 import functools
+import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -21,12 +24,14 @@ from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from google.protobuf import timestamp_pb2
 
-from ..errors import ServiceError
+from ..errors import ServiceError, UploadRefused
 from ..signing.object_keys import ObjectKeys
+from ..signing.upload_ids import UploadTicket
 from ..signing.url_signers import DownloadSigner, UploadSigner
 from ..telemetry import call_context, logs, tracing
 from ..telemetry.audit import Audit
 from ..telemetry.call_context import Call
+from ..verification.confirm import Confirmer
 from . import validation
 from .status import abort_with
 
@@ -81,13 +86,17 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
         downloads: DownloadSigner,
         audit: Audit | None = None,
         upload_gates: Sequence[UploadGate] = (),
+        confirmer: Confirmer | None = None,
     ) -> None:
+        """confirmer: verified uploads (upload URLs write staging keys once, ConfirmUpload
+        publishes them); None: direct uploads (upload URLs write the avatar itself)."""
         self._limits = limits
         self._keys = keys
         self._uploads = uploads
         self._downloads = downloads
         self._audit = audit or Audit()
         self._upload_gates = tuple(upload_gates)
+        self._confirmer = confirmer
 
     @_handled
     async def CreateUploadUrl(
@@ -99,13 +108,26 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
             pending = gate(call, upload.user_id)
             if pending is not None:
                 await pending
-        key = self._keys.key_for(upload.user_id)
+        upload_id = ""
+        if self._confirmer is None:
+            key = self._keys.key_for(upload.user_id)
+        else:
+            upload_id = UploadTicket(
+                minted_at=int(time.time()),
+                content_length=upload.content_length,
+                nonce=secrets.token_bytes(16),
+                sha256=base64.b64decode(upload.checksum_sha256)
+                if upload.checksum_sha256
+                else None,
+            ).upload_id
+            key = self._keys.staging_key(upload.user_id, upload_id)
         signed = self._uploads.sign(
             key,
             content_type=upload.content_type,
             content_length=upload.content_length,
             checksum_sha256=upload.checksum_sha256,
             ttl_seconds=upload.ttl_seconds,
+            write_once=self._confirmer is not None,
         )
         self._audit.signed(call, "upload", ((upload.user_id, key, signed.expires_at),))
         return pb.CreateUploadUrlResponse(
@@ -114,6 +136,35 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
             headers=dict(signed.headers),
             expires_at=_timestamp(signed.expires_at),
             key=key,
+            upload_id=upload_id,
+        )
+
+    @_handled
+    async def ConfirmUpload(
+        self, request: pb.ConfirmUploadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ConfirmUploadResponse:
+        confirm = validation.confirm(request)
+        if self._confirmer is None:
+            raise UploadRefused(
+                "DIRECT_MODE",
+                "this server runs direct uploads (UPLOAD_MODE=direct): the upload URL "
+                "already wrote the avatar; there is nothing to confirm",
+            )
+        call = call_context.current("ConfirmUpload")
+        done = await self._confirmer.confirm(
+            confirm.user_id, confirm.ticket, context.time_remaining()
+        )
+        self._audit.confirmed(call, confirm.user_id, done.key, done.version)
+        return pb.ConfirmUploadResponse(
+            key=done.key,
+            content_type=done.content_type,
+            content_length=done.content_length,
+            width=done.width,
+            height=done.height,
+            checksum_sha256=done.checksum_sha256,
+            metadata_removed=list(done.metadata_removed),
+            icc_profile_kept=done.icc_profile_kept,
+            version=done.version,
         )
 
     @_handled

@@ -1,8 +1,9 @@
 """Errors -> gRPC status, in one place.
 
 Each `ServiceError` becomes a status with its code, its message and the google.rpc details
-that say more to a program: a BadRequest with the field violations, a RetryInfo with the
-time until a retry can succeed (RESOURCE_EXHAUSTED from a rate limit, UNAVAILABLE while the
+that say more to a program: an ErrorInfo with a fixed reason word (domain avatarsigner.v1)
+where the error has one, a BadRequest with the field violations, a RetryInfo with the time
+until a retry can succeed (RESOURCE_EXHAUSTED from a rate limit, UNAVAILABLE while the
 rate-limit store cannot decide).
 """
 
@@ -16,7 +17,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ..errors import InvalidArgument, RateLimited, ServiceError, Unavailable
+from ..errors import ERROR_DOMAIN, InvalidArgument, RateLimited, ServiceError, Unavailable
 
 
 def status_code(error: ServiceError) -> grpc.StatusCode:
@@ -32,6 +33,15 @@ def _packed(message: Message) -> any_pb2.Any:
 
 def details(error: ServiceError) -> list[any_pb2.Any]:
     """The google.rpc detail messages that go with the error."""
+    found = []
+    if error.error_info is not None:
+        found.append(
+            _packed(error_details_pb2.ErrorInfo(reason=error.error_info, domain=ERROR_DOMAIN))
+        )
+    return found + _specific(error)
+
+
+def _specific(error: ServiceError) -> list[any_pb2.Any]:
     if isinstance(error, InvalidArgument):
         return [
             _packed(
@@ -45,10 +55,13 @@ def details(error: ServiceError) -> list[any_pb2.Any]:
                 )
             )
         ]
-    if isinstance(error, RateLimited | Unavailable):
+    retry_after = (
+        error.retry_after_seconds if isinstance(error, RateLimited | Unavailable) else None
+    )
+    if retry_after is not None:
         delay = duration_pb2.Duration()
         # Whole milliseconds, rounded up: retrying at the advertised moment must succeed.
-        delay.FromMilliseconds(max(1, math.ceil(error.retry_after_seconds * 1000)))
+        delay.FromMilliseconds(max(1, math.ceil(retry_after * 1000)))
         return [_packed(error_details_pb2.RetryInfo(retry_delay=delay))]
     return []
 

@@ -16,7 +16,9 @@ from google.protobuf import duration_pb2
 
 from ..errors import FieldViolation, InvalidArgument
 from ..settings import Settings, TtlRule
+from ..signing import upload_ids
 from ..signing.object_keys import USER_ID_RULE, is_valid_user_id
+from ..signing.upload_ids import UploadTicket
 
 MAX_BATCH = 1000
 
@@ -48,6 +50,12 @@ class Upload:
     content_length: int
     checksum_sha256: str | None
     ttl_seconds: int
+
+
+@dataclass(frozen=True)
+class Confirm:
+    user_id: str
+    ticket: UploadTicket
 
 
 @dataclass(frozen=True)
@@ -128,3 +136,14 @@ def batch_download(request: pb.BatchCreateDownloadUrlsRequest, limits: Limits) -
     ttl = _ttl(v, request.HasField("ttl"), request.ttl, limits.download_ttl)
     v.raise_any()
     return Download(tuple(request.user_ids), ttl)
+
+
+def confirm(request: pb.ConfirmUploadRequest) -> Confirm:
+    v = _Violations()
+    _user_id(v, "user_id", request.user_id)
+    ticket = upload_ids.parse(request.upload_id)
+    if ticket is None:
+        v.add("upload_id", f"must be {upload_ids.RULE}")
+    v.raise_any()
+    assert ticket is not None
+    return Confirm(request.user_id, ticket)

@@ -1,9 +1,10 @@
 """The one place that builds the service from its settings.
 
     Settings -> credential sources (watched) -> the two URL signers, each holding one
-    identity -> the servicer; metrics and the audit log; access control around it, with
-    the shared rate-limit store (RATE_LIMIT_REDIS_URL: one per process, on its event loop)
-    and the tracing (OTEL_*, built by the caller from the environment) it uses.
+    identity -> the servicer; in verified mode the confirmer, reading and writing as the
+    verifier; metrics and the audit log; access control around it, with the shared
+    rate-limit store (RATE_LIMIT_REDIS_URL: one per process, on its event loop) and the
+    tracing (OTEL_*, built by the caller from the environment) it uses.
 
 Nothing else constructs these parts, so what runs in production is what `build()` returns;
 the server (server.py) only runs it.
@@ -17,14 +18,61 @@ from ..access.control import AccessControl
 from ..access.shared_rate_limits import SharedStore
 from ..api.servicer import AvatarSignerService, UploadGate
 from ..api.validation import Limits
-from ..credentials.watcher import CredentialWatcher, build_watcher
+from ..credentials.watcher import CredentialWatcher, build_watcher, check_sources
 from ..settings import Settings
+from ..settings.load import SERVER_REQUEST_SECONDS
 from ..signing.clock import Clock, utc_now, utc_now_to_the_second
 from ..signing.object_keys import ObjectKeys
 from ..signing.url_signers import BucketEndpoint, DownloadSigner, UploadSigner
+from ..storage.objects import ObjectStore
 from ..telemetry.audit import Audit
 from ..telemetry.metrics import Metrics
 from ..telemetry.tracing import Tracing
+from ..verification.confirm import Confirmer, limits_from, require_verifiable
+
+
+def check(settings: Settings) -> None:
+    """What start-up verifies before anything runs (SettingsError, one line naming the
+    variable): every key file readable and every identity distinct; in verified mode,
+    that every allowed type and limit is one verification can honour."""
+    check_sources(settings)
+    if settings.uploads.verified:
+        require_verifiable(settings.allowed_content_types)
+        limits_from(settings.uploads)
+
+
+def build_confirmer(
+    settings: Settings,
+    credentials: CredentialWatcher,
+    clock: Clock = utc_now,
+    tracing: Tracing | None = None,
+) -> Confirmer | None:
+    """Verified mode: ConfirmUpload reads and writes as the verifier, looks for its markers
+    as the reader. Direct mode: None."""
+    if not settings.uploads.verified:
+        return None
+    endpoint = BucketEndpoint(settings.bucket, settings.region, settings.endpoint_url)
+
+    def store(identity: str) -> ObjectStore:
+        return ObjectStore(
+            credentials[identity],
+            endpoint,
+            settings.region,
+            clock=utc_now_to_the_second if clock is utc_now else clock,
+            expires_in=SERVER_REQUEST_SECONDS,
+        )
+
+    uploads = settings.uploads
+    return Confirmer(
+        ObjectKeys(settings.key_prefix, uploads.staging_prefix),
+        store("verifier"),
+        store("reader"),
+        limits=limits_from(uploads),
+        max_upload_bytes=settings.max_upload_bytes,
+        concurrency=uploads.confirm_concurrency,
+        timeout_seconds=uploads.confirm_timeout_seconds,
+        tracing=tracing,
+    )
 
 
 def build_servicer(
@@ -34,14 +82,16 @@ def build_servicer(
     *,
     audit: Audit | None = None,
     upload_gates: tuple[UploadGate, ...] = (),
+    tracing: Tracing | None = None,
 ) -> AvatarSignerService:
-    """The servicer with its two signers, each holding only its own identity."""
+    """The servicer with its two signers, each holding only its own identity (and, in
+    verified mode, the confirmer, its S3 calls traced as steps)."""
     endpoint = BucketEndpoint(settings.bucket, settings.region, settings.endpoint_url)
     # The real clock, read to the second (and cheaply) for signing; a test's clock as given.
     signing_clock = utc_now_to_the_second if clock is utc_now else clock
     return AvatarSignerService(
         limits=Limits.from_settings(settings),
-        keys=ObjectKeys(settings.key_prefix),
+        keys=ObjectKeys(settings.key_prefix, settings.uploads.staging_prefix),
         uploads=UploadSigner(credentials["uploader"], endpoint, settings.region, signing_clock),
         downloads=DownloadSigner(
             credentials["reader"],
@@ -52,6 +102,7 @@ def build_servicer(
         ),
         audit=audit,
         upload_gates=upload_gates,
+        confirmer=build_confirmer(settings, credentials, clock, tracing),
     )
 
 
@@ -93,6 +144,7 @@ def build(
     tracing: Tracing | None = None,
 ) -> Parts:
     """Every part, checked (files are read now; a bad one is a one-line SettingsError)."""
+    check(settings)
     if credentials is None:
         credentials = build_watcher(settings, clock)
     tracing = tracing or Tracing.off()
@@ -102,6 +154,11 @@ def build(
     store = rate_limit_store(settings, metrics)
     access = AccessControl(settings.access, audit, metrics, store=store, tracing=tracing)
     servicer = build_servicer(
-        settings, credentials, clock, audit=audit, upload_gates=access.upload_gates
+        settings,
+        credentials,
+        clock,
+        audit=audit,
+        upload_gates=access.upload_gates,
+        tracing=tracing,
     )
     return Parts(settings, credentials, metrics, audit, access, servicer, store, tracing)

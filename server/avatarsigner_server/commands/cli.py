@@ -14,9 +14,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..app import server, workers
-from ..credentials.watcher import check_sources
-from ..settings import SettingsError, is_valid_bucket, load
+from ..app import server, wiring, workers
+from ..settings import SettingsError, bucket, is_valid_bucket, load, uploads
+from ..settings.env import Env
+from ..settings.uploads import UploadMode
 from ..telemetry import logs
 from ..telemetry.tracing import Tracing, TracingSettingsError, check_environ, current_trace_id
 from . import check, policies
@@ -38,7 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers is not None:
         environ["WORKERS"] = str(args.workers)
     settings = load(environ)
-    check_sources(settings)  # a bad key file stops start-up here, once, not in each worker
+    wiring.check(settings)  # a bad key file stops start-up here, once, not in each worker
     if settings.workers > 1 and not workers.is_worker(environ):
         check_environ(environ)  # OTEL_* checked once here; each worker starts its own tracing
         logs.configure_logging(settings.log_level)
@@ -63,11 +64,36 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if check.failed(results) else 0
 
 
+# `policies` flags that stand for a setting of the service (a flag given wins).
+_POLICY_FLAGS = {
+    "UPLOAD_MODE": "mode",
+    "S3_KEY_PREFIX": "key_prefix",
+    "S3_STAGING_PREFIX": "staging_prefix",
+}
+
+
+def _policy_layout(args: argparse.Namespace) -> policies.Layout:
+    """The layout the service's own settings rules give for these flags and environment."""
+    given = {var: getattr(args, attr) for var, attr in _POLICY_FLAGS.items()}
+    env = Env({**os.environ, **{var: value for var, value in given.items() if value is not None}})
+    try:
+        mode = uploads.mode(env)
+        prefix = bucket.key_prefix(env)
+        staging = uploads.uploads(env, mode, prefix).staging_prefix
+    except SettingsError as error:
+        if given.get(error.name) is None:
+            raise
+        flag = "--" + _POLICY_FLAGS[error.name].replace("_", "-")
+        raise SettingsError(flag, error.problem) from None
+    return policies.Layout(args.bucket, mode, prefix, staging)
+
+
 def _policies(args: argparse.Namespace) -> int:
     if not is_valid_bucket(args.bucket):
         raise SettingsError("--bucket", "must be a valid S3 bucket name")
+    layout = _policy_layout(args)
     try:
-        documents = policies.documents(args.bucket, args.allowed_origin)
+        documents = policies.documents(layout, args.allowed_origin)
     except ValueError as error:
         raise SettingsError("--allowed-origin", str(error)) from None
     print(json.dumps(documents, indent=2))
@@ -100,11 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
     documents = commands.add_parser(
         "policies",
         help="print the IAM policies and bucket settings as one JSON object",
-        description="Print the two IAM policies and the bucket settings as one JSON object.",
+        description="Print the IAM policies and the bucket settings as one JSON object.",
         epilog=policies.APPLY_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     documents.add_argument("--bucket", required=True, help="the avatar bucket's name")
+    documents.add_argument(
+        "--mode",
+        choices=[m.value for m in UploadMode],
+        help="verified (default; three identities) or direct (two); default: UPLOAD_MODE",
+    )
+    documents.add_argument(
+        "--key-prefix", help="prefix of the avatars (default: S3_KEY_PREFIX or profiles/)"
+    )
+    documents.add_argument(
+        "--staging-prefix",
+        help="prefix of staged uploads (default: S3_STAGING_PREFIX or uploads/)",
+    )
     documents.add_argument(
         "--allowed-origin",
         action="append",

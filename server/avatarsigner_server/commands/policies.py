@@ -1,15 +1,23 @@
 """The IAM and bucket documents the security model rests on, ready for the AWS CLI.
 
-`avatar-signer policies --bucket B [--allowed-origin URL ...]` prints `documents()` as one
-JSON object:
+`avatar-signer policies --bucket B [--mode verified|direct] [--allowed-origin URL ...]`
+prints `documents()` as one JSON object:
 
-    uploader_policy      IAM policy of the uploader: the original design's statement, exactly
-                         (s3:PutObject and s3:AbortMultipartUpload on B/*)
-    reader_policy        IAM policy of the reader: the original design's statement
-                         (s3:GetObject on B/*)
+    uploader_policy      IAM policy of the uploader: s3:PutObject and
+                         s3:AbortMultipartUpload on the staging prefix (verified mode:
+                         B/uploads/*); direct mode: the original design's statement,
+                         exactly (on B/*)
+    reader_policy        IAM policy of the reader: s3:GetObject on the avatars
+                         (verified: B/profiles/*; direct: the original statement, B/*)
+    verifier_policy      verified mode only (else null): s3:GetObject on the staging
+                         prefix, s3:PutObject on the avatars; never read profiles/*, never
+                         write uploads/*
     bucket_policy        denies every request made without TLS
     public_access_block  all four Block Public Access settings on
     ownership_controls   BucketOwnerEnforced (ACLs off)
+    lifecycle            verified mode only (else null): staged uploads and unfinished
+                         multipart uploads expire after a day, confirmed-upload markers
+                         after two (nobody may delete, so S3 cleans up)
     cors                 PUT and GET from the given origins, the upload headers allowed,
                          ETag exposed; null without --allowed-origin (then no browser
                          talks to the bucket, and it needs no CORS)
@@ -21,50 +29,102 @@ Each value has the shape its `aws iam` / `aws s3api` command takes (see APPLY_HE
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..settings.uploads import UploadMode
+from ..signing.object_keys import DEFAULT_PREFIX, DEFAULT_STAGING_PREFIX, ObjectKeys
 from ..signing.url_signers import UploadSigner
 
 VERSION = "2012-10-17"
 # The headers an upload URL signs and the uploader sends.
 UPLOAD_HEADERS = UploadSigner.HEADERS
 CORS_MAX_AGE_SECONDS = 3000  # the original design's value
+STAGED_UPLOAD_DAYS = 1
+MARKER_DAYS = 2  # outlives the staged uploads they mark, so a repeat confirm finds one
 
 
 def bucket_arn(bucket: str) -> str:
     return f"arn:aws:s3:::{bucket}"
 
 
-def objects_arn(bucket: str) -> str:
-    return f"{bucket_arn(bucket)}/*"
+def objects_arn(bucket: str, prefix: str = "") -> str:
+    return f"{bucket_arn(bucket)}/{prefix}*"
 
 
-def uploader_policy(bucket: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Layout:
+    """Where the bucket's objects live, and which upload design the service runs."""
+
+    bucket: str
+    mode: UploadMode = UploadMode.VERIFIED
+    key_prefix: str = DEFAULT_PREFIX
+    staging_prefix: str = DEFAULT_STAGING_PREFIX
+
+    @property
+    def verified(self) -> bool:
+        return self.mode is UploadMode.VERIFIED
+
+    @property
+    def avatars(self) -> str:
+        """The ARN of what readers read: the avatars (direct mode: the whole bucket)."""
+        return objects_arn(self.bucket, self.key_prefix if self.verified else "")
+
+    @property
+    def staged(self) -> str:
+        """The ARN of what upload URLs write (direct mode: the whole bucket)."""
+        return objects_arn(self.bucket, self.staging_prefix if self.verified else "")
+
+
+def _policy(*statements: dict[str, Any]) -> dict[str, Any]:
+    return {"Version": VERSION, "Statement": list(statements)}
+
+
+def _allow(action: str | list[str], resource: str) -> dict[str, Any]:
+    return {"Effect": "Allow", "Action": action, "Resource": resource}
+
+
+def uploader_policy(layout: Layout) -> dict[str, Any]:
     """Put objects (and abort multipart uploads): no Get, no Delete, no List."""
-    return {
-        "Version": VERSION,
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
-                "Resource": objects_arn(bucket),
-            }
-        ],
-    }
+    return _policy(_allow(["s3:PutObject", "s3:AbortMultipartUpload"], layout.staged))
 
 
-def reader_policy(bucket: str) -> dict[str, Any]:
+def reader_policy(layout: Layout) -> dict[str, Any]:
     """Get objects, nothing else."""
+    return _policy(_allow("s3:GetObject", layout.avatars))
+
+
+def verifier_policy(layout: Layout) -> dict[str, Any] | None:
+    """Read staged uploads, write avatars (verified mode; None in direct mode)."""
+    if not layout.verified:
+        return None
+    return _policy(
+        _allow("s3:GetObject", layout.staged), _allow("s3:PutObject", layout.avatars)
+    )
+
+
+def lifecycle(layout: Layout) -> dict[str, Any] | None:
+    """Expiry of what the service leaves behind (verified mode; None in direct mode)."""
+    if not layout.verified:
+        return None
+    markers = ObjectKeys(layout.key_prefix, layout.staging_prefix).confirmed_prefix()
     return {
-        "Version": VERSION,
-        "Statement": [
+        "Rules": [
             {
-                "Effect": "Allow",
-                "Action": "s3:GetObject",
-                "Resource": objects_arn(bucket),
-            }
-        ],
+                "ID": "expire-staged-uploads",
+                "Filter": {"Prefix": layout.staging_prefix},
+                "Status": "Enabled",
+                "Expiration": {"Days": STAGED_UPLOAD_DAYS},
+                "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": STAGED_UPLOAD_DAYS},
+            },
+            {
+                "ID": "expire-confirmed-upload-markers",
+                "Filter": {"Prefix": markers},
+                "Status": "Enabled",
+                "Expiration": {"Days": MARKER_DAYS},
+            },
+        ]
     }
 
 
@@ -135,14 +195,16 @@ def cors(origins: Sequence[str]) -> dict[str, Any] | None:
     }
 
 
-def documents(bucket: str, origins: Sequence[str] = ()) -> dict[str, Any]:
+def documents(layout: Layout, origins: Sequence[str] = ()) -> dict[str, Any]:
     """Everything `avatar-signer policies` prints (raises ValueError for a bad origin)."""
     return {
-        "uploader_policy": uploader_policy(bucket),
-        "reader_policy": reader_policy(bucket),
-        "bucket_policy": bucket_policy(bucket),
+        "uploader_policy": uploader_policy(layout),
+        "reader_policy": reader_policy(layout),
+        "verifier_policy": verifier_policy(layout),
+        "bucket_policy": bucket_policy(layout.bucket),
         "public_access_block": public_access_block(),
         "ownership_controls": ownership_controls(),
+        "lifecycle": lifecycle(layout),
         "cors": cors(origins),
     }
 
@@ -153,12 +215,16 @@ Prints one JSON object. Apply each part with the AWS CLI (jq picks a part out):
   avatar-signer policies --bucket "$BUCKET" --allowed-origin https://app.example.com \\
       > policies.json
 
-  # The two identities. IAM users (static keys or key files):
+  # The identities (verified mode, the default, has three; direct mode two). IAM users
+  # (static keys or key files):
   aws iam put-user-policy --user-name avatar-uploader --policy-name avatar-upload \\
       --policy-document "$(jq -c .uploader_policy policies.json)"
   aws iam put-user-policy --user-name avatar-reader --policy-name avatar-read \\
       --policy-document "$(jq -c .reader_policy policies.json)"
-  # ... or IAM roles (S3_UPLOAD_ROLE_ARN / S3_READ_ROLE_ARN): the same documents with
+  aws iam put-user-policy --user-name avatar-verifier --policy-name avatar-verify \\
+      --policy-document "$(jq -c .verifier_policy policies.json)"
+  # ... or IAM roles (S3_UPLOAD_ROLE_ARN / S3_READ_ROLE_ARN / S3_VERIFY_ROLE_ARN): the
+  # same documents with
   #   aws iam put-role-policy --role-name ROLE --policy-name NAME --policy-document ...
   # and a trust policy on each role that lets the pod's own role (IRSA or EKS Pod
   # Identity) call sts:AssumeRole; that base role needs nothing else.
@@ -170,6 +236,8 @@ Prints one JSON object. Apply each part with the AWS CLI (jq picks a part out):
       --ownership-controls "$(jq -c .ownership_controls policies.json)"
   aws s3api put-bucket-policy --bucket "$BUCKET" \\
       --policy "$(jq -c .bucket_policy policies.json)"
+  aws s3api put-bucket-lifecycle-configuration --bucket "$BUCKET" \\
+      --lifecycle-configuration "$(jq -c .lifecycle policies.json)"
   aws s3api put-bucket-cors --bucket "$BUCKET" \\
       --cors-configuration "$(jq -c .cors policies.json)"
   # (cors is null without --allowed-origin: no browser talks to the bucket, so skip
@@ -177,10 +245,13 @@ Prints one JSON object. Apply each part with the AWS CLI (jq picks a part out):
 
 Terraform takes the same documents: aws_iam_user_policy / aws_iam_role_policy
 (policy = jsonencode(...)), aws_s3_bucket_public_access_block,
-aws_s3_bucket_ownership_controls, aws_s3_bucket_policy and
-aws_s3_bucket_cors_configuration (its cors_rule blocks take the CORSRules fields).
+aws_s3_bucket_ownership_controls, aws_s3_bucket_policy,
+aws_s3_bucket_lifecycle_configuration and aws_s3_bucket_cors_configuration (their rule
+blocks take the Rules and CORSRules fields).
 
-Then run `avatar-signer check` with the service's settings: it proves against the real
-bucket that the uploader cannot read, the reader cannot write, and neither can delete
-or list.
+--mode, --key-prefix and --staging-prefix default to the service's own UPLOAD_MODE,
+S3_KEY_PREFIX and S3_STAGING_PREFIX when those are set. Then run `avatar-signer check`
+with the service's settings: it proves against the real bucket that each identity can do
+its one job and nothing else: the uploader cannot read, the reader cannot write, the
+verifier cannot read avatars or write staged uploads, and none can delete or list.
 """

@@ -4,10 +4,12 @@
     files        <PREFIX>_KEY_FILE and <PREFIX>_SECRET_FILE (a Kubernetes Secret volume)
     role         <PREFIX>_ROLE_ARN, assumed through STS with the process's base credentials
 
-The uploader's prefix is S3_UPLOAD, the reader's S3_READ. This module only says which
-source each identity uses, and checks the values it can check without I/O; the
-`credentials` package reads the files, assumes the roles and keeps them fresh. The rules a
-key id, a secret and a role ARN follow live here, once, for both.
+The uploader's prefix is S3_UPLOAD, the reader's S3_READ, the verifier's S3_VERIFY (only
+in verified mode, where it reads staged uploads and publishes verified avatars; it signs
+no URL). This module only says which source each identity uses, and checks the values it
+can check without I/O; the `credentials` package reads the files, assumes the roles and
+keeps them fresh. The rules a key id, a secret and a role ARN follow live here, once, for
+both.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ ROLE_MAX_SECONDS = 43200
 DEFAULT_ROLE_SECONDS = 3600
 
 #: identity -> the prefix of its variables
-PREFIXES = {"uploader": "S3_UPLOAD", "reader": "S3_READ"}
+PREFIXES = {"uploader": "S3_UPLOAD", "reader": "S3_READ", "verifier": "S3_VERIFY"}
 
 _ACCESS_KEY_ID = re.compile(r"[A-Za-z0-9]{3,128}")
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
@@ -143,6 +145,31 @@ def identity_setting(env: Env, identity: str, role_seconds: int) -> IdentitySett
             key, f"is required but not set (or use {key_file} and {secret_file}, or {role})"
         )
     return _static(env, key, secret)
+
+
+def _variables(identity: str) -> tuple[str, ...]:
+    prefix = PREFIXES[identity]
+    suffixes = ("KEY", "SECRET", "KEY_FILE", "SECRET_FILE", "ROLE_ARN")
+    return tuple(f"{prefix}_{suffix}" for suffix in suffixes)
+
+
+def verifier_setting(env: Env, verified: bool, role_seconds: int) -> IdentitySetting | None:
+    """The verifier's source in verified mode (required there); None in direct mode."""
+    given = [name for name in _variables("verifier") if env.raw(name) is not None]
+    if not verified:
+        if given:
+            raise SettingsError(
+                given[0], "is set, but UPLOAD_MODE=direct has no verifier: remove it"
+            )
+        return None
+    if not given:
+        raise SettingsError(
+            "S3_VERIFY_KEY",
+            "is required for verified uploads (UPLOAD_MODE=verified, the default): set "
+            "S3_VERIFY_KEY and S3_VERIFY_SECRET (or S3_VERIFY_KEY_FILE and "
+            "S3_VERIFY_SECRET_FILE, or S3_VERIFY_ROLE_ARN), or set UPLOAD_MODE=direct",
+        )
+    return identity_setting(env, "verifier", role_seconds)
 
 
 def role_seconds(env: Env) -> int:

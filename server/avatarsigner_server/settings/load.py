@@ -12,14 +12,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..signing.object_keys import DEFAULT_PREFIX
-from . import bucket, identities, limits, network
+from . import bucket, identities, limits, network, uploads
 from .access import AccessSettings, access
 from .env import Env, SettingsError
 from .identities import IdentitySetting
 from .limits import TtlRule
 from .rate_limit_store import RateLimitStoreSettings, rate_limit_store
+from .uploads import UploadSettings
 
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
+# The verifier signs no URL: its own requests to S3 are signed to live this long.
+SERVER_REQUEST_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -55,14 +58,21 @@ class Settings:
     # The Redis/Valkey server holding the rate-limit buckets of every process and replica
     # (settings.rate_limit_store); None: each process keeps its own buckets.
     rate_limit_store: RateLimitStoreSettings | None = None
+    # Verified or direct uploads (settings.uploads); the verifier exists in verified mode.
+    uploads: UploadSettings = field(default_factory=UploadSettings)
+    verifier: IdentitySetting | None = field(default=None, repr=False)
 
     def identities(self) -> dict[str, IdentitySetting]:
-        """identity name -> its credential setting."""
-        return {"uploader": self.uploader, "reader": self.reader}
+        """identity name -> its credential setting (the verifier only in verified mode)."""
+        found = {"uploader": self.uploader, "reader": self.reader}
+        if self.verifier is not None:
+            found["verifier"] = self.verifier
+        return found
 
     def ttl_rules(self) -> dict[str, TtlRule]:
-        """identity name -> the lifetimes of the URLs it signs."""
-        return {"uploader": self.upload_ttl, "reader": self.download_ttl}
+        """identity name -> how long what it signs must live (the verifier: its requests)."""
+        server = TtlRule(SERVER_REQUEST_SECONDS, SERVER_REQUEST_SECONDS)
+        return {"uploader": self.upload_ttl, "reader": self.download_ttl, "verifier": server}
 
 
 def _log_level(env: Env) -> str:
@@ -75,14 +85,19 @@ def _log_level(env: Env) -> str:
 def load(environ: Mapping[str, str]) -> Settings:
     """Build Settings from an environment mapping, or raise SettingsError (one line)."""
     env = Env(environ)
+    upload_mode = uploads.mode(env)
     seconds = identities.role_seconds(env)
     uploader = identities.identity_setting(env, "uploader", seconds)
     reader = identities.identity_setting(env, "reader", seconds)
+    verifier = identities.verifier_setting(
+        env, upload_mode is uploads.UploadMode.VERIFIED, seconds
+    )
 
     endpoint_url = bucket.endpoint_url(env)
     region = bucket.region(env, endpoint_url)
     bucket_name = bucket.bucket(env, endpoint_url)
     key_prefix = bucket.key_prefix(env)
+    upload_settings = uploads.uploads(env, upload_mode, key_prefix)
     listen = network.listen(env)
 
     upload_ttl = limits.ttl(env, "UPLOAD", *limits.DEFAULT_UPLOAD_TTL)
@@ -115,4 +130,6 @@ def load(environ: Mapping[str, str]) -> Settings:
         rate_limit_store=rate_limit_store(env),
         workers=listen.workers,
         download_url_reuse_seconds=reuse,
+        uploads=upload_settings,
+        verifier=verifier,
     )

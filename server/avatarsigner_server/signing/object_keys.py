@@ -1,9 +1,16 @@
-"""The object-key rule: which user ids are acceptable and which object key each maps to.
+"""The object-key rule: which user ids are acceptable and which object keys each maps to.
 
 This module is the only place the rule lives. Callers never choose a key: the service
-derives `<prefix><user_id>/avatar` from a validated user id, so one user id names exactly
-one object and no input can reach another user's key (no slashes, no dot segments, no
-encoded characters, ASCII only).
+derives every key from a validated user id, so one user id names exactly its own objects
+and no input can reach another user's (no slashes, no dot segments, no encoded characters,
+ASCII only):
+
+    <prefix><user_id>/avatar                          the avatar download URLs read
+    <staging prefix><user_id>/<upload_id>             a staged upload (verified mode)
+    <prefix>.avatar-signer/confirmed/<user_id>/<id>   marks an upload as confirmed
+    <prefix>.avatar-signer-check/canary               `avatar-signer check`'s canary
+
+User ids cannot start with ".", so no user id maps to the reserved keys.
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ _USER_ID = re.compile(USER_ID_RULE.removeprefix("^").removesuffix("$"))
 _PREFIX = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]*/)*")
 AVATAR_NAME = "avatar"
 DEFAULT_PREFIX = "profiles/"
-# A key no user id can produce (user ids cannot start with "."): used by
-# `avatar-signer check` for its canary object.
+DEFAULT_STAGING_PREFIX = "uploads/"
+# Segments no user id can produce (user ids cannot start with ".").
 RESERVED_SEGMENT = ".avatar-signer-check"
+STATE_SEGMENT = ".avatar-signer"
 
 
 def is_valid_user_id(user_id: str) -> bool:
@@ -31,20 +39,49 @@ def is_valid_prefix(prefix: str) -> bool:
     return _PREFIX.fullmatch(prefix) is not None
 
 
-class ObjectKeys:
-    """Maps validated user ids to S3 object keys under one prefix (default `profiles/`)."""
+def prefixes_overlap(first: str, second: str) -> bool:
+    """True when one prefix contains the other (or either is empty: it contains all)."""
+    return first.startswith(second) or second.startswith(first)
 
-    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
-        if not is_valid_prefix(prefix):
-            raise ValueError("key prefix must be empty or segments ending in '/'")
+
+def _checked(user_id: str) -> str:
+    if not is_valid_user_id(user_id):
+        raise ValueError(f"user_id must match {USER_ID_RULE}")
+    return user_id
+
+
+class ObjectKeys:
+    """Maps validated user ids to S3 object keys: avatars under `prefix` (default
+    `profiles/`), staged uploads under `staging_prefix` (default `uploads/`)."""
+
+    def __init__(
+        self, prefix: str = DEFAULT_PREFIX, staging_prefix: str = DEFAULT_STAGING_PREFIX
+    ) -> None:
+        if not is_valid_prefix(prefix) or not is_valid_prefix(staging_prefix):
+            raise ValueError("key prefixes must be empty or segments ending in '/'")
         self.prefix = prefix
+        self.staging_prefix = staging_prefix
 
     def key_for(self, user_id: str) -> str:
-        """The object key for user_id. Raises ValueError for an invalid id."""
-        if not is_valid_user_id(user_id):
-            raise ValueError(f"user_id must match {USER_ID_RULE}")
-        return f"{self.prefix}{user_id}/{AVATAR_NAME}"
+        """The avatar's object key for user_id. Raises ValueError for an invalid id."""
+        return f"{self.prefix}{_checked(user_id)}/{AVATAR_NAME}"
+
+    def staging_key(self, user_id: str, upload_id: str) -> str:
+        """Where an upload URL for user_id writes in verified mode (upload_id: minted)."""
+        return f"{self.staging_prefix}{_checked(user_id)}/{upload_id}"
+
+    def confirmed_key(self, user_id: str, upload_id: str) -> str:
+        """The marker of a confirmed upload; it holds what ConfirmUpload answered."""
+        return f"{self.prefix}{STATE_SEGMENT}/confirmed/{_checked(user_id)}/{upload_id}"
+
+    def confirmed_prefix(self) -> str:
+        """Where every confirmed-upload marker lives (a lifecycle rule expires them)."""
+        return f"{self.prefix}{STATE_SEGMENT}/confirmed/"
 
     def canary_key(self) -> str:
         """The reserved key `avatar-signer check` writes to; no user id maps to it."""
         return f"{self.prefix}{RESERVED_SEGMENT}/canary"
+
+    def staging_canary_key(self, run: str) -> str:
+        """A fresh staging canary per `check` run: upload URLs write a key only once."""
+        return f"{self.staging_prefix}{RESERVED_SEGMENT}/{run}"

@@ -120,9 +120,10 @@ class UploadSigner(_Signer):
     """PUT URLs with the uploader's credentials, bound to type, length and checksum."""
 
     METHOD = "PUT"
-    # What an upload URL signs besides host (and the uploader must send): type, length and,
-    # when given, the SHA-256 of the bytes.
-    HEADERS = ("content-type", "content-length", "x-amz-checksum-sha256")
+    # What an upload URL signs besides host (and the uploader must send): type, length,
+    # when given the SHA-256 of the bytes, and for a staged upload `If-None-Match: *`, so
+    # the URL writes its key at most once.
+    HEADERS = ("content-type", "content-length", "x-amz-checksum-sha256", "if-none-match")
 
     def sign(
         self,
@@ -132,6 +133,7 @@ class UploadSigner(_Signer):
         content_length: int,
         checksum_sha256: str | None,
         ttl_seconds: int,
+        write_once: bool = False,
     ) -> SignedUrl:
         """A PUT URL for key; the returned headers are exactly what the uploader sends."""
         length = str(content_length)
@@ -139,6 +141,8 @@ class UploadSigner(_Signer):
         sign = {"content-type": content_type, "content-length": length}
         if checksum_sha256:
             send["x-amz-checksum-sha256"] = sign["x-amz-checksum-sha256"] = checksum_sha256
+        if write_once:
+            send["If-None-Match"] = sign["if-none-match"] = "*"
         return self._presign(key, ttl_seconds, signed_headers=sign, send_headers=send)
 
 

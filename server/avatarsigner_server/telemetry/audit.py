@@ -1,7 +1,8 @@
 """The audit log: one JSON line per decision, on the `avatarsigner.audit` logger.
 
     allowed  one line per signed URL (a batch of n gives n lines, written together): request_id,
-             caller, auth, rpc, reason "signed", user_id, key, expires_at
+             caller, auth, rpc, reason "signed", user_id, key, expires_at; one line per
+             confirmed upload: reason "confirmed", user_id, key, version
     denied   one line per refused call: request_id, caller (null when unknown), auth, rpc,
              user_id (when the request names one valid id), code, reason
 
@@ -63,6 +64,25 @@ class Audit:
                     }
                     for user_id, key, expires_at in urls
                 ],
+            },
+        )
+
+    def confirmed(self, call: Call, user_id: str, key: str, version: str) -> None:
+        """The line for an upload published by ConfirmUpload (or confirmed again)."""
+        if self._metrics is not None:
+            self._metrics.upload_confirmed(call.caller or ANONYMOUS)
+        log.info(
+            "allowed",
+            extra={
+                "decision": "allowed",
+                "request_id": call.request_id,
+                "caller": call.caller,
+                "auth": call.auth,
+                "rpc": call.rpc,
+                "reason": "confirmed",
+                "user_id": user_id,
+                "key": key,
+                "version": version,
             },
         )
 

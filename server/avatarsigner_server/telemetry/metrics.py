@@ -3,6 +3,7 @@
     avatarsigner_rpcs_total{method, code}                 AvatarSigner calls by final status
     avatarsigner_rpc_duration_seconds{method}             time in the handler (histogram)
     avatarsigner_urls_signed_total{kind, caller}          kind: upload | download
+    avatarsigner_uploads_confirmed_total{caller}          uploads ConfirmUpload published
     avatarsigner_denials_total{method, reason}            reason: a fixed word (see audit)
     avatarsigner_credentials_expiry_seconds{identity}     seconds until the identity's
                                                           current credentials expire;
@@ -123,6 +124,12 @@ class Metrics:
             ["kind", "caller"],
             registry=self.registry,
         )
+        self._confirmed = Counter(
+            "avatarsigner_uploads_confirmed",
+            "Uploads ConfirmUpload verified and published (or confirmed again), by caller.",
+            ["caller"],
+            registry=self.registry,
+        )
         self._denials = Counter(
             "avatarsigner_denials",
             "Calls refused, by RPC and reason (unknown_token, rpc_not_allowed, ...).",
@@ -171,6 +178,9 @@ class Metrics:
         if child is None:
             child = self._per_url[(kind, caller)] = self._urls.labels(kind, caller)
         child.inc(count)
+
+    def upload_confirmed(self, caller: str) -> None:
+        self._confirmed.labels(caller).inc()
 
     def denied(self, method: str, reason: str) -> None:
         self._denials.labels(method, reason).inc()

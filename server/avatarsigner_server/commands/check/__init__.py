@@ -3,7 +3,6 @@ shared rate-limit store answers when one is configured.
 
     least_privilege   the bucket checks, in order, with the service's own signers
     rate_limit_store  one real check against RATE_LIMIT_REDIS_URL (a row only when set)
-    s3_http           plain HTTP requests to S3 (no redirect followed)
     advice            what to fix, in words, for each failure
     report            the PASS / FAIL / SKIP table
 """

@@ -13,36 +13,30 @@ def rejected_key_pair(identity: str, reply: object) -> str:
     return f"S3 rejects the {identity}'s key pair ({reply}): wrong or deleted key"
 
 
-def uploader_cannot_upload(reply: object, objects: str) -> str:
+_VERBS = {"s3:GetObject": "read", "s3:PutObject": "write"}
+
+
+def may_not(identity: str, action: str, what: str, arn: str, reply: object) -> str:
+    """The identity was refused what its one job needs."""
     return (
-        f"the uploader may not upload ({reply}): its IAM policy needs "
-        f"s3:PutObject on {objects}"
+        f"the {identity} may not {_VERBS[action]} {what} ({reply}): its IAM policy needs "
+        f"{action} on {arn}"
     )
 
 
-def uploader_can_read(objects: str) -> str:
+def can_read(identity: str, what: str, arn: str, reply: object) -> str:
+    """The identity can read what it must not (a 404 too: the GET was authorized)."""
     return (
-        "the uploader can read objects: remove s3:GetObject from the uploader's "
-        f"IAM policy (its statement on {objects} must allow only "
-        "s3:PutObject and s3:AbortMultipartUpload)"
+        f"the {identity} can read {what} ({reply}): remove s3:GetObject from the "
+        f"{identity}'s IAM policy (no statement may allow it on {arn})"
     )
 
 
-UPLOADER_GET_AUTHORIZED = (
-    "the uploader's GET was authorized (404, no such key): remove s3:GetObject "
-    "from the uploader's IAM policy"
-)
-
-
-def reader_cannot_read(reply: object, objects: str) -> str:
-    return f"the reader may not read ({reply}): its IAM policy needs s3:GetObject on {objects}"
-
-
-def reader_can_write(reply: object, objects: str) -> str:
+def can_write(identity: str, what: str, arn: str, reply: object) -> str:
+    """The identity can write what it must not."""
     return (
-        f"the reader can overwrite objects ({reply}; the canary was replaced): "
-        "remove s3:PutObject from the reader's IAM policy (its statement on "
-        f"{objects} must allow only s3:GetObject)"
+        f"the {identity} can overwrite objects: {what} ({reply}): remove s3:PutObject from "
+        f"the {identity}'s IAM policy (no statement may allow it on {arn})"
     )
 
 

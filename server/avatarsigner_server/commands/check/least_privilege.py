@@ -1,23 +1,28 @@
 """`avatar-signer check`: the least-privilege audit, against the real bucket.
 
 With the service's own settings and credentials, it asks S3 itself what each identity can
-do, using plain HTTP requests with presigned URLs made by the service's own signers
-(`UploadSigner`/`DownloadSigner`, each also fed the *other* identity's credentials) and
-`sigv4.presign` for DELETE and LIST:
+do, using plain HTTP requests with presigned URLs made by the service's own signers (each
+also fed the *other* identities' credentials) and `sigv4.presign` for DELETE and LIST.
+Each identity must be able to do its one job, and nothing else:
 
-    the uploader can PUT a canary object (a reserved key no user id can produce),
-    the uploader cannot GET it, the reader can, the reader cannot PUT (canary unchanged),
-    an unsigned GET or LIST is refused (the bucket is not public),
-    neither identity can DELETE or LIST,
-    both URLs are SigV4 for AWS_REGION on the regional virtual-hosted endpoint,
-    the bucket answers from AWS_REGION (no redirect).
+    direct mode    the uploader can PUT the avatar canary and cannot GET it; the reader can
+                   GET it and cannot PUT (the canary unchanged)
+    verified mode  the uploader can PUT a staged canary (a fresh key every run: an upload
+                   URL writes a key only once) and cannot PUT an avatar or GET anything; the
+                   verifier can GET the staged canary and PUT the avatar canary, and cannot
+                   GET avatars or PUT staged uploads; the reader can GET the avatar canary
+                   and cannot GET staged uploads or PUT (the canary unchanged)
+    both           an unsigned GET or LIST is refused (the bucket is not public); no
+                   identity can DELETE or LIST; URLs are SigV4 for AWS_REGION on the
+                   regional virtual-hosted endpoint; the bucket answers from AWS_REGION
 
 Every row is PASS, FAIL or SKIP; a SKIP says why the check means nothing here (an
 S3-compatible server at S3_ENDPOINT_URL is not AWS: it has no regional endpoint and ignores
 the region) and never counts as a pass. The exit status is 1 when any row fails.
 
-The canary stays in the bucket (by design neither identity may delete it); each run
-overwrites it. Nothing printed contains a secret, a session token or a presigned URL.
+The canaries stay in the bucket (by design no identity may delete them): the avatar canary
+is overwritten by each run, a staged canary is new each run and expires with the staging
+lifecycle rule. Nothing printed contains a secret, a session token or a presigned URL.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import base64
 import hashlib
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TextIO
 from urllib.parse import parse_qs, urlsplit
@@ -39,24 +45,28 @@ from ...signing.clock import Clock, utc_now
 from ...signing.key_pairs import CredentialSource
 from ...signing.object_keys import ObjectKeys
 from ...signing.url_signers import BucketEndpoint, DownloadSigner, UploadSigner
+from ...storage.s3_http import Reply, send
 from .. import policies
 from . import advice
 from .report import FAIL, PASS, SKIP, Result
 from .report import render as render_table
-from .s3_http import Reply, send
 
 HELP = """\
 Audit the configured credentials against the configured bucket (settings from the
-environment, as for `serve`), with real requests signed by the service's own signers:
+environment, as for `serve`), with real requests signed by the service's own signers.
+Each identity must do its one job and nothing else:
 
-  uploader can PUT a canary object (a reserved key no user id can produce)
-  uploader cannot GET it; reader can; reader cannot PUT (and the canary is unchanged)
-  an unsigned GET or LIST is refused (the bucket is not public)
-  neither identity can DELETE or LIST
-  URLs are SigV4 for AWS_REGION on the regional virtual-hosted endpoint
-  the bucket answers from AWS_REGION (no redirect)
-  with RATE_LIMIT_REDIS_URL set: the rate-limit store runs a check (server, version and
-  address shown, never the password)
+  direct mode:    uploader can PUT the avatar canary (a reserved key no user id can
+                  produce) but not GET it; reader can GET it but not PUT
+  verified mode:  uploader can PUT a staged canary (new each run), not PUT an avatar, not
+                  GET; verifier can GET the staged canary and PUT the avatar canary, not
+                  GET avatars, not PUT staged uploads; reader can GET the avatar canary,
+                  not GET staged uploads, not PUT
+  always:         an unsigned GET or LIST is refused (the bucket is not public); no
+                  identity can DELETE or LIST; URLs are SigV4 for AWS_REGION on the
+                  regional virtual-hosted endpoint; the bucket answers from AWS_REGION
+  rate limits:    with RATE_LIMIT_REDIS_URL set, the store runs a check (server, version
+                  and address shown, never the password)
 
 Prints a table of PASS / FAIL / SKIP rows; exits 1 when any row fails, 2 on a settings
 error. SKIP marks a check that means nothing for this endpoint (an S3-compatible server at
@@ -69,6 +79,17 @@ CANARY_TYPE = "application/octet-stream"
 _REGION_CODES = frozenset(
     {"PermanentRedirect", "TemporaryRedirect", "AuthorizationHeaderMalformed"}
 )
+_REJECTED_KEY = ("SignatureDoesNotMatch", "InvalidAccessKeyId")
+
+
+@dataclass(frozen=True)
+class Place:
+    """Objects one of the service's jobs touches: their name in the table, a canary key,
+    and the ARN a policy statement names for them."""
+
+    what: str
+    key: str
+    arn: str
 
 
 class BucketProbe:
@@ -79,12 +100,20 @@ class BucketProbe:
         self.clock = clock
         self.endpoint = BucketEndpoint(settings.bucket, settings.region, settings.endpoint_url)
         self.on_aws = settings.endpoint_url is None
-        self.canary = ObjectKeys(settings.key_prefix).canary_key()
-        self.objects = policies.objects_arn(settings.bucket)
+        keys = ObjectKeys(settings.key_prefix, settings.uploads.staging_prefix)
+        layout = policies.Layout(
+            settings.bucket,
+            settings.uploads.mode,
+            settings.key_prefix,
+            settings.uploads.staging_prefix,
+        )
+        run = uuid.uuid4().hex
+        self.avatars = Place("avatars", keys.canary_key(), layout.avatars)
+        self.staged = Place("staged uploads", keys.staging_canary_key(run), layout.staged)
         self.results: list[Result] = []
         self.replies: list[Reply] = []
         self.urls: list[str] = []
-        self.canary_body = f"avatar-signer check canary {uuid.uuid4()}\n".encode()
+        self.canary_body = f"avatar-signer check canary {run}\n".encode()
 
     def add(self, check: str, outcome: str, detail: str) -> None:
         self.results.append(Result(check, outcome, detail))
@@ -123,24 +152,27 @@ class BucketProbe:
             usable[identity] = source
         return usable
 
-    # --- helpers ----------------------------------------------------------------------------
+    # --- requests ---------------------------------------------------------------------------
 
-    def put(self, source: CredentialSource, body: bytes) -> Reply:
+    def put(
+        self, source: CredentialSource, key: str, body: bytes, *, write_once: bool = False
+    ) -> Reply:
         signer = UploadSigner(source, self.endpoint, self.settings.region, self.clock)
         checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
         signed = signer.sign(
-            self.canary,
+            key,
             content_type=CANARY_TYPE,
             content_length=len(body),
             checksum_sha256=checksum,
             ttl_seconds=URL_TTL_SECONDS,
+            write_once=write_once,
         )
         self.urls.append(signed.url)
         return self.http("PUT", signed.url, body, dict(signed.headers))
 
-    def get(self, source: CredentialSource) -> Reply:
+    def get(self, source: CredentialSource, key: str) -> Reply:
         signer = DownloadSigner(source, self.endpoint, self.settings.region, self.clock)
-        signed = signer.sign(self.canary, ttl_seconds=URL_TTL_SECONDS)
+        signed = signer.sign(key, ttl_seconds=URL_TTL_SECONDS)
         self.urls.append(signed.url)
         return self.http("GET", signed.url)
 
@@ -166,46 +198,59 @@ class BucketProbe:
         return self.http(method, url)
 
     def list_query(self) -> tuple[tuple[str, str], ...]:
-        prefix = self.canary.rsplit("/", 1)[0] + "/"
+        prefix = self.avatars.key.rsplit("/", 1)[0] + "/"
         return (("list-type", "2"), ("max-keys", "1"), ("prefix", prefix))
 
-    # --- the checks -----------------------------------------------------------------------
+    # --- one identity, one action, one place: allowed or not ---------------------------------
 
-    def uploader_can_put(self, uploader: CredentialSource) -> bool:
-        reply = self.put(uploader, self.canary_body)
+    def can_put(
+        self, identity: str, source: CredentialSource, place: Place, name: str, **once: bool
+    ) -> bool:
+        """PASS when the identity may write `place`; True when it stored the canary."""
+        reply = self.put(source, place.key, self.canary_body, **once)
         if 200 <= reply.status < 300:
-            self.add("uploader can PUT the canary", PASS, f"{reply} ({self.canary})")
+            self.add(name, PASS, f"{reply} ({place.key})")
             return True
-        if reply.code in ("SignatureDoesNotMatch", "InvalidAccessKeyId"):
-            why = advice.rejected_key_pair("uploader", reply)
+        if reply.code in _REJECTED_KEY:
+            self.add(name, FAIL, advice.rejected_key_pair(identity, reply))
         elif reply.refused:
-            why = advice.uploader_cannot_upload(reply, self.objects)
-        else:
-            why = f"unexpected answer {reply}"
-        self.add("uploader can PUT the canary", FAIL, why)
-        return False
-
-    def uploader_cannot_get(self, uploader: CredentialSource, stored: bool) -> bool:
-        """Returns whether the uploader CAN read (the failure)."""
-        reply = self.get(uploader)
-        name = "uploader cannot GET"
-        if reply.status == 200:
-            self.add(name, FAIL, advice.uploader_can_read(self.objects))
-            return True
-        if reply.status == 404:
-            self.add(name, FAIL, advice.UPLOADER_GET_AUTHORIZED)
-            return True
-        if reply.refused and stored:
-            self.add(name, PASS, f"{reply}")
-        elif reply.refused:
-            self.add(name, SKIP, f"{reply}, but inconclusive: the canary could not be stored")
+            self.add(
+                name, FAIL, advice.may_not(identity, "s3:PutObject", place.what, place.arn, reply)
+            )
         else:
             self.add(name, FAIL, f"unexpected answer {reply}")
         return False
 
-    def reader_can_get(self, reader: CredentialSource, stored: bool) -> bool:
-        reply = self.get(reader)
-        name = "reader can GET the canary"
+    def cannot_put(
+        self,
+        identity: str,
+        source: CredentialSource,
+        place: Place,
+        name: str,
+        unchanged_by: CredentialSource | None = None,
+    ) -> bool:
+        """PASS when writing `place` is refused (and, read back with `unchanged_by`, the
+        canary is unchanged); True when the identity CAN write (the failure)."""
+        reply = self.put(source, place.key, f"written by the {identity}: never stored\n".encode())
+        if reply.allowed:
+            self.add(name, FAIL, advice.can_write(identity, place.what, place.arn, reply))
+            return True
+        if not reply.refused:
+            self.add(name, FAIL, f"unexpected answer {reply}")
+            return False
+        if unchanged_by is not None:
+            after = self.get(unchanged_by, place.key)
+            if after.status == 200 and after.body != self.canary_body:
+                self.add(name, FAIL, f"PUT answered {reply}, yet the canary changed")
+                return False
+        self.add(name, PASS, f"{reply}")
+        return False
+
+    def can_get(
+        self, identity: str, source: CredentialSource, place: Place, name: str, stored: bool
+    ) -> bool:
+        """PASS when the identity reads back the canary's bytes; True when it could read."""
+        reply = self.get(source, place.key)
         if reply.status == 200 and (not stored or reply.body == self.canary_body):
             self.add(name, PASS, f"{reply}, same bytes")
             return True
@@ -215,35 +260,37 @@ class BucketProbe:
         if reply.status == 404 and not stored:
             self.add(name, SKIP, "404: inconclusive, the canary could not be stored")
             return True
-        if reply.code in ("SignatureDoesNotMatch", "InvalidAccessKeyId"):
-            self.add(name, FAIL, advice.rejected_key_pair("reader", reply))
+        if reply.code in _REJECTED_KEY:
+            self.add(name, FAIL, advice.rejected_key_pair(identity, reply))
         elif reply.refused:
-            self.add(name, FAIL, advice.reader_cannot_read(reply, self.objects))
+            self.add(
+                name, FAIL, advice.may_not(identity, "s3:GetObject", place.what, place.arn, reply)
+            )
         else:
             self.add(name, FAIL, f"unexpected answer {reply}")
         return False
 
-    def reader_cannot_put(self, reader: CredentialSource, verify: CredentialSource | None) -> bool:
-        """Returns whether the reader CAN write (the failure)."""
-        reply = self.put(reader, b"written by the reader: must never be stored\n")
-        name = "reader cannot PUT (canary unchanged)"
-        if reply.allowed:
-            self.add(name, FAIL, advice.reader_can_write(reply, self.objects))
+    def cannot_get(
+        self, identity: str, source: CredentialSource, place: Place, name: str, stored: bool
+    ) -> bool:
+        """PASS when reading `place` is refused; True when the identity CAN read (failure)."""
+        reply = self.get(source, place.key)
+        if reply.status in (200, 404):  # 404: authorized, just no such key
+            self.add(name, FAIL, advice.can_read(identity, place.what, place.arn, reply))
             return True
-        if not reply.refused:
+        if reply.refused and stored:
+            self.add(name, PASS, f"{reply}")
+        elif reply.refused:
+            self.add(name, SKIP, f"{reply}, but inconclusive: the canary could not be stored")
+        else:
             self.add(name, FAIL, f"unexpected answer {reply}")
-            return False
-        if verify is not None:
-            after = self.get(verify)
-            if after.status == 200 and after.body != self.canary_body:
-                self.add(name, FAIL, f"PUT answered {reply}, yet the canary changed")
-                return False
-        self.add(name, PASS, f"{reply}")
         return False
+
+    # --- the checks every mode has ------------------------------------------------------
 
     def not_public(self) -> None:
         name = "bucket is not publicly readable"
-        obj = self.http("GET", self.endpoint.origin + self.endpoint.path(self.canary))
+        obj = self.http("GET", self.endpoint.origin + self.endpoint.path(self.avatars.key))
         listing = self.http(
             "GET",
             self.endpoint.origin
@@ -259,15 +306,29 @@ class BucketProbe:
         else:
             self.add(name, FAIL, f"unexpected answers: GET {obj}, LIST {listing}")
 
+    def workplaces(self, identity: str) -> tuple[Place, ...]:
+        """Where an identity works: where a too-broad statement would also let it delete."""
+        if not self.settings.uploads.verified:
+            return (self.avatars,)
+        return {
+            "uploader": (self.staged,),
+            "reader": (self.avatars,),
+            "verifier": (self.staged, self.avatars),
+        }[identity]
+
     def cannot_delete(self, identity: str, source: CredentialSource) -> None:
-        reply = self.raw("DELETE", source, self.endpoint.path(self.canary), ())
         name = f"{identity} cannot DELETE"
-        if reply.allowed:
-            self.add(name, FAIL, advice.can_delete(identity, reply))
-        elif reply.refused:
-            self.add(name, PASS, f"{reply}")
+        replies = [
+            self.raw("DELETE", source, self.endpoint.path(place.key), ())
+            for place in self.workplaces(identity)
+        ]
+        allowed = [reply for reply in replies if reply.allowed]
+        if allowed:
+            self.add(name, FAIL, advice.can_delete(identity, allowed[0]))
+        elif all(reply.refused for reply in replies):
+            self.add(name, PASS, ", ".join(str(reply) for reply in replies))
         else:
-            self.add(name, FAIL, f"unexpected answer {reply}")
+            self.add(name, FAIL, f"unexpected answer {next(r for r in replies if not r.refused)}")
 
     def cannot_list(self, identity: str, source: CredentialSource) -> None:
         reply = self.raw("GET", source, self.endpoint.path(""), self.list_query())
@@ -349,30 +410,87 @@ class BucketProbe:
         if (upload_get or read_put) and not upload_put and not read_get:
             self.add("uploader and reader not swapped", FAIL, advice.SWAPPED)
 
+    # --- the jobs of each mode ------------------------------------------------------------
+
+    def direct(self, sources: dict[str, CredentialSource | None]) -> None:
+        uploader, reader = sources["uploader"], sources["reader"]
+        upload_put = upload_get = read_get = read_put = False
+        if uploader is not None:
+            upload_put = self.can_put(
+                "uploader", uploader, self.avatars, "uploader can PUT the canary"
+            )
+            upload_get = self.cannot_get(
+                "uploader", uploader, self.avatars, "uploader cannot GET", upload_put
+            )
+        if reader is not None:
+            read_get = self.can_get(
+                "reader", reader, self.avatars, "reader can GET the canary", upload_put
+            )
+            read_put = self.cannot_put(
+                "reader",
+                reader,
+                self.avatars,
+                "reader cannot PUT (canary unchanged)",
+                reader if read_get else None,
+            )
+        if uploader is not None and reader is not None:
+            self.swapped(upload_put, upload_get, read_get, read_put)
+
+    def verified(self, sources: dict[str, CredentialSource | None]) -> None:
+        uploader, reader = sources["uploader"], sources["reader"]
+        verifier = sources.get("verifier")
+        staged = published = False
+        if uploader is not None:
+            staged = self.can_put(
+                "uploader",
+                uploader,
+                self.staged,
+                "uploader can PUT a staged upload",
+                write_once=True,
+            )
+            self.cannot_put("uploader", uploader, self.avatars, "uploader cannot PUT avatars")
+            self.cannot_get("uploader", uploader, self.staged, "uploader cannot GET", staged)
+        if verifier is not None:
+            self.can_get(
+                "verifier", verifier, self.staged, "verifier can GET staged uploads", staged
+            )
+            published = self.can_put("verifier", verifier, self.avatars, "verifier can PUT avatars")
+            self.cannot_get(
+                "verifier", verifier, self.avatars, "verifier cannot GET avatars", published
+            )
+            fresh = Place(self.staged.what, self.staged.key + "-verifier", self.staged.arn)
+            self.cannot_put("verifier", verifier, fresh, "verifier cannot PUT staged uploads")
+        if reader is not None:
+            read = self.can_get("reader", reader, self.avatars, "reader can GET avatars", published)
+            self.cannot_get(
+                "reader", reader, self.staged, "reader cannot GET staged uploads", staged
+            )
+            self.cannot_put(
+                "reader",
+                reader,
+                self.avatars,
+                "reader cannot PUT (canary unchanged)",
+                reader if read else None,
+            )
+
 
 def run(settings: Settings, clock: Clock = utc_now) -> list[Result]:
     """Every check against the configured bucket, in order (real HTTP)."""
     probe = BucketProbe(settings, clock)
     sources = probe.credentials()
-    uploader, reader = sources["uploader"], sources["reader"]
-    upload_put = upload_get = read_get = read_put = False
-    if uploader is not None:
-        upload_put = probe.uploader_can_put(uploader)
-        upload_get = probe.uploader_cannot_get(uploader, upload_put)
-    if reader is not None:
-        read_get = probe.reader_can_get(reader, upload_put)
-        read_put = probe.reader_cannot_put(reader, reader if read_get else None)
+    if settings.uploads.verified:
+        probe.verified(sources)
+    else:
+        probe.direct(sources)
     probe.not_public()
-    for identity, source in (("uploader", uploader), ("reader", reader)):
+    for identity, source in sources.items():
         if source is not None:
             probe.cannot_delete(identity, source)
-    for identity, source in (("uploader", uploader), ("reader", reader)):
+    for identity, source in sources.items():
         if source is not None:
             probe.cannot_list(identity, source)
     probe.url_form()
-    probe.region(reader or uploader)
-    if uploader is not None and reader is not None:
-        probe.swapped(upload_put, upload_get, read_get, read_put)
+    probe.region(sources["reader"] or sources["uploader"])
     return probe.results
 
 
@@ -382,9 +500,9 @@ def render(settings: Settings, results: Sequence[Result], out: TextIO) -> None:
     kind = "AWS" if settings.endpoint_url is None else "not AWS"
     render_table(
         f"avatar-signer check: bucket {settings.bucket}, AWS_REGION {settings.region}, "
-        f"endpoint {where} ({kind})",
+        f"endpoint {where} ({kind}), {settings.uploads.mode} uploads",
         f"The canary {ObjectKeys(settings.key_prefix).canary_key()} stays in the bucket: "
-        "neither identity may delete it.",
+        "no identity may delete it.",
         results,
         out,
     )

@@ -1,5 +1,8 @@
-"""Plain HTTP requests to S3 for the `check` command: exactly the given headers, no redirect
-followed, no exception for an answer S3 gives (a 403 is a finding, not an error)."""
+"""Plain HTTP requests to S3: exactly the given headers, no redirect followed, no exception
+for an answer S3 gives (a 403 is a finding, not an error), a bounded body.
+
+Used for the server's own requests (the verifier's reads and writes) and by `avatar-signer
+check`. Blocking: call it from a worker thread, never on the event loop."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 HTTP_TIMEOUT_SECONDS = 15.0
-_MAX_BODY = 1 << 20
+MAX_BODY = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,8 @@ class Reply:
     body: bytes = field(default=b"", repr=False)
     headers: dict[str, str] = field(default_factory=dict)
     error: str = ""
+    # The body was longer than the reader's limit: `body` holds only the first bytes.
+    truncated: bool = False
 
     @property
     def code(self) -> str:
@@ -43,25 +48,36 @@ class Reply:
 
 
 def send(
-    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    *,
+    max_body: int = MAX_BODY,
+    timeout: float = HTTP_TIMEOUT_SECONDS,
 ) -> Reply:
-    """One HTTP request, exactly these headers, no redirect followed."""
+    """One HTTP request, exactly these headers, no redirect followed; at most `max_body`
+    bytes of the answer are read (`truncated` says there was more)."""
     parts = urlsplit(url)
     connection: http.client.HTTPConnection
     if parts.scheme == "https":
         connection = http.client.HTTPSConnection(
-            parts.hostname or "", parts.port, timeout=HTTP_TIMEOUT_SECONDS
+            parts.hostname or "", parts.port, timeout=timeout
         )
     else:
-        connection = http.client.HTTPConnection(
-            parts.hostname or "", parts.port, timeout=HTTP_TIMEOUT_SECONDS
-        )
+        connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
     try:
         target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         connection.request(method, target, body=body, headers=headers or {})
         response = connection.getresponse()
-        data = response.read(_MAX_BODY) if method != "HEAD" else b""
-        return Reply(response.status, data, {k.lower(): v for k, v in response.getheaders()})
+        data = response.read(max_body + 1) if method != "HEAD" else b""
+        truncated = len(data) > max_body
+        return Reply(
+            response.status,
+            data[:max_body],
+            {k.lower(): v for k, v in response.getheaders()},
+            truncated=truncated,
+        )
     except (OSError, http.client.HTTPException) as error:
         # The error's type only: its text could carry the URL.
         return Reply(0, error=type(error).__name__)
