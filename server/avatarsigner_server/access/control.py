@@ -15,6 +15,8 @@ The audit log, the metrics, the shared store and the tracing are the server's, p
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import grpc
 
 from ..api.servicer import UploadGate
@@ -28,7 +30,9 @@ from .end_users import EndUserVerifier
 from .guard import CallGuard
 from .rate_limits import Limiter, RateLimiter
 from .reloading import FileReloader
-from .shared_rate_limits import SharedRateLimiter, SharedStore
+
+if TYPE_CHECKING:  # imported only with a store: the Redis client costs ~20 MB per process
+    from .shared_rate_limits import SharedStore
 from .tls import ServerTls
 
 
@@ -65,11 +69,11 @@ class AccessControl:
         self.end_users = EndUserVerifier(settings.end_user) if settings.end_user else None
         self.reloader.track(self.callers, self.end_users, self.tls)
         self.store = store
-        self.limiter: Limiter = (
-            RateLimiter(settings.rate_limits)
-            if store is None
-            else SharedRateLimiter(settings.rate_limits, store)
-        )
+        self.limiter: Limiter = RateLimiter(settings.rate_limits)
+        if store is not None:
+            from .shared_rate_limits import SharedRateLimiter
+
+            self.limiter = SharedRateLimiter(settings.rate_limits, store)
         self.guard = CallGuard(self.callers, self.limiter, audit, metrics, tracing)
         gates: list[UploadGate] = []
         if self.end_users is not None:

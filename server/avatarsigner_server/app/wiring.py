@@ -13,9 +13,9 @@ the server (server.py) only runs it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..access.control import AccessControl
-from ..access.shared_rate_limits import SharedStore
 from ..api.servicer import AvatarSignerService, UploadGate
 from ..api.validation import Limits
 from ..credentials.watcher import CredentialWatcher, build_watcher, check_sources
@@ -28,6 +28,9 @@ from ..storage.objects import ObjectStore
 from ..telemetry.audit import Audit
 from ..telemetry.metrics import Metrics
 from ..telemetry.tracing import Tracing
+
+if TYPE_CHECKING:  # imported only with a store: the Redis client costs ~20 MB per process
+    from ..access.shared_rate_limits import SharedStore
 from ..verification.confirm import Confirmer, limits_from, require_verifiable
 
 
@@ -130,6 +133,8 @@ def rate_limit_store(settings: Settings, metrics: Metrics) -> SharedStore | None
     """
     if settings.rate_limit_store is None:
         return None
+    from ..access.shared_rate_limits import SharedStore
+
     store = SharedStore.from_settings(
         settings.rate_limit_store, on_unreachable=metrics.store_unreachable
     )

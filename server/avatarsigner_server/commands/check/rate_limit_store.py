@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 
-from ...access.shared_rate_limits import SharedStore, StoreUnavailable
 from ...settings import Settings
 from . import advice
 from .report import FAIL, PASS, Result
@@ -21,6 +20,8 @@ def store_row(settings: Settings) -> Result | None:
     """The row, or None when no store is configured (limits per process)."""
     if settings.rate_limit_store is None:
         return None
+    from ...access.shared_rate_limits import SharedStore, StoreUnavailable
+
     store = SharedStore.from_settings(settings.rate_limit_store)
 
     async def ask() -> str:
