@@ -59,6 +59,9 @@ ENV = {
     "S3_UPLOAD_SECRET": "uploader-secret-0001",
     "S3_READ_KEY": "READERKEYID0000001",
     "S3_READ_SECRET": "reader-secret-00001",
+    # Verified uploads (the default) need the verifier; no call here reaches S3.
+    "S3_VERIFY_KEY": "VERIFIERKEYID00001",
+    "S3_VERIFY_SECRET": "verifier-secret-001",
     "AWS_REGION": "eu-west-1",
     "S3_BUCKET": "avatars",
     "GRPC_HOST": "127.0.0.1",
