@@ -29,13 +29,13 @@ from avatarsigner._propagation import trace_metadata
 from avatarsigner_server.telemetry.tracing import ATTRIBUTES, Tracing
 from conftest import verified_env
 from guarded import caller, new_token, write_callers
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from PIL import Image
 from redis_server import RedisServer
 from servers import FAKE_ENV, ServerThread, free_port, settings_from, wait_serving
+from test_tracing import Caller
 
 SERVICE = "avatarsigner.v1.AvatarSigner"
 PROFILE = caller("profile-service", ["CreateUploadUrl", "CreateDownloadUrl"])
@@ -55,16 +55,6 @@ def end_user_token(sub: str) -> str:
     )
     leaks.remember(token)
     return token
-
-
-class Caller:
-    """The calling service: its own tracer provider; spans kept in memory."""
-
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.provider = TracerProvider()
-        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.tracer = self.provider.get_tracer("profile-service")
 
 
 @pytest.fixture
