@@ -50,6 +50,11 @@ class EmptyAvatarSigner(pb_grpc.AvatarSignerServicer):
     ) -> pb.ConfirmUploadResponse:
         return pb.ConfirmUploadResponse()
 
+    async def DeleteAvatar(
+        self, request: pb.DeleteAvatarRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteAvatarResponse:
+        return pb.DeleteAvatarResponse()
+
     async def BatchCreateDownloadUrls(
         self, request: pb.BatchCreateDownloadUrlsRequest, context: grpc.aio.ServicerContext
     ) -> pb.BatchCreateDownloadUrlsResponse:

@@ -142,14 +142,12 @@ class LocalS3Error(RuntimeError):
 # --------------------------------------------------------------------------- policies
 
 
-def layout(bucket: str, mode: UploadMode) -> Layout:
-    """The bucket's layout under the service's default prefixes."""
-    return Layout(bucket, mode)
-
-
-def policy(identity: str, bucket: str, mode: UploadMode = UploadMode.DIRECT) -> dict[str, Any]:
-    """The IAM policy of one identity: exactly what `avatar-signer policies` prints."""
-    documents = policies.documents(layout(bucket, mode))
+def policy(
+    identity: str, bucket: str, mode: UploadMode = UploadMode.DIRECT, versioned: bool = False
+) -> dict[str, Any]:
+    """The IAM policy of one identity: exactly what `avatar-signer policies` prints (under
+    the service's default prefixes)."""
+    documents = policies.documents(Layout(bucket, mode, versioned=versioned))
     found: dict[str, Any] | None = documents[f"{identity}_policy"]
     if found is None:
         raise ValueError(f"no {identity} in {mode} mode")
@@ -635,10 +633,17 @@ def _sleep_or_fail(deadline: float, message: str) -> None:
     time.sleep(_POLL_INTERVAL)
 
 
-def create_identities(server: LocalS3, mode: UploadMode) -> dict[str, Identity]:
-    """The IAM users of one upload mode, each with exactly its printed policy."""
+def create_identities(
+    server: LocalS3, mode: UploadMode, *, bucket: str | None = None, versioned: bool = False
+) -> dict[str, Identity]:
+    """The IAM users of one upload mode, each with exactly its printed policy (for the
+    server's bucket, or another one of its buckets, named apart by a suffix)."""
+    bucket = bucket or server.bucket
+    suffix = "" if bucket == server.bucket else f"-{bucket}"
     return {
-        identity: server.create_identity(name, policy(identity, server.bucket, mode))
+        identity: server.create_identity(
+            name + suffix, policy(identity, bucket, mode, versioned)
+        )
         for identity, name in IDENTITY_NAMES[mode].items()
     }
 

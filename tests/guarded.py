@@ -31,6 +31,7 @@ class CallerSpec:
     allow: tuple[str, ...]
     token: str | None = None
     tls_identity: str | None = None
+    account_deletion: bool = False
 
     @property
     def token_sha256(self) -> str | None:
@@ -48,9 +49,16 @@ def new_token() -> str:
 
 
 def caller(
-    name: str, allow: Sequence[str], *, token: bool = True, tls_identity: str | None = None
+    name: str,
+    allow: Sequence[str],
+    *,
+    token: bool = True,
+    tls_identity: str | None = None,
+    account_deletion: bool = False,
 ) -> CallerSpec:
-    made = CallerSpec(name, tuple(allow), new_token() if token else None, tls_identity)
+    made = CallerSpec(
+        name, tuple(allow), new_token() if token else None, tls_identity, account_deletion
+    )
     if made.token_sha256:
         leaks.remember(made.token_sha256)
     return made
@@ -66,6 +74,8 @@ def callers_toml(callers: Iterable[CallerSpec]) -> str:
         if each.tls_identity:
             lines.append(f'tls_identity = "{each.tls_identity}"')
         lines.append("allow = [" + ", ".join(f'"{rpc}"' for rpc in each.allow) + "]")
+        if each.account_deletion:
+            lines.append("account_deletion = true")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 

@@ -174,8 +174,8 @@ BAD_FILES = [
     ("allow-empty", _table(name=NAME, token_sha256=TOKEN, allow="[]"), "allow must be"),
     (
         "allow-unknown-rpc",
-        _table(name=NAME, token_sha256=TOKEN, allow='["DeleteAvatar"]'),
-        "'DeleteAvatar' is not an RPC",
+        _table(name=NAME, token_sha256=TOKEN, allow='["EraseAvatar"]'),
+        "'EraseAvatar' is not an RPC",
     ),
     (
         "duplicate-name",
@@ -215,8 +215,30 @@ def test_the_documented_example_is_a_valid_callers_file(tmp_path: Path) -> None:
     path = tmp_path / "callers.toml"
     path.write_text(callers_file_example())
     table = callers.load(str(path))
-    assert [c.name for c in table.callers] == ["profile-service", "feed-service", "thumbnailer"]
+    assert [c.name for c in table.callers] == [
+        "profile-service",
+        "feed-service",
+        "thumbnailer",
+        "account-deletion",
+    ]
     profile = table.by_certificate(["spiffe://cluster.local/ns/app/sa/profile"])
     assert profile is table.callers[0]
-    assert profile.allow == {"CreateUploadUrl", "CreateDownloadUrl"}
+    assert profile.allow == {
+        "CreateUploadUrl",
+        "ConfirmUpload",
+        "CreateDownloadUrl",
+        "DeleteAvatar",
+    }
+    assert [c.account_deletion for c in table.callers] == [False, False, False, True]
     assert table.by_token("example-profile-service-token") is profile
+
+
+def test_account_deletion_needs_delete_avatar_in_allow(tmp_path: Path) -> None:
+    path = tmp_path / "callers.toml"
+    path.write_text(
+        '[[caller]]\nname = "eraser"\n'
+        f'token_sha256 = "{"a" * 64}"\nallow = ["CreateDownloadUrl"]\naccount_deletion = true\n'
+    )
+    with pytest.raises(SettingsError) as caught:
+        callers.load(str(path))
+    assert "account_deletion needs DeleteAvatar in allow" in str(caught.value)

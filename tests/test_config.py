@@ -82,6 +82,7 @@ BAD_SETTINGS = [
     ("max-frames-zero", "MAX_IMAGE_FRAMES", "0", "MAX_IMAGE_FRAMES"),
     ("confirm-concurrency-zero", "CONFIRM_CONCURRENCY", "0", "CONFIRM_CONCURRENCY"),
     ("confirm-timeout-word", "CONFIRM_TIMEOUT_SECONDS", "soon", "CONFIRM_TIMEOUT_SECONDS"),
+    ("delete-old-versions-maybe", "DELETE_OLD_VERSIONS", "maybe", "DELETE_OLD_VERSIONS"),
 ]
 
 

@@ -9,11 +9,15 @@ but not in the probes, a distribution renamed in pyproject but not in the image.
 from __future__ import annotations
 
 import dataclasses
+import email
 import hashlib
 import json
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -39,14 +43,20 @@ CLIENT_DIR = "client"
 # --- the sources of truth -----------------------------------------------------------------
 
 
+def _toml(path: Path) -> dict[str, Any]:
+    with path.open("rb") as stream:
+        return tomllib.load(stream)
+
+
 def _pyproject(directory: Path) -> dict[str, Any]:
-    with (directory / "pyproject.toml").open("rb") as stream:
-        project: dict[str, Any] = tomllib.load(stream)["project"]
+    project: dict[str, Any] = _toml(directory / "pyproject.toml")["project"]
     return project
 
 
+PYPROJECT = _toml(ROOT / "pyproject.toml")
 SERVER_PROJECT = _pyproject(ROOT)
 CLIENT_PROJECT = _pyproject(ROOT / CLIENT_DIR)
+LOCKED = {canonicalize_name(p["name"]): p for p in _toml(ROOT / "uv.lock")["package"]}
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
 GRPC_PORT = DEFAULTS["grpc_port"]
 METRICS_PORT = DEFAULTS["metrics_port"]
@@ -87,114 +97,176 @@ def _instructions(text: str) -> list[tuple[str, str]]:
     return instructions
 
 
-def _stages(text: str) -> list[Stage]:
+def _stages(text: str) -> tuple[dict[str, str], list[Stage]]:
+    """(the global ARGs' defaults, the stages); a FROM's ${ARG} is replaced by its default."""
+    arguments: dict[str, str] = {}
     stages: list[Stage] = []
     for keyword, args in _instructions(text):
-        if keyword == "FROM":
+        if keyword == "ARG" and not stages:
+            name, _, default = args.partition("=")
+            arguments[name] = default
+        elif keyword == "FROM":
             words = args.split()
+            image = re.sub(r"\$\{(\w+)\}", lambda m: arguments[m[1]], words[0])
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(words[0], name, []))
+            stages.append(Stage(image, name, []))
         else:
             assert stages, f"{keyword} before the first FROM"
             stages[-1].instructions.append((keyword, args))
-    return stages
+    return arguments, stages
 
 
-PIP_OPTIONS_WITH_VALUE = {
-    "-f", "--find-links", "-w", "--wheel-dir", "-i", "--index-url", "--extra-index-url",
-    "-c", "--constraint", "-r", "--requirement",
-}  # fmt: skip
-
-
-def _pip_commands(stage: Stage, subcommand: str) -> list[tuple[set[str], list[str]]]:
-    """(options, positional arguments) of each `pip SUBCOMMAND` run in this stage."""
-    commands: list[tuple[set[str], list[str]]] = []
+def _commands(stage: Stage) -> list[list[str]]:
+    """Each simple command the stage's RUN instructions run (split at &&, ; and |)."""
+    commands = []
     for run in stage.all("RUN"):
-        for command in re.split(r"&&|;", run):
-            words = shlex.split(command)
-            while words and words[0].startswith("--mount"):
-                words = words[1:]  # RUN's own flags
-            if words[:3] == ["python", "-m", "pip"]:
-                words = ["pip", *words[3:]]
-            if words[:2] != ["pip", subcommand]:
-                continue
-            options: set[str] = set()
-            positional: list[str] = []
-            args = iter(words[2:])
-            for word in args:
-                if word.startswith("-"):
-                    option = word.split("=", 1)[0]
-                    options.add(option)
-                    if option in PIP_OPTIONS_WITH_VALUE and "=" not in word:
-                        next(args, None)
-                else:
-                    positional.append(word)
-            commands.append((options, positional))
+        words = shlex.split(run)
+        while words and words[0].startswith("--mount"):
+            words = words[1:]  # RUN's own flags
+        command: list[str] = []
+        for word in [*words, ";"]:
+            if word in {"&&", ";", "||", "|", "then", "fi"} or word.endswith(";"):
+                if word.endswith(";") and word != ";":
+                    command.append(word[:-1])
+                if command:
+                    commands.append(command)
+                command = []
+            else:
+                command.append(word)
     return commands
 
 
-DOCKERFILE = _stages((ROOT / "Dockerfile").read_text(encoding="utf-8"))
+def _program(command: list[str]) -> str:
+    return PurePosixPath(command[0]).name
+
+
+def _run_mounts(stage: Stage) -> list[str]:
+    return [
+        word for run in stage.all("RUN") for word in shlex.split(run) if word.startswith("--mount")
+    ]
+
+
+ARGUMENTS, DOCKERFILE = _stages((ROOT / "Dockerfile").read_text(encoding="utf-8"))
 BUILDER, RUNTIME = DOCKERFILE[0], DOCKERFILE[-1]
-BASE_IMAGE = re.compile(
-    r"python:(?P<version>\d+\.\d+\.\d+)-slim(?:-[a-z]+)?(?:@sha256:[0-9a-f]{64})?"
-)
+BASE_IMAGE = re.compile(r"debian:(?P<release>[a-z]+)-slim@sha256:[0-9a-f]{64}")
+# The python3 each Debian release ships (and keeps patched): what the image runs.
+DEBIAN_PYTHON = {"bookworm": Version("3.11.2")}
 
 
 # --- the image ----------------------------------------------------------------------------
 
 
-def test_image_is_built_in_two_stages_from_one_pinned_slim_python() -> None:
+def test_image_is_built_in_stages_from_one_slim_debian_pinned_by_digest() -> None:
     assert len(DOCKERFILE) >= 2, "multi-stage: the final image must not contain the build"
-    assert BASE_IMAGE.fullmatch(RUNTIME.image), f"unpinned or not slim: {RUNTIME.image}"
-    assert BUILDER.image == RUNTIME.image, "wheels must be built on the interpreter that runs them"
+    assert BASE_IMAGE.fullmatch(ARGUMENTS["BASE_IMAGE"]), ARGUMENTS["BASE_IMAGE"]
+    assert {stage.image for stage in DOCKERFILE} == {ARGUMENTS["BASE_IMAGE"]}, (
+        "one base, a build argument: the environment is built for the python3 that runs it"
+    )
 
 
 @pytest.mark.parametrize("project", [SERVER_PROJECT, CLIENT_PROJECT], ids=["server", "client"])
 def test_image_python_satisfies_requires_python(project: dict[str, Any]) -> None:
-    match = BASE_IMAGE.fullmatch(RUNTIME.image)
+    match = BASE_IMAGE.fullmatch(ARGUMENTS["BASE_IMAGE"])
     assert match
-    python = Version(match["version"])
+    python = DEBIAN_PYTHON[match["release"]]
     assert python in SpecifierSet(project["requires-python"]), (
         f"{project['name']} requires Python {project['requires-python']}, the image has {python}"
     )
 
 
-def test_builder_makes_wheels_from_exactly_the_two_local_projects() -> None:
-    local = [
-        positional
-        for options, positional in _pip_commands(BUILDER, "wheel")
-        if "--no-deps" in options
+def test_both_stages_install_debians_python3_and_the_runtime_nothing_else() -> None:
+    for stage in (BUILDER, RUNTIME):
+        installs = [c for c in _commands(stage) if c[:2] == ["apt-get", "install"]]
+        assert len(installs) == 1
+        packages = {word for word in installs[0][2:] if not word.startswith("-")}
+        assert "python3" in packages
+        if stage is RUNTIME:
+            assert packages == {"python3"}, "no compiler, no pip, no uv at run time"
+
+
+def test_build_stage_installs_exactly_the_lock_without_the_dev_group() -> None:
+    syncs = [c for c in _commands(BUILDER) if _program(c) == "uv"]
+    assert syncs, "uv installs the environment"
+    for command in syncs:
+        assert command[1] == "sync", f"only `uv sync` (never `uv pip`, `uv add`): {command}"
+        assert {"--frozen", "--no-dev"} <= set(command), command
+    assert "--no-editable" in syncs[-1], "the image holds the projects, not links to /src"
+    assert "--no-install-workspace" not in syncs[-1]
+    assert not [c for c in _commands(BUILDER) if _program(c) in {"pip", "pip3"}]
+    # pip runs once, inside dev/install_uv.py: the uv that uv.lock pins, hash-checked.
+    (bootstrap,) = [c for c in _commands(BUILDER) if c[-1].endswith("install_uv.py")]
+    assert (ROOT / "dev" / PurePosixPath(bootstrap[-1]).name).is_file()
+    assert "uv" in LOCKED
+
+
+def test_runtime_copies_the_built_environment_and_runs_no_installer() -> None:
+    env = dict(word.split("=", 1) for args in BUILDER.all("ENV") for word in shlex.split(args))
+    environment = env["UV_PROJECT_ENVIRONMENT"]
+    copies = [shlex.split(args) for args in RUNTIME.all("COPY")]
+    assert copies == [[f"--from={BUILDER.name}", environment, environment]]
+    programs = {_program(c) for c in _commands(RUNTIME)}
+    assert not programs & {"pip", "pip3", "uv", "python", "python3"}, programs
+    path = dict(word.split("=", 1) for args in RUNTIME.all("ENV") for word in shlex.split(args))[
+        "PATH"
     ]
-    assert len(local) == 1, "one `pip wheel --no-deps` of the local projects"
-    names = {canonicalize_name(_pyproject(ROOT / PurePosixPath(path))["name"]) for path in local[0]}
-    assert names == {
-        canonicalize_name(SERVER_PROJECT["name"]),
-        canonicalize_name(CLIENT_PROJECT["name"]),
-    }
+    assert path.split(":")[0] == f"{environment}/bin", "avatar-signer and python from the venv"
 
 
-def test_image_installs_the_two_distributions_at_their_versions_and_nothing_else() -> None:
-    installs = _pip_commands(RUNTIME, "install")
-    assert len(installs) == 1, "one pip install in the final stage"
-    options, positional = installs[0]
-    assert "--no-index" in options, "install only the builder's wheels, never from an index"
-    assert not options & {"-r", "--requirement", "-e", "--editable"}
-    installed = {
-        canonicalize_name(req.name): str(req.specifier) for req in map(Requirement, positional)
-    }
-    assert installed == {
-        canonicalize_name(p["name"]): f"=={p['version']}" for p in (SERVER_PROJECT, CLIENT_PROJECT)
-    }
+def test_build_ca_reaches_the_build_only_as_a_secret_mount() -> None:
+    """Behind a TLS-intercepting proxy the build needs its CA, and no layer may keep it."""
+    for stage in DOCKERFILE:
+        for mount in _run_mounts(stage):
+            if "type=secret" in mount:
+                assert "id=build-ca" in mount
+        names = {word.split("=", 1)[0] for args in stage.all("ENV") for word in shlex.split(args)}
+        assert not names & {"SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE"}
+        assert not any("build-ca" in args for args in stage.all("COPY") + stage.all("ADD"))
+    assert [m for m in _run_mounts(BUILDER) if "type=secret" in m], "the build reads a CA"
 
 
-def test_server_requires_the_client_version_the_image_installs() -> None:
-    pinned = {
-        canonicalize_name(req.name): req.specifier
-        for req in map(Requirement, SERVER_PROJECT["dependencies"])
-    }
+def test_server_takes_the_client_from_this_repository_never_from_an_index() -> None:
+    """uv through the workspace, pip through the file URL the build backend expands: nobody
+    looks `avatar-signer-client` up on an index, where anyone could publish that name."""
     client = canonicalize_name(CLIENT_PROJECT["name"])
-    assert client in pinned, "the server distribution depends on the client distribution"
-    assert CLIENT_PROJECT["version"] in pinned[client]
+    (requirement,) = [
+        req
+        for req in map(Requirement, SERVER_PROJECT["dependencies"])
+        if canonicalize_name(req.name) == client
+    ]
+    assert requirement.url == f"file:///${{PROJECT_ROOT}}/{CLIENT_DIR}"
+    uv = PYPROJECT["tool"]["uv"]
+    assert uv["sources"][CLIENT_PROJECT["name"]] == {"workspace": True}
+    assert uv["workspace"]["members"] == [CLIENT_DIR]
+    assert LOCKED[client]["source"] == {"editable": CLIENT_DIR}
+    assert LOCKED[client]["version"] == CLIENT_PROJECT["version"]
+
+
+def test_lock_takes_every_other_package_from_pypi_with_hashes() -> None:
+    local = {canonicalize_name(p["name"]) for p in (SERVER_PROJECT, CLIENT_PROJECT)}
+    for name, package in LOCKED.items():
+        if name in local:
+            continue
+        assert package["source"] == {"registry": "https://pypi.org/simple"}, name
+        files = [*package.get("wheels", []), *([package["sdist"]] if "sdist" in package else [])]
+        assert files and all(f["hash"].startswith("sha256:") for f in files), name
+
+
+def test_built_server_wheel_names_this_checkouts_client_for_pip(tmp_path: Path) -> None:
+    """What `pip install .` sees: the wheel's metadata points at ./client by absolute file URL
+    (built here with uv, which runs the same build backend pip would)."""
+    uv = Path(sys.executable).parent / "uv"
+    result = subprocess.run(
+        [str(uv), "build", "--wheel", "--no-sources", "--out-dir", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (wheel,) = tmp_path.glob("avatar_signer-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = email.message_from_bytes(archive.read(name))
+    requires = map(Requirement, metadata.get_all("Requires-Dist", []))
+    client = [r for r in requires if r.name == CLIENT_PROJECT["name"]]
+    assert [r.url for r in client] == [(ROOT / CLIENT_DIR).as_uri()]
 
 
 def test_image_exposes_exactly_the_default_grpc_and_metrics_ports() -> None:

@@ -124,14 +124,36 @@ def test_verified_identities_each_have_one_prefix_scoped_job(verified: dict[str,
         ("s3:AbortMultipartUpload", staged),
     }
     assert allowed("reader_policy") == {("s3:GetObject", avatars)}
-    assert allowed("verifier_policy") == {("s3:GetObject", staged), ("s3:PutObject", avatars)}
+    assert allowed("verifier_policy") == {
+        ("s3:GetObject", staged),
+        ("s3:PutObject", avatars),
+        ("s3:DeleteObject", avatars),
+    }
+
+
+def test_versioned_buckets_let_the_verifier_delete_old_versions_only() -> None:
+    statements = _printed("--versioned")["verifier_policy"]["Statement"]
+    extra = statements[2:]
+    assert extra == [
+        {
+            "Effect": "Allow",
+            "Action": "s3:DeleteObjectVersion",
+            "Resource": f"arn:aws:s3:::{ORIGINAL_BUCKET}/profiles/*",
+        },
+        {
+            "Effect": "Allow",
+            "Action": "s3:ListBucketVersions",
+            "Resource": f"arn:aws:s3:::{ORIGINAL_BUCKET}",
+            "Condition": {"StringLike": {"s3:prefix": "profiles/*"}},
+        },
+    ]
 
 
 def test_lifecycle_expires_staged_uploads_and_markers(verified: dict[str, Any]) -> None:
     rules = {rule["Filter"]["Prefix"]: rule for rule in verified["lifecycle"]["Rules"]}
     assert rules["uploads/"]["Expiration"] == {"Days": 1}
     assert rules["uploads/"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
-    assert rules["profiles/.avatar-signer/confirmed/"]["Expiration"] == {"Days": 2}
+    assert rules["profiles/.avatar-signer/"]["Expiration"] == {"Days": 2}  # markers, tombstones
     assert all(rule["Status"] == "Enabled" for rule in rules.values())
 
 

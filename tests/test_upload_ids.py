@@ -13,16 +13,16 @@ from avatarsigner_server.signing.upload_ids import UploadTicket
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-WITH = UploadTicket(minted_at=1_900_000_000, content_length=5 * 1024 * 1024, nonce=b"n" * 16,
+WITH = UploadTicket(minted_at_ms=1_900_000_000_000, content_length=5 * 1024 * 1024, nonce=b"n" * 16,
                     sha256=bytes(range(32)))  # fmt: skip
-WITHOUT = UploadTicket(minted_at=7, content_length=1, nonce=bytes(16))
+WITHOUT = UploadTicket(minted_at_ms=7, content_length=1, nonce=bytes(16))
 
 
 @pytest.mark.parametrize("ticket", [WITH, WITHOUT], ids=["with-sha256", "without"])
 def test_an_id_round_trips_and_is_url_safe(ticket: UploadTicket) -> None:
     upload_id = ticket.upload_id
     assert upload_ids.parse(upload_id) == ticket
-    assert len(upload_id) in (36, 79)
+    assert len(upload_id) in (38, 80)
     assert set(upload_id) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
@@ -38,9 +38,9 @@ NOT_IDS = [
     ("padding", WITHOUT.upload_id[:-2] + "=="),
     ("slash", WITHOUT.upload_id[:-1] + "/"),
     ("dot-dot", "../" + WITHOUT.upload_id[3:]),
-    ("other-version", base64.urlsafe_b64encode(b"\x02" + bytes(26)).decode().rstrip("=")),
-    ("zero-length", base64.urlsafe_b64encode(b"\x01" + bytes(26)).decode().rstrip("=")),
-    ("non-canonical-spelling", WITH.upload_id[:-1] + chr(ord(WITH.upload_id[-1]) + 1)),
+    ("other-version", base64.urlsafe_b64encode(b"\x02" + bytes(27)).decode().rstrip("=")),
+    ("zero-length", base64.urlsafe_b64encode(b"\x01" + bytes(27)).decode().rstrip("=")),
+    ("non-canonical-spelling", WITHOUT.upload_id[:-1] + chr(ord(WITHOUT.upload_id[-1]) + 1)),
 ]
 
 

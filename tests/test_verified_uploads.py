@@ -321,7 +321,7 @@ def _staged_id_shape() -> str:
     """A well-formed upload id (what a caller of a verified server would hold)."""
     from avatarsigner_server.signing.upload_ids import UploadTicket
 
-    return UploadTicket(minted_at=1, content_length=1, nonce=bytes(16)).upload_id
+    return UploadTicket(minted_at_ms=1, content_length=1, nonce=bytes(16)).upload_id
 
 
 def test_check_proves_the_three_way_split(verified_s3: VerifiedS3) -> None:
@@ -342,6 +342,8 @@ def test_check_proves_the_three_way_split(verified_s3: VerifiedS3) -> None:
         "reader can GET avatars": "PASS",
         "reader cannot GET staged uploads": "PASS",
         "reader cannot PUT (canary unchanged)": "PASS",
+        "verifier can DELETE avatars": "PASS",
+        "deleted avatars leave no old version": "PASS",
         "bucket is not publicly readable": "PASS",
         "uploader cannot DELETE": "PASS",
         "reader cannot DELETE": "PASS",

@@ -6,6 +6,7 @@
     avatar-signer-client health [--service avatarsigner.v1.AvatarSigner]
     avatar-signer-client upload me.png --user u123
     avatar-signer-client confirm --user u123 --upload-id ID
+    avatar-signer-client delete --user u123
 
 Results go to stdout as JSON (health: the status name; upload: the avatar's key and, where
 the server verifies uploads, what it verified). Presigned
@@ -171,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     confirm.set_defaults(run=_confirm)
 
+    delete = commands.add_parser("delete", help="remove the user's avatar (JSON)")
+    delete.add_argument("--user", required=True, metavar="ID", help="the user id")
+    _add_end_user_token(delete)
+    delete.set_defaults(run=_delete)
+
     upload = commands.add_parser(
         "upload",
         help="upload an image file as the user's avatar (URL, PUT, confirm); prints JSON",
@@ -188,7 +194,7 @@ def _add_end_user_token(parser: argparse.ArgumentParser) -> None:
         "--end-user-token",
         default=os.environ.get("AVATAR_SIGNER_END_USER_TOKEN") or None,
         metavar="JWT",
-        help="the end user's token, for servers that bind uploads to end users "
+        help="the end user's token, for servers that bind uploads and deletions to end users "
         "(env AVATAR_SIGNER_END_USER_TOKEN, preferred)",
     )
 
@@ -285,6 +291,21 @@ def _health(client: AvatarSignerClient, args: argparse.Namespace) -> int:
 
 def _confirm(client: AvatarSignerClient, args: argparse.Namespace) -> int:
     _print_json(_confirmation_json(client.confirm_upload(args.user, args.upload_id)))
+    return EXIT_OK
+
+
+def _delete(client: AvatarSignerClient, args: argparse.Namespace) -> int:
+    done = client.delete_avatar(args.user, end_user_token=args.end_user_token)
+    _print_json(
+        {
+            "deleted": done.deleted,
+            "removed_keys": list(done.removed_keys),
+            "cached_copies_expire_within_seconds": int(
+                done.cached_copies_expire_within.total_seconds()
+            ),
+            "old_versions_remain": done.old_versions_remain,
+        }
+    )
     return EXIT_OK
 
 

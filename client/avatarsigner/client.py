@@ -108,6 +108,19 @@ class UploadResult:
 
 
 @dataclass(frozen=True)
+class Deletion:
+    """What DeleteAvatar did."""
+
+    deleted: bool
+    """Whether there was an avatar (False: nothing to delete, or deleted before)."""
+    removed_keys: tuple[str, ...]
+    cached_copies_expire_within: timedelta
+    """The longest a copy fetched before the deletion may still be shown by a cache."""
+    old_versions_remain: bool
+    """The bucket keeps old versions and the server does not delete them."""
+
+
+@dataclass(frozen=True)
 class DownloadUrl:
     """A presigned GET for one user's avatar. `url` is left out of ``repr``."""
 
@@ -294,6 +307,15 @@ def _confirmation(response: pb.ConfirmUploadResponse) -> Confirmation:
     )
 
 
+def _deletion(response: pb.DeleteAvatarResponse) -> Deletion:
+    return Deletion(
+        deleted=response.deleted,
+        removed_keys=tuple(response.removed_keys),
+        cached_copies_expire_within=response.cached_copies_expire_within.ToTimedelta(),
+        old_versions_remain=response.old_versions_remain,
+    )
+
+
 def _upload_parts(data: bytes) -> tuple[str, str]:
     """(content type, SHA-256) of the bytes; ValueError when they are not an image."""
     content_type = detect_content_type(data)
@@ -439,6 +461,15 @@ class AvatarSignerClient:
         confirmation = self.confirm_upload(user_id, upload.upload_id)
         return UploadResult(confirmation.key, confirmation)
 
+    def delete_avatar(self, user_id: str, end_user_token: str | None = None) -> Deletion:
+        """Remove the user's avatar (idempotent). Where end-user tokens are on, pass the
+        user's own token, unless this caller runs account deletion."""
+        request = pb.DeleteAvatarRequest(user_id=user_id)
+        response: pb.DeleteAvatarResponse = self._call(
+            self._stub.DeleteAvatar, request, _end_user(end_user_token)
+        )
+        return _deletion(response)
+
     def create_download_url(self, user_id: str, ttl: Ttl = None) -> DownloadUrl:
         """A presigned GET for the user's avatar (which may not exist yet)."""
         request = pb.CreateDownloadUrlRequest(user_id=user_id, ttl=_ttl_field(ttl))
@@ -552,6 +583,13 @@ class AsyncAvatarSignerClient:
             return UploadResult(upload.key, None)
         confirmation = await self.confirm_upload(user_id, upload.upload_id)
         return UploadResult(confirmation.key, confirmation)
+
+    async def delete_avatar(self, user_id: str, end_user_token: str | None = None) -> Deletion:
+        request = pb.DeleteAvatarRequest(user_id=user_id)
+        response: pb.DeleteAvatarResponse = await self._call(
+            self._signer().DeleteAvatar, request, _end_user(end_user_token)
+        )
+        return _deletion(response)
 
     async def create_download_url(self, user_id: str, ttl: Ttl = None) -> DownloadUrl:
         request = pb.CreateDownloadUrlRequest(user_id=user_id, ttl=_ttl_field(ttl))

@@ -93,6 +93,15 @@ class UploadRefused(ServiceError):
         super().__init__(message, f"upload_{why.lower()}", error_info=why)
 
 
+class DeletionRefused(ServiceError):
+    """FAILED_PRECONDITION: DeleteAvatar cannot run here, and says why."""
+
+    code = "FAILED_PRECONDITION"
+
+    def __init__(self, why: str, message: str) -> None:
+        super().__init__(message, f"delete_{why.lower()}", error_info=why)
+
+
 class Overloaded(ServiceError):
     """RESOURCE_EXHAUSTED: the server cannot take this work now; a retry may succeed."""
 

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#avatarsigner/v1/avatar_signer.proto\x12\x0f\x61vatarsigner.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x98\x01\n\x16\x43reateUploadUrlRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontent_length\x18\x03 \x01(\x03\x12\x17\n\x0f\x63hecksum_sha256\x18\x04 \x01(\t\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xfe\x01\n\x17\x43reateUploadUrlResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x46\n\x07headers\x18\x03 \x03(\x0b\x32\x35.avatarsigner.v1.CreateUploadUrlResponse.HeadersEntry\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x11\n\tupload_id\x18\x06 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x14\x43onfirmUploadRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tupload_id\x18\x02 \x01(\t\"\xcf\x01\n\x15\x43onfirmUploadResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontent_length\x18\x03 \x01(\x03\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\x17\n\x0f\x63hecksum_sha256\x18\x06 \x01(\t\x12\x18\n\x10metadata_removed\x18\x07 \x03(\t\x12\x18\n\x10icc_profile_kept\x18\x08 \x01(\x08\x12\x0f\n\x07version\x18\t \x01(\t\"S\n\x18\x43reateDownloadUrlRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"e\n\x19\x43reateDownloadUrlResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03key\x18\x03 \x01(\t\"Z\n\x1e\x42\x61tchCreateDownloadUrlsRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"M\n\x1f\x42\x61tchCreateDownloadUrlsResponse\x12*\n\x04urls\x18\x01 \x03(\x0b\x32\x1c.avatarsigner.v1.DownloadUrl\"h\n\x0b\x44ownloadUrl\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03key\x18\x04 \x01(\t2\xbe\x03\n\x0c\x41vatarSigner\x12\x64\n\x0f\x43reateUploadUrl\x12\'.avatarsigner.v1.CreateUploadUrlRequest\x1a(.avatarsigner.v1.CreateUploadUrlResponse\x12^\n\rConfirmUpload\x12%.avatarsigner.v1.ConfirmUploadRequest\x1a&.avatarsigner.v1.ConfirmUploadResponse\x12j\n\x11\x43reateDownloadUrl\x12).avatarsigner.v1.CreateDownloadUrlRequest\x1a*.avatarsigner.v1.CreateDownloadUrlResponse\x12|\n\x17\x42\x61tchCreateDownloadUrls\x12/.avatarsigner.v1.BatchCreateDownloadUrlsRequest\x1a\x30.avatarsigner.v1.BatchCreateDownloadUrlsResponseB\x17\n\x13\x63om.avatarsigner.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#avatarsigner/v1/avatar_signer.proto\x12\x0f\x61vatarsigner.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x98\x01\n\x16\x43reateUploadUrlRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontent_length\x18\x03 \x01(\x03\x12\x17\n\x0f\x63hecksum_sha256\x18\x04 \x01(\t\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xfe\x01\n\x17\x43reateUploadUrlResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x46\n\x07headers\x18\x03 \x03(\x0b\x32\x35.avatarsigner.v1.CreateUploadUrlResponse.HeadersEntry\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x11\n\tupload_id\x18\x06 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x14\x43onfirmUploadRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tupload_id\x18\x02 \x01(\t\"\xcf\x01\n\x15\x43onfirmUploadResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontent_length\x18\x03 \x01(\x03\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\x17\n\x0f\x63hecksum_sha256\x18\x06 \x01(\t\x12\x18\n\x10metadata_removed\x18\x07 \x03(\t\x12\x18\n\x10icc_profile_kept\x18\x08 \x01(\x08\x12\x0f\n\x07version\x18\t \x01(\t\"&\n\x13\x44\x65leteAvatarRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x9a\x01\n\x14\x44\x65leteAvatarResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12\x14\n\x0cremoved_keys\x18\x02 \x03(\t\x12>\n\x1b\x63\x61\x63hed_copies_expire_within\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1b\n\x13old_versions_remain\x18\x04 \x01(\x08\"S\n\x18\x43reateDownloadUrlRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"e\n\x19\x43reateDownloadUrlResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03key\x18\x03 \x01(\t\"Z\n\x1e\x42\x61tchCreateDownloadUrlsRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"M\n\x1f\x42\x61tchCreateDownloadUrlsResponse\x12*\n\x04urls\x18\x01 \x03(\x0b\x32\x1c.avatarsigner.v1.DownloadUrl\"h\n\x0b\x44ownloadUrl\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03key\x18\x04 \x01(\t2\x9b\x04\n\x0c\x41vatarSigner\x12\x64\n\x0f\x43reateUploadUrl\x12\'.avatarsigner.v1.CreateUploadUrlRequest\x1a(.avatarsigner.v1.CreateUploadUrlResponse\x12^\n\rConfirmUpload\x12%.avatarsigner.v1.ConfirmUploadRequest\x1a&.avatarsigner.v1.ConfirmUploadResponse\x12[\n\x0c\x44\x65leteAvatar\x12$.avatarsigner.v1.DeleteAvatarRequest\x1a%.avatarsigner.v1.DeleteAvatarResponse\x12j\n\x11\x43reateDownloadUrl\x12).avatarsigner.v1.CreateDownloadUrlRequest\x1a*.avatarsigner.v1.CreateDownloadUrlResponse\x12|\n\x17\x42\x61tchCreateDownloadUrls\x12/.avatarsigner.v1.BatchCreateDownloadUrlsRequest\x1a\x30.avatarsigner.v1.BatchCreateDownloadUrlsResponseB\x17\n\x13\x63om.avatarsigner.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,16 +46,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONFIRMUPLOADREQUEST']._serialized_end=591
   _globals['_CONFIRMUPLOADRESPONSE']._serialized_start=594
   _globals['_CONFIRMUPLOADRESPONSE']._serialized_end=801
-  _globals['_CREATEDOWNLOADURLREQUEST']._serialized_start=803
-  _globals['_CREATEDOWNLOADURLREQUEST']._serialized_end=886
-  _globals['_CREATEDOWNLOADURLRESPONSE']._serialized_start=888
-  _globals['_CREATEDOWNLOADURLRESPONSE']._serialized_end=989
-  _globals['_BATCHCREATEDOWNLOADURLSREQUEST']._serialized_start=991
-  _globals['_BATCHCREATEDOWNLOADURLSREQUEST']._serialized_end=1081
-  _globals['_BATCHCREATEDOWNLOADURLSRESPONSE']._serialized_start=1083
-  _globals['_BATCHCREATEDOWNLOADURLSRESPONSE']._serialized_end=1160
-  _globals['_DOWNLOADURL']._serialized_start=1162
-  _globals['_DOWNLOADURL']._serialized_end=1266
-  _globals['_AVATARSIGNER']._serialized_start=1269
-  _globals['_AVATARSIGNER']._serialized_end=1715
+  _globals['_DELETEAVATARREQUEST']._serialized_start=803
+  _globals['_DELETEAVATARREQUEST']._serialized_end=841
+  _globals['_DELETEAVATARRESPONSE']._serialized_start=844
+  _globals['_DELETEAVATARRESPONSE']._serialized_end=998
+  _globals['_CREATEDOWNLOADURLREQUEST']._serialized_start=1000
+  _globals['_CREATEDOWNLOADURLREQUEST']._serialized_end=1083
+  _globals['_CREATEDOWNLOADURLRESPONSE']._serialized_start=1085
+  _globals['_CREATEDOWNLOADURLRESPONSE']._serialized_end=1186
+  _globals['_BATCHCREATEDOWNLOADURLSREQUEST']._serialized_start=1188
+  _globals['_BATCHCREATEDOWNLOADURLSREQUEST']._serialized_end=1278
+  _globals['_BATCHCREATEDOWNLOADURLSRESPONSE']._serialized_start=1280
+  _globals['_BATCHCREATEDOWNLOADURLSRESPONSE']._serialized_end=1357
+  _globals['_DOWNLOADURL']._serialized_start=1359
+  _globals['_DOWNLOADURL']._serialized_end=1463
+  _globals['_AVATARSIGNER']._serialized_start=1466
+  _globals['_AVATARSIGNER']._serialized_end=2005
 # @@protoc_insertion_point(module_scope)

@@ -271,6 +271,76 @@ class ConfirmUploadResponse(_message.Message):
 Global___ConfirmUploadResponse: _TypeAlias = ConfirmUploadResponse  # noqa: Y015
 
 @_typing.final
+class DeleteAvatarRequest(_message.Message):
+    """Request for DeleteAvatar."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """Required. The user whose avatar is removed; same rule as
+    CreateUploadUrlRequest.user_id.
+    """
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAvatarRequest: _TypeAlias = DeleteAvatarRequest  # noqa: Y015
+
+@_typing.final
+class DeleteAvatarResponse(_message.Message):
+    """Response for DeleteAvatar."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    REMOVED_KEYS_FIELD_NUMBER: _builtins.int
+    CACHED_COPIES_EXPIRE_WITHIN_FIELD_NUMBER: _builtins.int
+    OLD_VERSIONS_REMAIN_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.bool
+    """Whether the user had an avatar. False when there was none (or it was deleted before)."""
+    old_versions_remain: _builtins.bool
+    """True when the bucket keeps old versions and the service was not set up to delete them
+    (DELETE_OLD_VERSIONS): the picture is gone from every URL, but not from the bucket.
+    """
+    @_builtins.property
+    def removed_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The object keys removed: `<prefix><user_id>/avatar`, and on a versioned bucket each
+        old version removed as `<key>?versionId=<id>`. Empty when nothing was there.
+        """
+
+    @_builtins.property
+    def cached_copies_expire_within(self) -> _duration_pb2.Duration:
+        """The longest that copies fetched before the deletion may still be shown: a download
+        URL signed before it now gets 403/404 from S3, but a browser or proxy may keep what it
+        fetched for up to this long (every such URL has expired by then, and the max-age
+        signed into stable URLs is shorter).
+        """
+
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.bool = ...,
+        removed_keys: _abc.Iterable[_builtins.str] | None = ...,
+        cached_copies_expire_within: _duration_pb2.Duration | None = ...,
+        old_versions_remain: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cached_copies_expire_within", b"cached_copies_expire_within"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_copies_expire_within", b"cached_copies_expire_within", "deleted", b"deleted", "old_versions_remain", b"old_versions_remain", "removed_keys", b"removed_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAvatarResponse: _TypeAlias = DeleteAvatarResponse  # noqa: Y015
+
+@_typing.final
 class CreateDownloadUrlRequest(_message.Message):
     """Request for CreateDownloadUrl."""
 

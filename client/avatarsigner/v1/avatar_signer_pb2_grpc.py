@@ -46,6 +46,11 @@ class AvatarSignerStub:
                 request_serializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.ConfirmUploadRequest.SerializeToString,
                 response_deserializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.ConfirmUploadResponse.FromString,
                 _registered_method=True)
+        self.DeleteAvatar = channel.unary_unary(
+                '/avatarsigner.v1.AvatarSigner/DeleteAvatar',
+                request_serializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.DeleteAvatarRequest.SerializeToString,
+                response_deserializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.DeleteAvatarResponse.FromString,
+                _registered_method=True)
         self.CreateDownloadUrl = channel.unary_unary(
                 '/avatarsigner.v1.AvatarSigner/CreateDownloadUrl',
                 request_serializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.CreateDownloadUrlRequest.SerializeToString,
@@ -93,6 +98,18 @@ class AvatarSignerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteAvatar(self, request, context):
+        """Removes a user's avatar (verified mode: the verifier deletes; no URL is ever signed
+        for DELETE). Idempotent: deleting again is fine and answers deleted=false. Uploads
+        staged before the deletion can no longer be confirmed (FAILED_PRECONDITION, reason
+        DELETED). Where end-user tokens are on, the token must name the user unless the
+        caller may delete for account deletion. In direct mode it answers FAILED_PRECONDITION
+        (reason DIRECT_MODE): the original design has no identity that may delete.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateDownloadUrl(self, request, context):
         """Returns a presigned GET URL for one user's avatar.
         """
@@ -121,6 +138,11 @@ def add_AvatarSignerServicer_to_server(servicer, server):
                     servicer.ConfirmUpload,
                     request_deserializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.ConfirmUploadRequest.FromString,
                     response_serializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.ConfirmUploadResponse.SerializeToString,
+            ),
+            'DeleteAvatar': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAvatar,
+                    request_deserializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.DeleteAvatarRequest.FromString,
+                    response_serializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.DeleteAvatarResponse.SerializeToString,
             ),
             'CreateDownloadUrl': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateDownloadUrl,
@@ -189,6 +211,33 @@ class AvatarSigner:
             '/avatarsigner.v1.AvatarSigner/ConfirmUpload',
             avatarsigner_dot_v1_dot_avatar__signer__pb2.ConfirmUploadRequest.SerializeToString,
             avatarsigner_dot_v1_dot_avatar__signer__pb2.ConfirmUploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAvatar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/avatarsigner.v1.AvatarSigner/DeleteAvatar',
+            avatarsigner_dot_v1_dot_avatar__signer__pb2.DeleteAvatarRequest.SerializeToString,
+            avatarsigner_dot_v1_dot_avatar__signer__pb2.DeleteAvatarResponse.FromString,
             options,
             channel_credentials,
             insecure,

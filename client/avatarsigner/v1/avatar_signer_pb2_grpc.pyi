@@ -85,6 +85,14 @@ class AvatarSignerStub:
     OUT_OF_MEMORY or BUSY) and DEADLINE_EXCEEDED are worth a retry. In direct mode it
     answers FAILED_PRECONDITION (reason DIRECT_MODE): there is nothing to confirm.
     """
+    DeleteAvatar: _grpc.UnaryUnaryMultiCallable[_avatar_signer_pb2.DeleteAvatarRequest, _avatar_signer_pb2.DeleteAvatarResponse]
+    """Removes a user's avatar (verified mode: the verifier deletes; no URL is ever signed
+    for DELETE). Idempotent: deleting again is fine and answers deleted=false. Uploads
+    staged before the deletion can no longer be confirmed (FAILED_PRECONDITION, reason
+    DELETED). Where end-user tokens are on, the token must name the user unless the
+    caller may delete for account deletion. In direct mode it answers FAILED_PRECONDITION
+    (reason DIRECT_MODE): the original design has no identity that may delete.
+    """
     CreateDownloadUrl: _grpc.UnaryUnaryMultiCallable[_avatar_signer_pb2.CreateDownloadUrlRequest, _avatar_signer_pb2.CreateDownloadUrlResponse]
     """Returns a presigned GET URL for one user's avatar."""
     BatchCreateDownloadUrls: _grpc.UnaryUnaryMultiCallable[_avatar_signer_pb2.BatchCreateDownloadUrlsRequest, _avatar_signer_pb2.BatchCreateDownloadUrlsResponse]
@@ -121,6 +129,14 @@ class AvatarSignerAsyncStub(AvatarSignerStub):
     ANIMATED, TOO_MANY_FRAMES, TOO_COMPLEX, TOO_LARGE; RESOURCE_EXHAUSTED (reason
     OUT_OF_MEMORY or BUSY) and DEADLINE_EXCEEDED are worth a retry. In direct mode it
     answers FAILED_PRECONDITION (reason DIRECT_MODE): there is nothing to confirm.
+    """
+    DeleteAvatar: _aio.UnaryUnaryMultiCallable[_avatar_signer_pb2.DeleteAvatarRequest, _avatar_signer_pb2.DeleteAvatarResponse]  # type: ignore[assignment]
+    """Removes a user's avatar (verified mode: the verifier deletes; no URL is ever signed
+    for DELETE). Idempotent: deleting again is fine and answers deleted=false. Uploads
+    staged before the deletion can no longer be confirmed (FAILED_PRECONDITION, reason
+    DELETED). Where end-user tokens are on, the token must name the user unless the
+    caller may delete for account deletion. In direct mode it answers FAILED_PRECONDITION
+    (reason DIRECT_MODE): the original design has no identity that may delete.
     """
     CreateDownloadUrl: _aio.UnaryUnaryMultiCallable[_avatar_signer_pb2.CreateDownloadUrlRequest, _avatar_signer_pb2.CreateDownloadUrlResponse]  # type: ignore[assignment]
     """Returns a presigned GET URL for one user's avatar."""
@@ -167,6 +183,20 @@ class AvatarSignerServicer(metaclass=_abc_1.ABCMeta):
         ANIMATED, TOO_MANY_FRAMES, TOO_COMPLEX, TOO_LARGE; RESOURCE_EXHAUSTED (reason
         OUT_OF_MEMORY or BUSY) and DEADLINE_EXCEEDED are worth a retry. In direct mode it
         answers FAILED_PRECONDITION (reason DIRECT_MODE): there is nothing to confirm.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteAvatar(
+        self,
+        request: _avatar_signer_pb2.DeleteAvatarRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_avatar_signer_pb2.DeleteAvatarResponse, _abc.Awaitable[_avatar_signer_pb2.DeleteAvatarResponse]]:
+        """Removes a user's avatar (verified mode: the verifier deletes; no URL is ever signed
+        for DELETE). Idempotent: deleting again is fine and answers deleted=false. Uploads
+        staged before the deletion can no longer be confirmed (FAILED_PRECONDITION, reason
+        DELETED). Where end-user tokens are on, the token must name the user unless the
+        caller may delete for account deletion. In direct mode it answers FAILED_PRECONDITION
+        (reason DIRECT_MODE): the original design has no identity that may delete.
         """
 
     @_abc_1.abstractmethod

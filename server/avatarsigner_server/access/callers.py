@@ -6,6 +6,7 @@ is, and which RPCs each may call.
     token_sha256 = "9f86d0..."   # hex SHA-256 of its bearer token; never the token itself
     tls_identity = "spiffe://cluster.local/ns/app/sa/profile"   # optional: URI or DNS SAN
     allow = ["CreateUploadUrl", "CreateDownloadUrl"]
+    account_deletion = false     # optional: true lets it DeleteAvatar without end-user tokens
 
 Every caller has a unique name, and at least one of `token_sha256` / `tls_identity`, each
 unique across the file. `allow` names RPCs of avatarsigner.v1.AvatarSigner. Anything else
@@ -33,7 +34,7 @@ SETTING = "CALLERS_FILE"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 _IDENTITY = re.compile(r"[^\s\x00-\x1f\x7f]{1,512}")
-_KEYS = ("name", "token_sha256", "tls_identity", "allow")
+_KEYS = ("name", "token_sha256", "tls_identity", "allow", "account_deletion")
 
 log = logging.getLogger("avatarsigner.callers")
 
@@ -51,6 +52,9 @@ class Caller:
     allow: frozenset[str]
     token_sha256: str | None = field(default=None, repr=False)
     tls_identity: str | None = None
+    # Runs account deletion: may call DeleteAvatar for any user without the end user's
+    # token (where end-user tokens are on). Needs DeleteAvatar in `allow` as well.
+    account_deletion: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,8 +119,14 @@ def _caller(entry: object) -> Caller:
                 f"allow: {rpc!r} is not an RPC of {SERVICE_NAME} "
                 f"(one of {', '.join(sorted(RPC_NAMES))})"
             )
+    account_deletion = entry.get("account_deletion", False)
+    if not isinstance(account_deletion, bool):
+        raise _Problem("account_deletion must be true or false")
+    if account_deletion and "DeleteAvatar" not in allow:
+        raise _Problem("account_deletion needs DeleteAvatar in allow")
     return Caller(
         name=name,
+        account_deletion=account_deletion,
         allow=frozenset(allow),
         token_sha256=digest.lower() if digest else None,
         tls_identity=identity,

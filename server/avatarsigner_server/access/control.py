@@ -6,8 +6,10 @@
     limiter       token buckets per caller and per user: in this process, or in the shared
                   store when one is given (RATE_LIMIT_REDIS_URL)
     guard         the interceptor that authenticates, authorizes and rate-limits each call
-    upload_gates  what the servicer runs before signing an upload URL, each a child span
-                  (`upload_check.*`) when tracing is on
+    upload_gates  what the servicer runs before signing an upload URL
+    delete_gates  what the servicer runs before deleting an avatar
+                  (each gate a child span, `upload_check.*` or `delete_check.*`, when
+                  tracing is on)
     reloader      re-reads the callers, JWKS and TLS files on SIGHUP or when they change
 
 The audit log, the metrics, the shared store and the tracing are the server's, passed in.
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from ..api.servicer import UploadGate
+from ..api.servicer import UserGate
 from ..settings.access import AccessSettings
 from ..telemetry.audit import Audit
 from ..telemetry.call_context import Call
@@ -75,12 +77,23 @@ class AccessControl:
 
             self.limiter = SharedRateLimiter(settings.rate_limits, store)
         self.guard = CallGuard(self.callers, self.limiter, audit, metrics, tracing)
-        gates: list[UploadGate] = []
+        gates: list[UserGate] = []
         if self.end_users is not None:
             # First: a call without the user's token must not use up the user's bucket.
             gates.append(_step(tracing, "upload_check.end_user_token", self.end_users.admit_upload))
         gates.append(_step(tracing, "upload_check.rate_limit_user", self.limiter.admit_upload_user))
-        self.upload_gates: tuple[UploadGate, ...] = tuple(gates)
+        self.upload_gates: tuple[UserGate, ...] = tuple(gates)
+        # The same for deletions, but a caller that runs account deletion needs no
+        # end-user token; the user's bucket is the same one (an avatar change is one).
+        deletion: list[UserGate] = []
+        if self.end_users is not None:
+            deletion.append(
+                _step(tracing, "delete_check.end_user_token", self.end_users.admit_deletion)
+            )
+        deletion.append(
+            _step(tracing, "delete_check.rate_limit_user", self.limiter.admit_upload_user)
+        )
+        self.delete_gates: tuple[UserGate, ...] = tuple(deletion)
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         """TLS credentials for the port, or None for plaintext."""
@@ -128,7 +141,7 @@ class AccessControl:
         }
 
 
-def _step(tracing: Tracing, name: str, gate: UploadGate) -> UploadGate:
+def _step(tracing: Tracing, name: str, gate: UserGate) -> UserGate:
     """The gate inside a child span `name` when tracing is on; the gate itself when off."""
     if not tracing.enabled:
         return gate

@@ -189,6 +189,11 @@ class EndUserVerifier:
             raise _refused("sub must be a string", "end_user_token_invalid")
         return subject
 
+    def admit_deletion(self, call: Call, user_id: str) -> None:
+        """As admit_upload, unless the caller runs account deletion (callers file)."""
+        if not call.account_deletion:
+            self.admit_upload(call, user_id)
+
     def admit_upload(self, call: Call, user_id: str) -> None:
         """Unauthenticated / PermissionDenied unless the call's end-user token is user_id's."""
         if self.subject(call.metadata.get(TOKEN_METADATA)) != user_id:

@@ -156,7 +156,14 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
         try:
             caller, how = self._identify(metadata, context)
             name = ANONYMOUS if caller is None else caller.name
-            call = Call(request_id, rpc, name, how, metadata)
+            call = Call(
+                request_id,
+                rpc,
+                name,
+                how,
+                metadata,
+                account_deletion=caller is not None and caller.account_deletion,
+            )
             span.caller(name, how)
             self._authorize(call, caller)
             pending = self._caller_limit(call, request, span)

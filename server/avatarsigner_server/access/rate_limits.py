@@ -1,4 +1,5 @@
-"""Rate limits as token buckets: per caller for each kind of RPC, per user for uploads.
+"""Rate limits as token buckets: per caller for each kind of RPC, per user for changes to
+an avatar (upload URLs and deletions share one bucket per user).
 
 A bucket holds at most `burst` tokens and gains `rate` tokens per second; a call takes its
 cost (1, or one per URL for a batch) or is refused with the time until enough tokens are
@@ -62,7 +63,9 @@ class Buckets:
 # or an awaitable that decides it (the shared store: one round trip). Callers await it only
 # when there is one, so the per-process path stays synchronous.
 Admission = Awaitable[None] | None
-UPLOAD_RPCS = frozenset({"CreateUploadUrl"})
+# Calls that change an avatar share the caller's upload bucket: a confirmation costs a
+# decode, a deletion three requests to S3.
+UPLOAD_RPCS = frozenset({"CreateUploadUrl", "ConfirmUpload", "DeleteAvatar"})
 
 
 class Limiter(Protocol):
@@ -76,7 +79,7 @@ class Limiter(Protocol):
 def check_caller(wait: float, caller: str, rpc: str) -> None:
     """RateLimited when a bucket of the caller's said to wait (`wait` > 0)."""
     if wait:
-        what = "upload URLs" if rpc in UPLOAD_RPCS else "download URLs"
+        what = "uploads and deletions" if rpc in UPLOAD_RPCS else "download URLs"
         raise RateLimited(
             f"rate limit: caller {caller} asked for too many {what}; retry later",
             "rate_limited_caller",
@@ -85,10 +88,10 @@ def check_caller(wait: float, caller: str, rpc: str) -> None:
 
 
 def check_upload_user(wait: float) -> None:
-    """RateLimited when the user's upload bucket said to wait (`wait` > 0)."""
+    """RateLimited when the user's upload bucket (uploads and deletions) said to wait."""
     if wait:
         raise RateLimited(
-            "rate limit: too many upload URLs for this user; retry later",
+            "rate limit: too many uploads or deletions for this user; retry later",
             "rate_limited_user",
             wait,
         )
@@ -117,6 +120,7 @@ class RateLimiter:
             check_caller(buckets.take(caller, cost), caller, rpc)
 
     def admit_upload_user(self, call: Call, user_id: str) -> None:
-        """RateLimited when user_id has had too many upload URLs (from any caller) for now."""
+        """RateLimited when user_id's avatar has changed too often (upload URLs and
+        deletions, from any caller) for now."""
         if self.upload_per_user is not None:
             check_upload_user(self.upload_per_user.take(user_id))

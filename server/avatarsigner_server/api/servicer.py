@@ -5,7 +5,7 @@ turned into a gRPC status by `_handled` in one place; anything unexpected is log
 only) and answered INTERNAL without details, never with a traceback.
 
 Who is calling comes from `call_context.current()` (set by the caller guard). Before an
-upload URL is signed, each `UploadGate` may refuse it (end-user token, per-user rate limit);
+upload URL is signed, each `UserGate` may refuse it (end-user token, per-user rate limit);
 every decision — each signed URL, each refusal — is one line of the audit log.
 """
 
@@ -22,9 +22,9 @@ from typing import TypeVar
 import grpc
 from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
-from ..errors import ServiceError, UploadRefused
+from ..errors import DeletionRefused, ServiceError, UploadRefused
 from ..signing.object_keys import ObjectKeys
 from ..signing.upload_ids import UploadTicket
 from ..signing.url_signers import DownloadSigner, UploadSigner
@@ -32,17 +32,19 @@ from ..telemetry import call_context, logs, tracing
 from ..telemetry.audit import Audit
 from ..telemetry.call_context import Call
 from ..verification.confirm import Confirmer
+from ..verification.removal import Remover
 from . import validation
 from .status import abort_with
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[["AvatarSignerService", Req, grpc.aio.ServicerContext], Awaitable[Resp]]
-# Called with the current call and the validated user id before an upload URL is signed;
-# raises a ServiceError to refuse it (end-user binding, per-user rate limit). A gate that
-# decides at once returns None; one that must ask elsewhere (the shared rate-limit store)
-# returns an awaitable that decides, so gates that need no I/O stay synchronous.
-UploadGate = Callable[[Call, str], Awaitable[None] | None]
+# Called with the current call and the validated user id before a user's avatar may change
+# (an upload URL is signed, the avatar deleted); raises a ServiceError to refuse it
+# (end-user binding, per-user rate limit). A gate that decides at once returns None; one
+# that must ask elsewhere (the shared rate-limit store) returns an awaitable that decides,
+# so gates that need no I/O stay synchronous.
+UserGate = Callable[[Call, str], Awaitable[None] | None]
 
 
 def _handled(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
@@ -85,11 +87,16 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
         uploads: UploadSigner,
         downloads: DownloadSigner,
         audit: Audit | None = None,
-        upload_gates: Sequence[UploadGate] = (),
+        upload_gates: Sequence[UserGate] = (),
         confirmer: Confirmer | None = None,
+        remover: Remover | None = None,
+        delete_gates: Sequence[UserGate] = (),
+        cached_copies_seconds: int = 0,
     ) -> None:
         """confirmer: verified uploads (upload URLs write staging keys once, ConfirmUpload
-        publishes them); None: direct uploads (upload URLs write the avatar itself)."""
+        publishes them); None: direct uploads (upload URLs write the avatar itself).
+        remover: DeleteAvatar (verified mode); cached_copies_seconds: how long a copy
+        fetched before a deletion may still be shown (see DeleteAvatarResponse)."""
         self._limits = limits
         self._keys = keys
         self._uploads = uploads
@@ -97,6 +104,14 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
         self._audit = audit or Audit()
         self._upload_gates = tuple(upload_gates)
         self._confirmer = confirmer
+        self._remover = remover
+        self._delete_gates = tuple(delete_gates)
+        self._cached_copies = duration_pb2.Duration(seconds=cached_copies_seconds)
+
+    def close(self) -> None:
+        """Release what the handlers hold beyond a call (the confirmations' threads)."""
+        if self._confirmer is not None:
+            self._confirmer.close()
 
     @_handled
     async def CreateUploadUrl(
@@ -113,7 +128,7 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
             key = self._keys.key_for(upload.user_id)
         else:
             upload_id = UploadTicket(
-                minted_at=int(time.time()),
+                minted_at_ms=int(time.time() * 1000),
                 content_length=upload.content_length,
                 nonce=secrets.token_bytes(16),
                 sha256=base64.b64decode(upload.checksum_sha256)
@@ -165,6 +180,32 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
             metadata_removed=list(done.metadata_removed),
             icc_profile_kept=done.icc_profile_kept,
             version=done.version,
+        )
+
+    @_handled
+    async def DeleteAvatar(
+        self, request: pb.DeleteAvatarRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteAvatarResponse:
+        user_id = validation.delete(request)
+        if self._remover is None:
+            raise DeletionRefused(
+                "DIRECT_MODE",
+                "this server runs direct uploads (UPLOAD_MODE=direct), which have no "
+                "identity that may delete; run verified uploads (UPLOAD_MODE=verified with "
+                "S3_VERIFY_* credentials) to delete avatars",
+            )
+        call = call_context.current("DeleteAvatar")
+        for gate in self._delete_gates:
+            pending = gate(call, user_id)
+            if pending is not None:
+                await pending
+        removal = await self._remover.remove(user_id)
+        self._audit.deleted(call, user_id, removal.removed_keys, removal.deleted)
+        return pb.DeleteAvatarResponse(
+            deleted=removal.deleted,
+            removed_keys=list(removal.removed_keys),
+            cached_copies_expire_within=self._cached_copies,
+            old_versions_remain=removal.old_versions_remain,
         )
 
     @_handled

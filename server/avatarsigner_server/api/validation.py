@@ -147,3 +147,11 @@ def confirm(request: pb.ConfirmUploadRequest) -> Confirm:
     v.raise_any()
     assert ticket is not None
     return Confirm(request.user_id, ticket)
+
+
+def delete(request: pb.DeleteAvatarRequest) -> str:
+    """The validated user id."""
+    v = _Violations()
+    _user_id(v, "user_id", request.user_id)
+    v.raise_any()
+    return request.user_id

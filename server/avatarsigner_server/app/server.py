@@ -161,6 +161,7 @@ class AvatarSignerServer:
             if task is not None:
                 task.cancel()
         await self._server.stop(grace)
+        self._service.close()
         if self._health_server is not None:  # probes saw NOT_SERVING throughout the drain
             await self._health_server.stop(0)
         await self._close_shared_parts()

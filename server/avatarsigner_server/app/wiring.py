@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..access.control import AccessControl
-from ..api.servicer import AvatarSignerService, UploadGate
+from ..api.servicer import AvatarSignerService, UserGate
 from ..api.validation import Limits
 from ..credentials.watcher import CredentialWatcher, build_watcher, check_sources
 from ..settings import Settings
@@ -28,10 +28,11 @@ from ..storage.objects import ObjectStore
 from ..telemetry.audit import Audit
 from ..telemetry.metrics import Metrics
 from ..telemetry.tracing import Tracing
+from ..verification.confirm import Confirmer, limits_from, require_verifiable
+from ..verification.removal import Remover
 
 if TYPE_CHECKING:  # imported only with a store: the Redis client costs ~20 MB per process
     from ..access.shared_rate_limits import SharedStore
-from ..verification.confirm import Confirmer, limits_from, require_verifiable
 
 
 def check(settings: Settings) -> None:
@@ -44,6 +45,19 @@ def check(settings: Settings) -> None:
         limits_from(settings.uploads)
 
 
+def _store(
+    settings: Settings, credentials: CredentialWatcher, identity: str, clock: Clock
+) -> ObjectStore:
+    """An identity's own requests to the bucket (never a URL handed to a caller)."""
+    return ObjectStore(
+        credentials[identity],
+        BucketEndpoint(settings.bucket, settings.region, settings.endpoint_url),
+        settings.region,
+        clock=utc_now_to_the_second if clock is utc_now else clock,
+        expires_in=SERVER_REQUEST_SECONDS,
+    )
+
+
 def build_confirmer(
     settings: Settings,
     credentials: CredentialWatcher,
@@ -51,25 +65,14 @@ def build_confirmer(
     tracing: Tracing | None = None,
 ) -> Confirmer | None:
     """Verified mode: ConfirmUpload reads and writes as the verifier, looks for its markers
-    as the reader. Direct mode: None."""
+    and tombstones as the reader. Direct mode: None."""
     if not settings.uploads.verified:
         return None
-    endpoint = BucketEndpoint(settings.bucket, settings.region, settings.endpoint_url)
-
-    def store(identity: str) -> ObjectStore:
-        return ObjectStore(
-            credentials[identity],
-            endpoint,
-            settings.region,
-            clock=utc_now_to_the_second if clock is utc_now else clock,
-            expires_in=SERVER_REQUEST_SECONDS,
-        )
-
     uploads = settings.uploads
     return Confirmer(
         ObjectKeys(settings.key_prefix, uploads.staging_prefix),
-        store("verifier"),
-        store("reader"),
+        _store(settings, credentials, "verifier", clock),
+        _store(settings, credentials, "reader", clock),
         limits=limits_from(uploads),
         max_upload_bytes=settings.max_upload_bytes,
         concurrency=uploads.confirm_concurrency,
@@ -78,13 +81,40 @@ def build_confirmer(
     )
 
 
+def build_remover(
+    settings: Settings, credentials: CredentialWatcher, clock: Clock = utc_now
+) -> Remover | None:
+    """Verified mode: DeleteAvatar deletes as the verifier (direct mode has no identity
+    that may delete: None)."""
+    if not settings.uploads.verified:
+        return None
+    return Remover(
+        ObjectKeys(settings.key_prefix, settings.uploads.staging_prefix),
+        _store(settings, credentials, "verifier", clock),
+        _store(settings, credentials, "reader", clock),
+        delete_old_versions=settings.uploads.delete_old_versions,
+    )
+
+
+def cached_copies_seconds(settings: Settings) -> int:
+    """How long a copy of an avatar fetched before its deletion may still be shown.
+
+    S3 checks every request, so a download URL stops working at once; but a browser or
+    proxy may keep what it fetched. Every URL signed before the deletion has expired
+    DOWNLOAD_MAX_TTL_SECONDS later, and a stable URL's signed max-age (ttl - window) is
+    shorter than that.
+    """
+    return settings.download_ttl.maximum
+
+
 def build_servicer(
     settings: Settings,
     credentials: CredentialWatcher,
     clock: Clock = utc_now,
     *,
     audit: Audit | None = None,
-    upload_gates: tuple[UploadGate, ...] = (),
+    upload_gates: tuple[UserGate, ...] = (),
+    delete_gates: tuple[UserGate, ...] = (),
     tracing: Tracing | None = None,
 ) -> AvatarSignerService:
     """The servicer with its two signers, each holding only its own identity (and, in
@@ -106,6 +136,9 @@ def build_servicer(
         audit=audit,
         upload_gates=upload_gates,
         confirmer=build_confirmer(settings, credentials, clock, tracing),
+        remover=build_remover(settings, credentials, clock),
+        delete_gates=delete_gates,
+        cached_copies_seconds=cached_copies_seconds(settings),
     )
 
 
@@ -164,6 +197,7 @@ def build(
         clock,
         audit=audit,
         upload_gates=access.upload_gates,
+        delete_gates=access.delete_gates,
         tracing=tracing,
     )
     return Parts(settings, credentials, metrics, audit, access, servicer, store, tracing)

@@ -85,7 +85,7 @@ def _policy_layout(args: argparse.Namespace) -> policies.Layout:
             raise
         flag = "--" + _POLICY_FLAGS[error.name].replace("_", "-")
         raise SettingsError(flag, error.problem) from None
-    return policies.Layout(args.bucket, mode, prefix, staging)
+    return policies.Layout(args.bucket, mode, prefix, staging, args.versioned)
 
 
 def _policies(args: argparse.Namespace) -> int:
@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     documents.add_argument(
         "--staging-prefix",
         help="prefix of staged uploads (default: S3_STAGING_PREFIX or uploads/)",
+    )
+    documents.add_argument(
+        "--versioned",
+        action="store_true",
+        help="the bucket keeps old versions: let the verifier delete them too "
+        "(set DELETE_OLD_VERSIONS=true on the service)",
     )
     documents.add_argument(
         "--allowed-origin",

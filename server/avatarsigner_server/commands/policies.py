@@ -10,14 +10,17 @@ prints `documents()` as one JSON object:
     reader_policy        IAM policy of the reader: s3:GetObject on the avatars
                          (verified: B/profiles/*; direct: the original statement, B/*)
     verifier_policy      verified mode only (else null): s3:GetObject on the staging
-                         prefix, s3:PutObject on the avatars; never read profiles/*, never
-                         write uploads/*
+                         prefix, s3:PutObject and s3:DeleteObject on the avatars (it
+                         publishes and deletes them); never read profiles/*, never write
+                         uploads/*. With --versioned also s3:ListBucketVersions (on the
+                         avatars' prefix) and s3:DeleteObjectVersion, for DELETE_OLD_VERSIONS
     bucket_policy        denies every request made without TLS
     public_access_block  all four Block Public Access settings on
     ownership_controls   BucketOwnerEnforced (ACLs off)
     lifecycle            verified mode only (else null): staged uploads and unfinished
-                         multipart uploads expire after a day, confirmed-upload markers
-                         after two (nobody may delete, so S3 cleans up)
+                         multipart uploads expire after a day, the service's markers and
+                         deletion tombstones after two (no identity may delete them, so S3
+                         cleans up)
     cors                 PUT and GET from the given origins, the upload headers allowed,
                          ETag exposed; null without --allowed-origin (then no browser
                          talks to the bucket, and it needs no CORS)
@@ -42,7 +45,9 @@ VERSION = "2012-10-17"
 UPLOAD_HEADERS = UploadSigner.HEADERS
 CORS_MAX_AGE_SECONDS = 3000  # the original design's value
 STAGED_UPLOAD_DAYS = 1
-MARKER_DAYS = 2  # outlives the staged uploads they mark, so a repeat confirm finds one
+# Markers and tombstones outlive the staged uploads they speak of (a repeated confirmation
+# finds its marker; an upload staged before a deletion finds the tombstone).
+MARKER_DAYS = 2
 
 
 def bucket_arn(bucket: str) -> str:
@@ -61,6 +66,8 @@ class Layout:
     mode: UploadMode = UploadMode.VERIFIED
     key_prefix: str = DEFAULT_PREFIX
     staging_prefix: str = DEFAULT_STAGING_PREFIX
+    # The bucket keeps old versions, and the verifier deletes them (DELETE_OLD_VERSIONS).
+    versioned: bool = False
 
     @property
     def verified(self) -> bool:
@@ -96,19 +103,29 @@ def reader_policy(layout: Layout) -> dict[str, Any]:
 
 
 def verifier_policy(layout: Layout) -> dict[str, Any] | None:
-    """Read staged uploads, write avatars (verified mode; None in direct mode)."""
+    """Read staged uploads, write and delete avatars (verified mode; None in direct mode)."""
     if not layout.verified:
         return None
-    return _policy(
-        _allow("s3:GetObject", layout.staged), _allow("s3:PutObject", layout.avatars)
-    )
+    statements = [
+        _allow("s3:GetObject", layout.staged),
+        _allow(["s3:PutObject", "s3:DeleteObject"], layout.avatars),
+    ]
+    if layout.versioned:
+        statements += [
+            _allow("s3:DeleteObjectVersion", layout.avatars),
+            {
+                **_allow("s3:ListBucketVersions", bucket_arn(layout.bucket)),
+                "Condition": {"StringLike": {"s3:prefix": f"{layout.key_prefix}*"}},
+            },
+        ]
+    return _policy(*statements)
 
 
 def lifecycle(layout: Layout) -> dict[str, Any] | None:
     """Expiry of what the service leaves behind (verified mode; None in direct mode)."""
     if not layout.verified:
         return None
-    markers = ObjectKeys(layout.key_prefix, layout.staging_prefix).confirmed_prefix()
+    state = ObjectKeys(layout.key_prefix, layout.staging_prefix).state_prefix()
     return {
         "Rules": [
             {
@@ -119,8 +136,8 @@ def lifecycle(layout: Layout) -> dict[str, Any] | None:
                 "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": STAGED_UPLOAD_DAYS},
             },
             {
-                "ID": "expire-confirmed-upload-markers",
-                "Filter": {"Prefix": markers},
+                "ID": "expire-markers-and-tombstones",
+                "Filter": {"Prefix": state},
                 "Status": "Enabled",
                 "Expiration": {"Days": MARKER_DAYS},
             },

@@ -62,6 +62,16 @@ class Env:
             raise SettingsError(name, f"must be between {minimum:g} and {maximum:g}")
         return number
 
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise SettingsError(name, "must be true or false")
+
     def file(self, name: str) -> str | None:
         """A path that must name a readable file, or None when unset."""
         path = self.raw(name)

@@ -46,6 +46,10 @@ class UploadSettings:
     # image), and how long one may take before its caller is answered.
     confirm_concurrency: int = DEFAULT_CONFIRM_CONCURRENCY
     confirm_timeout_seconds: float = DEFAULT_CONFIRM_TIMEOUT_SECONDS
+    # On a versioned bucket, DeleteAvatar also deletes the avatar's old versions (the
+    # verifier then needs s3:ListBucketVersions and s3:DeleteObjectVersion: `policies
+    # --versioned`). Off: they stay, and DeleteAvatar says so.
+    delete_old_versions: bool = False
 
     @property
     def verified(self) -> bool:
@@ -86,4 +90,5 @@ def uploads(env: Env, upload_mode: UploadMode, key_prefix: str) -> UploadSetting
         confirm_timeout_seconds=env.number(
             "CONFIRM_TIMEOUT_SECONDS", DEFAULT_CONFIRM_TIMEOUT_SECONDS, 0.5, 300.0
         ),
+        delete_old_versions=env.boolean("DELETE_OLD_VERSIONS", False),
     )

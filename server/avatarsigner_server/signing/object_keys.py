@@ -8,6 +8,7 @@ ASCII only):
     <prefix><user_id>/avatar                          the avatar download URLs read
     <staging prefix><user_id>/<upload_id>             a staged upload (verified mode)
     <prefix>.avatar-signer/confirmed/<user_id>/<id>   marks an upload as confirmed
+    <prefix>.avatar-signer/deleted/<user_id>          when the avatar was last deleted
     <prefix>.avatar-signer-check/canary               `avatar-signer check`'s canary
 
 User ids cannot start with ".", so no user id maps to the reserved keys.
@@ -74,9 +75,14 @@ class ObjectKeys:
         """The marker of a confirmed upload; it holds what ConfirmUpload answered."""
         return f"{self.prefix}{STATE_SEGMENT}/confirmed/{_checked(user_id)}/{upload_id}"
 
-    def confirmed_prefix(self) -> str:
-        """Where every confirmed-upload marker lives (a lifecycle rule expires them)."""
-        return f"{self.prefix}{STATE_SEGMENT}/confirmed/"
+    def deleted_key(self, user_id: str) -> str:
+        """The tombstone of the user's last deletion; it holds when, in Unix milliseconds."""
+        return f"{self.prefix}{STATE_SEGMENT}/deleted/{_checked(user_id)}"
+
+    def state_prefix(self) -> str:
+        """Where the service keeps its markers and tombstones (a lifecycle rule expires
+        them once no staged upload they speak of can still exist)."""
+        return f"{self.prefix}{STATE_SEGMENT}/"
 
     def canary_key(self) -> str:
         """The reserved key `avatar-signer check` writes to; no user id maps to it."""

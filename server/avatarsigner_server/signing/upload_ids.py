@@ -5,8 +5,8 @@ and ConfirmUpload must later know what that URL signed: the exact length, the SH
 when one was signed, and when the URL was minted. The service keeps no state, so the id
 carries them:
 
-    base64url( version (1) | minted at, Unix seconds (5) | content length (5)
-               | nonce (16) [ | SHA-256 (32) ] )            36 or 79 characters
+    base64url( version (1) | minted at, Unix milliseconds (6) | content length (5)
+               | nonce (16) [ | SHA-256 (32) ] )            38 or 80 characters
 
 Nothing in it is secret, and it needs no signature of its own: the id is part of the
 staging key the upload URL signs, so an id whose claims were edited names an object that
@@ -24,17 +24,17 @@ from dataclasses import dataclass
 _VERSION = 1
 _NONCE_BYTES = 16
 _DIGEST_BYTES = 32
-_FIXED = 1 + 5 + 5 + _NONCE_BYTES
+_FIXED = 1 + 6 + 5 + _NONCE_BYTES
 MAX_CONTENT_LENGTH = (1 << 40) - 1
-_SHAPE = re.compile(r"[A-Za-z0-9_-]{36}|[A-Za-z0-9_-]{79}")
-RULE = "an upload id from CreateUploadUrl (36 or 79 of A-Z a-z 0-9 - _)"
+_SHAPE = re.compile(r"[A-Za-z0-9_-]{38}|[A-Za-z0-9_-]{80}")
+RULE = "an upload id from CreateUploadUrl (38 or 80 of A-Z a-z 0-9 - _)"
 
 
 @dataclass(frozen=True)
 class UploadTicket:
     """What one upload URL promised: its length, its SHA-256 if signed, when it was made."""
 
-    minted_at: int
+    minted_at_ms: int
     content_length: int
     nonce: bytes
     sha256: bytes | None = None
@@ -44,8 +44,8 @@ class UploadTicket:
             raise ValueError(f"nonce must be {_NONCE_BYTES} bytes")
         if self.sha256 is not None and len(self.sha256) != _DIGEST_BYTES:
             raise ValueError(f"sha256 must be {_DIGEST_BYTES} bytes")
-        if not 0 <= self.minted_at < 1 << 40:
-            raise ValueError("minted_at is out of range")
+        if not 0 <= self.minted_at_ms < 1 << 48:
+            raise ValueError("minted_at_ms is out of range")
         if not 1 <= self.content_length <= MAX_CONTENT_LENGTH:
             raise ValueError("content_length is out of range")
 
@@ -53,7 +53,7 @@ class UploadTicket:
     def upload_id(self) -> str:
         raw = (
             bytes([_VERSION])
-            + self.minted_at.to_bytes(5, "big")
+            + self.minted_at_ms.to_bytes(6, "big")
             + self.content_length.to_bytes(5, "big")
             + self.nonce
             + (self.sha256 or b"")
@@ -76,13 +76,13 @@ def parse(upload_id: str) -> UploadTicket | None:
         return None
     if raw[0] != _VERSION or len(raw) not in (_FIXED, _FIXED + _DIGEST_BYTES):
         return None
-    content_length = int.from_bytes(raw[6:11], "big")
+    content_length = int.from_bytes(raw[7:12], "big")
     if content_length == 0:
         return None
     ticket = UploadTicket(
-        minted_at=int.from_bytes(raw[1:6], "big"),
+        minted_at_ms=int.from_bytes(raw[1:7], "big"),
         content_length=content_length,
-        nonce=raw[11:_FIXED],
+        nonce=raw[12:_FIXED],
         sha256=raw[_FIXED:] or None,
     )
     # One spelling per ticket: base64 has others (non-zero padding bits) that decode alike.

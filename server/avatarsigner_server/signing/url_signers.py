@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from ..errors import CredentialsUnavailable
 from . import sigv4
 from .clock import Clock, utc_now_to_the_second
-from .key_pairs import CredentialSource
+from .key_pairs import Credentials, CredentialSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +49,36 @@ class BucketEndpoint:
 
     def path(self, key: str) -> str:
         return self._path_prefix + sigv4.encode_key_path(key)
+
+
+def presign_request(
+    creds: Credentials,
+    endpoint: BucketEndpoint,
+    region: str,
+    *,
+    method: str,
+    key: str,
+    signed_at: datetime,
+    expires_in: int,
+    headers: Mapping[str, str] | None = None,
+    query: tuple[tuple[str, str], ...] = (),
+) -> str:
+    """A presigned request for `key` in the bucket ("" for the bucket itself): the one place
+    SigV4 is applied to a bucket's object, for URLs handed out and for the service's own."""
+    return sigv4.presign(
+        method=method,
+        origin=endpoint.origin,
+        host=endpoint.host,
+        path=endpoint.path(key),
+        access_key_id=creds.access_key_id,
+        secret_access_key=creds.secret_access_key,
+        session_token=creds.session_token,
+        region=region,
+        signed_at=signed_at,
+        expires_in=expires_in,
+        headers=headers,
+        query=query,
+    )
 
 
 class _Signer:
@@ -99,15 +129,12 @@ class _Signer:
             raise CredentialsUnavailable(
                 "the signing credentials expire before the URL would; ask for a shorter ttl"
             )
-        url = sigv4.presign(
+        url = presign_request(
+            creds,
+            self._endpoint,
+            self._region,
             method=self.METHOD,
-            origin=self._endpoint.origin,
-            host=self._endpoint.host,
-            path=self._endpoint.path(key),
-            access_key_id=creds.access_key_id,
-            secret_access_key=creds.secret_access_key,
-            session_token=creds.session_token,
-            region=self._region,
+            key=key,
             signed_at=signed_at,
             expires_in=ttl_seconds,
             headers=signed_headers,

@@ -1,7 +1,8 @@
-"""One identity's own requests to the bucket: read an object, write an object.
+"""One identity's own requests to the bucket: read, write, delete, list versions.
 
-The verifier reads staged uploads and writes verified avatars; the reader reads what the
-service keeps beside the avatars (the confirmed-upload markers). No URL leaves the process:
+The verifier reads staged uploads, writes verified avatars and deletes them; the reader
+reads what the service keeps beside the avatars (markers and tombstones) and whether an
+avatar exists. No URL leaves the process:
 each request is signed with the identity's current credentials by the same SigV4 code as
 every URL (query authentication, living `expires_in` seconds) and sent at once.
 
@@ -10,16 +11,38 @@ Blocking (plain http.client): run it in a worker thread.
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
+from xml.etree import ElementTree
 
-from ..signing import sigv4
+from ..errors import Unavailable
 from ..signing.clock import Clock, utc_now_to_the_second
 from ..signing.key_pairs import CredentialSource
-from ..signing.url_signers import BucketEndpoint
+from ..signing.url_signers import BucketEndpoint, presign_request
 from .s3_http import HTTP_TIMEOUT_SECONDS, Reply, send
 
 DEFAULT_EXPIRES_IN = 60
+log = logging.getLogger("avatarsigner.storage")
+_S3_NAMESPACE = re.compile(r"^\{[^}]*\}")
+
+
+def unavailable(what: str, reply: Reply) -> Unavailable:
+    """The error for an S3 answer the service cannot work with; the status is logged (never
+    a URL), the caller hears UNAVAILABLE (reason STORAGE), worth a retry."""
+    log.warning("S3 %s failed", what, extra={"s3_status": reply.status, "s3_code": reply.code})
+    return Unavailable("STORAGE", f"the bucket did not answer as expected ({what}); retry")
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One stored version of a key (or a delete marker) in a versioned bucket."""
+
+    key: str
+    version_id: str
+    delete_marker: bool
 
 
 class ObjectStore:
@@ -42,21 +65,25 @@ class ObjectStore:
         self._expires_in = expires_in
         self._timeout = timeout
 
-    def _url(self, method: str, key: str, headers: Mapping[str, str]) -> str:
+    def _url(
+        self,
+        method: str,
+        key: str,
+        headers: Mapping[str, str],
+        query: tuple[tuple[str, str], ...] = (),
+    ) -> str:
         signed_at = self._clock().replace(microsecond=0)
         creds = self._credentials.get(signed_at + timedelta(seconds=self._expires_in))
-        return sigv4.presign(
+        return presign_request(
+            creds,
+            self._endpoint,
+            self._region,
             method=method,
-            origin=self._endpoint.origin,
-            host=self._endpoint.host,
-            path=self._endpoint.path(key),
-            access_key_id=creds.access_key_id,
-            secret_access_key=creds.secret_access_key,
-            session_token=creds.session_token,
-            region=self._region,
+            key=key,
             signed_at=signed_at,
             expires_in=self._expires_in,
             headers={name.lower(): value for name, value in headers.items()},
+            query=query,
         )
 
     def get(self, key: str, *, max_bytes: int) -> Reply:
@@ -69,3 +96,31 @@ class ObjectStore:
         """Write `data` at key with exactly these headers (all signed), Content-Length too."""
         sent = {**headers, "Content-Length": str(len(data))}
         return send("PUT", self._url("PUT", key, sent), data, sent, timeout=self._timeout)
+
+    def head(self, key: str) -> Reply:
+        """Whether the object exists (200) and its headers, without its body."""
+        return send("HEAD", self._url("HEAD", key, {}), timeout=self._timeout)
+
+    def delete(self, key: str, version_id: str | None = None) -> Reply:
+        """Delete the object (or one version of it, on a versioned bucket)."""
+        query = () if version_id is None else (("versionId", version_id),)
+        return send("DELETE", self._url("DELETE", key, {}, query), timeout=self._timeout)
+
+    def versions(self, key: str) -> tuple[Reply, list[ObjectVersion]]:
+        """Every version and delete marker of exactly `key` (a versioned bucket's
+        ListObjectVersions, by prefix, filtered to the key); the reply says if refused."""
+        query = (("prefix", key), ("versions", ""))
+        reply = send(
+            "GET", self._url("GET", "", {}, query), max_body=1 << 20, timeout=self._timeout
+        )
+        found: list[ObjectVersion] = []
+        if reply.status != 200:
+            return reply, found
+        for element in ElementTree.fromstring(reply.body):  # noqa: S314 - our bucket's XML
+            kind = _S3_NAMESPACE.sub("", element.tag)
+            if kind not in ("Version", "DeleteMarker"):
+                continue
+            fields = {_S3_NAMESPACE.sub("", child.tag): child.text or "" for child in element}
+            if fields.get("Key") == key and fields.get("VersionId"):
+                found.append(ObjectVersion(key, fields["VersionId"], kind == "DeleteMarker"))
+        return reply, found

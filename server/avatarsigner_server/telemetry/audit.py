@@ -2,7 +2,8 @@
 
     allowed  one line per signed URL (a batch of n gives n lines, written together): request_id,
              caller, auth, rpc, reason "signed", user_id, key, expires_at; one line per
-             confirmed upload: reason "confirmed", user_id, key, version
+             confirmed upload: reason "confirmed", user_id, key, version; one line per
+             deletion: reason "deleted" or "nothing_to_delete", user_id, keys
     denied   one line per refused call: request_id, caller (null when unknown), auth, rpc,
              user_id (when the request names one valid id), code, reason
 
@@ -30,6 +31,19 @@ LOGGER_NAME = "avatarsigner.audit"
 log = logging.getLogger(LOGGER_NAME)
 
 
+def _line(call: Call, decision: str, reason: str, **fields: object) -> dict[str, object]:
+    """The fields every audit line has, then the decision's own."""
+    return {
+        "decision": decision,
+        "request_id": call.request_id,
+        "caller": call.caller,
+        "auth": call.auth,
+        "rpc": call.rpc,
+        "reason": reason,
+        **fields,
+    }
+
+
 class Audit:
     """Writes decision lines and counts them."""
 
@@ -46,57 +60,34 @@ class Audit:
         if not log.isEnabledFor(logging.INFO):
             return
         iso: dict[datetime, str] = {}  # a batch's URLs share their expiry: format it once
-        log.info(
-            "allowed",
-            extra={
-                "decision": "allowed",
-                "request_id": call.request_id,
-                "caller": call.caller,
-                "auth": call.auth,
-                "rpc": call.rpc,
-                "reason": "signed",
-                EACH: [
-                    {
-                        "user_id": user_id,
-                        "key": key,
-                        "expires_at": iso.get(expires_at)
-                        or iso.setdefault(expires_at, expires_at.isoformat()),
-                    }
-                    for user_id, key, expires_at in urls
-                ],
-            },
-        )
+        each = [
+            {
+                "user_id": user_id,
+                "key": key,
+                "expires_at": iso.get(expires_at)
+                or iso.setdefault(expires_at, expires_at.isoformat()),
+            }
+            for user_id, key, expires_at in urls
+        ]
+        log.info("allowed", extra=_line(call, "allowed", "signed", **{EACH: each}))
 
     def confirmed(self, call: Call, user_id: str, key: str, version: str) -> None:
         """The line for an upload published by ConfirmUpload (or confirmed again)."""
         if self._metrics is not None:
             self._metrics.upload_confirmed(call.caller or ANONYMOUS)
-        log.info(
-            "allowed",
-            extra={
-                "decision": "allowed",
-                "request_id": call.request_id,
-                "caller": call.caller,
-                "auth": call.auth,
-                "rpc": call.rpc,
-                "reason": "confirmed",
-                "user_id": user_id,
-                "key": key,
-                "version": version,
-            },
-        )
+        extra = _line(call, "allowed", "confirmed", user_id=user_id, key=key, version=version)
+        log.info("allowed", extra=extra)
+
+    def deleted(self, call: Call, user_id: str, keys: Sequence[str], had_avatar: bool) -> None:
+        """The line for a DeleteAvatar that ran: the keys removed and whether there was one."""
+        if self._metrics is not None:
+            self._metrics.avatar_deleted(call.caller or ANONYMOUS, had_avatar)
+        reason = "deleted" if had_avatar else "nothing_to_delete"
+        log.info("allowed", extra=_line(call, "allowed", reason, user_id=user_id, keys=list(keys)))
 
     def denied(self, call: Call, error: ServiceError, user_id: object = None) -> None:
         """The line for a refused call. user_id is logged only when it is a valid user id."""
-        extra: dict[str, object] = {
-            "decision": "denied",
-            "request_id": call.request_id,
-            "caller": call.caller,
-            "auth": call.auth,
-            "rpc": call.rpc,
-            "code": error.code,
-            "reason": error.reason,
-        }
+        extra = _line(call, "denied", error.reason, code=error.code)
         if isinstance(user_id, str) and is_valid_user_id(user_id):
             extra["user_id"] = user_id
         log.info("denied", extra=extra)

@@ -33,6 +33,8 @@ class Call:
     caller: str | None = None  # None until authenticated (and in audit lines of refusals)
     auth: str = "none"  # how the caller proved itself: token, certificate, open, none
     metadata: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # The caller runs account deletion: DeleteAvatar needs no end-user token from it.
+    account_deletion: bool = False
 
 
 _current: ContextVar[Call | None] = ContextVar("avatarsigner_call", default=None)

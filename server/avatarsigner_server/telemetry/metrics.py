@@ -4,6 +4,7 @@
     avatarsigner_rpc_duration_seconds{method}             time in the handler (histogram)
     avatarsigner_urls_signed_total{kind, caller}          kind: upload | download
     avatarsigner_uploads_confirmed_total{caller}          uploads ConfirmUpload published
+    avatarsigner_avatars_deleted_total{caller, had_avatar} DeleteAvatar calls that ran
     avatarsigner_denials_total{method, reason}            reason: a fixed word (see audit)
     avatarsigner_credentials_expiry_seconds{identity}     seconds until the identity's
                                                           current credentials expire;
@@ -130,6 +131,12 @@ class Metrics:
             ["caller"],
             registry=self.registry,
         )
+        self._deleted = Counter(
+            "avatarsigner_avatars_deleted",
+            "DeleteAvatar calls that ran, by caller and whether there was an avatar.",
+            ["caller", "had_avatar"],
+            registry=self.registry,
+        )
         self._denials = Counter(
             "avatarsigner_denials",
             "Calls refused, by RPC and reason (unknown_token, rpc_not_allowed, ...).",
@@ -181,6 +188,9 @@ class Metrics:
 
     def upload_confirmed(self, caller: str) -> None:
         self._confirmed.labels(caller).inc()
+
+    def avatar_deleted(self, caller: str, had_avatar: bool) -> None:
+        self._deleted.labels(caller, "true" if had_avatar else "false").inc()
 
     def denied(self, method: str, reason: str) -> None:
         self._denials.labels(method, reason).inc()

@@ -1,26 +1,29 @@
 """ConfirmUpload: a staged upload becomes the user's avatar only after its bytes are checked.
 
     0. parse the upload id (what the upload URL signed: length, SHA-256, when)
-    1. already confirmed? The reader looks for the upload's marker beside the avatars; if
+    1. deleted since? The reader looks for the user's tombstone (removal.py): an upload
+       minted at or before the last deletion is refused (DELETED), so no upload made before
+       a deletion can bring the picture back
+    2. already confirmed? The reader looks for the upload's marker beside the avatars; if
        it is there, the answer stored in it is given again and nothing is written
-    2. the verifier reads the staged object, at most MAX_UPLOAD_BYTES of it
+    3. the verifier reads the staged object, at most MAX_UPLOAD_BYTES of it
        (NOT_UPLOADED when there is none for this user: another user's upload id names an
        object under another user's key, so it is never found)
-    3. its length and SHA-256 must be what the URL signed (SIZE_MISMATCH,
+    4. its length and SHA-256 must be what the URL signed (SIZE_MISMATCH,
        CHECKSUM_MISMATCH: defence in depth, S3 already enforced both)
-    4. `images.verify_image`: really an image of the stored (signed) type, within the
+    5. `images.verify_image`: really an image of the stored (signed) type, within the
        pixel, side and frame limits, decoded in full; its metadata removed losslessly
-    5. the verifier writes exactly the verified bytes to `<prefix><user>/avatar`, with
+    6. the verifier writes exactly the verified bytes to `<prefix><user>/avatar`, with
        the headers it chose (type, checksum, inline disposition) and nothing the uploader
        sent
-    6. the verifier writes the marker (the answer, as JSON); then the answer
+    7. the verifier writes the marker (the answer, as JSON); then the answer
 
 "Last confirmation wins": confirming an older upload after a newer one publishes the
 older. Confirming the same upload again is answered from its marker. A confirmation that
 runs out of time (DEADLINE_EXCEEDED) may still finish in the background; confirming again
 tells.
 
-Cost bounds. Steps 1-6 run in a worker thread, at most `concurrency` at once per process
+Cost bounds. Steps 1-7 run in a worker thread, at most `concurrency` at once per process
 (`CONFIRM_CONCURRENCY`, default 2: one decode per core); each holds the staged bytes, the
 rebuilt copy and the decoded image (see images.py: up to about 16 bytes per pixel for
 WebP), so memory is bounded by concurrency x (2 x MAX_UPLOAD_BYTES + 16 x
@@ -28,9 +31,9 @@ MAX_IMAGE_PIXELS). A confirmation waits for a slot at most until its deadline
 (RESOURCE_EXHAUSTED, reason BUSY); a running one that outlives its deadline keeps its slot
 until its thread finishes, so a slow decode never lets more run than the limit.
 
-Traced, each step is a child span of the RPC's (`confirm.read_marker`, `confirm.read_staged`,
-`confirm.verify_image`, `confirm.write_avatar`, `confirm.write_marker`): the worker thread
-runs in a copy of the call's context.
+Traced, each step is a child span of the RPC's (`confirm.read_tombstone`,
+`confirm.read_marker`, `confirm.read_staged`, `confirm.verify_image`, `confirm.write_avatar`,
+`confirm.write_marker`): the worker thread runs in a copy of the call's context.
 """
 
 from __future__ import annotations
@@ -45,15 +48,15 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from ..errors import DeadlineExceeded, Overloaded, Unavailable, UploadRefused
+from ..errors import DeadlineExceeded, Overloaded, UploadRefused
 from ..settings import SettingsError
 from ..settings.uploads import UploadSettings
 from ..signing.object_keys import ObjectKeys
 from ..signing.upload_ids import UploadTicket
-from ..storage.objects import ObjectStore
-from ..storage.s3_http import Reply
+from ..storage.objects import ObjectStore, unavailable
 from ..telemetry.tracing import Tracing
 from .images import SUPPORTED_CONTENT_TYPES, Limits, Metadata, Reason, Refusal, verify_image
+from .removal import read_tombstone
 
 log = logging.getLogger("avatarsigner.verification")
 
@@ -126,10 +129,6 @@ def _refused(refusal: Refusal) -> UploadRefused | Overloaded:
     return UploadRefused(refusal.reason.value, f"upload refused: {refusal.detail}")
 
 
-def _unavailable(what: str, reply: Reply) -> Unavailable:
-    # The status only: an S3 answer never reaches the caller, a URL never the log.
-    log.warning("S3 %s failed", what, extra={"s3_status": reply.status, "s3_code": reply.code})
-    return Unavailable("STORAGE", f"the bucket did not answer as expected ({what}); retry")
 
 
 class Confirmer:
@@ -199,8 +198,15 @@ class Confirmer:
 
     def _confirm(self, user_id: str, ticket: UploadTicket) -> Confirmation:
         upload_id = ticket.upload_id
-        marker_key = self._keys.confirmed_key(user_id, upload_id)
         step = self._tracing.step
+        with step("confirm.read_tombstone"):
+            deleted_at = read_tombstone(self._reader, self._keys, user_id)
+        if deleted_at is not None and ticket.minted_at_ms <= deleted_at:
+            raise UploadRefused(
+                "DELETED",
+                "the user's avatar was deleted after this upload was made; upload again",
+            )
+        marker_key = self._keys.confirmed_key(user_id, upload_id)
         with step("confirm.read_marker"):
             earlier = self._earlier(marker_key)
         if earlier is not None:
@@ -218,7 +224,7 @@ class Confirmer:
         if staged.truncated:
             raise UploadRefused("TOO_LARGE", "the staged object is larger than MAX_UPLOAD_BYTES")
         if staged.status != 200:
-            raise _unavailable("read of the staged upload", staged)
+            raise unavailable("read of the staged upload", staged)
         data = staged.body
         if len(data) != ticket.content_length:
             raise UploadRefused(
@@ -259,7 +265,7 @@ class Confirmer:
                 },
             )
         if not 200 <= published.status < 300:
-            raise _unavailable("write of the avatar", published)
+            raise unavailable("write of the avatar", published)
         with step("confirm.write_marker"):
             marked = self._verifier.put(
                 marker_key, confirmation.to_json(), {"Content-Type": "application/json"}
@@ -278,5 +284,5 @@ class Confirmer:
         if marker.status in (403, 404):  # 403: a reader without s3:ListBucket, no marker
             return None
         if marker.status != 200:
-            raise _unavailable("read of the confirmed-upload marker", marker)
+            raise unavailable("read of the confirmed-upload marker", marker)
         return Confirmation.from_json(marker.body)

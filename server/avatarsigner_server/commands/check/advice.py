@@ -74,6 +74,12 @@ def wrong_hosts(hosts: Sequence[str], expected: str) -> str:
     return f"hosts {sorted(hosts)}, expected https://{expected}"
 
 
+VERSIONED = (
+    "the bucket keeps old versions (versioning is on): a deleted avatar would stay in it; "
+    "set DELETE_OLD_VERSIONS=true and apply the verifier policy of "
+    "`avatar-signer policies --versioned`"
+)
+
 SWAPPED = (
     "the uploader's key reads but cannot write and the reader's writes but "
     "cannot read: the S3_UPLOAD_* and S3_READ_* credentials look swapped"

@@ -44,7 +44,12 @@ from ...signing import sigv4
 from ...signing.clock import Clock, utc_now
 from ...signing.key_pairs import CredentialSource
 from ...signing.object_keys import ObjectKeys
-from ...signing.url_signers import BucketEndpoint, DownloadSigner, UploadSigner
+from ...signing.url_signers import (
+    BucketEndpoint,
+    DownloadSigner,
+    UploadSigner,
+    presign_request,
+)
 from ...storage.s3_http import Reply, send
 from .. import policies
 from . import advice
@@ -177,20 +182,18 @@ class BucketProbe:
         return self.http("GET", signed.url)
 
     def raw(
-        self, method: str, source: CredentialSource, path: str, query: tuple[tuple[str, str], ...]
+        self, method: str, source: CredentialSource, key: str, query: tuple[tuple[str, str], ...]
     ) -> Reply:
-        """A presigned request for methods our signers never make (DELETE, LIST, HEAD)."""
+        """A presigned request for methods our signers never make (DELETE, LIST, HEAD);
+        key "" is the bucket itself."""
         signed_at = self.clock().replace(microsecond=0)
         creds = source.get(signed_at + timedelta(seconds=URL_TTL_SECONDS))
-        url = sigv4.presign(
+        url = presign_request(
+            creds,
+            self.endpoint,
+            self.settings.region,
             method=method,
-            origin=self.endpoint.origin,
-            host=self.endpoint.host,
-            path=path,
-            access_key_id=creds.access_key_id,
-            secret_access_key=creds.secret_access_key,
-            session_token=creds.session_token,
-            region=self.settings.region,
+            key=key,
             signed_at=signed_at,
             expires_in=URL_TTL_SECONDS,
             query=query,
@@ -313,13 +316,45 @@ class BucketProbe:
         return {
             "uploader": (self.staged,),
             "reader": (self.avatars,),
-            "verifier": (self.staged, self.avatars),
+            "verifier": (self.staged,),  # it must delete avatars: see can_delete_avatars
         }[identity]
+
+    def can_delete_avatars(self, verifier: CredentialSource) -> None:
+        """The verifier deletes avatars (DeleteAvatar): it must be able to, on the canary."""
+        name = "verifier can DELETE avatars"
+        reply = self.raw("DELETE", verifier, self.avatars.key, ())
+        if reply.status in (200, 204):
+            self.add(name, PASS, f"{reply} ({self.avatars.key})")
+        elif reply.code in _REJECTED_KEY:
+            self.add(name, FAIL, advice.rejected_key_pair("verifier", reply))
+        elif reply.refused:
+            self.add(
+                name,
+                FAIL,
+                advice.may_not("verifier", "s3:DeleteObject", "avatars", self.avatars.arn, reply),
+            )
+        else:
+            self.add(name, FAIL, f"unexpected answer {reply}")
+
+    def old_versions(self) -> None:
+        """Whether the bucket keeps old versions, and if so whether deletion reaches them."""
+        name = "deleted avatars leave no old version"
+        versioned = any("x-amz-version-id" in reply.headers for reply in self.replies)
+        if not versioned:
+            self.add(name, PASS, "the bucket keeps no old versions (no x-amz-version-id)")
+        elif not self.settings.uploads.delete_old_versions:
+            self.add(name, FAIL, advice.VERSIONED)
+        else:
+            self.add(
+                name,
+                PASS,
+                "versioned bucket; DeleteAvatar deletes old versions (DELETE_OLD_VERSIONS)",
+            )
 
     def cannot_delete(self, identity: str, source: CredentialSource) -> None:
         name = f"{identity} cannot DELETE"
         replies = [
-            self.raw("DELETE", source, self.endpoint.path(place.key), ())
+            self.raw("DELETE", source, place.key, ())
             for place in self.workplaces(identity)
         ]
         allowed = [reply for reply in replies if reply.allowed]
@@ -331,7 +366,7 @@ class BucketProbe:
             self.add(name, FAIL, f"unexpected answer {next(r for r in replies if not r.refused)}")
 
     def cannot_list(self, identity: str, source: CredentialSource) -> None:
-        reply = self.raw("GET", source, self.endpoint.path(""), self.list_query())
+        reply = self.raw("GET", source, "", self.list_query())
         name = f"{identity} cannot LIST"
         if 200 <= reply.status < 300:
             bucket = policies.bucket_arn(self.settings.bucket)
@@ -383,7 +418,7 @@ class BucketProbe:
         name = "bucket answers from AWS_REGION"
         region = self.settings.region
         if source is not None:
-            self.raw("HEAD", source, self.endpoint.path(""), ())
+            self.raw("HEAD", source, "", ())
         reported = {
             r.headers["x-amz-bucket-region"]
             for r in self.replies
@@ -472,6 +507,9 @@ class BucketProbe:
                 "reader cannot PUT (canary unchanged)",
                 reader if read else None,
             )
+        if verifier is not None:  # last: it removes the avatar canary the others read
+            self.can_delete_avatars(verifier)
+            self.old_versions()
 
 
 def run(settings: Settings, clock: Clock = utc_now) -> list[Result]:

@@ -1,0 +1,312 @@
+"""DeleteAvatar on the real S3: the picture leaves every URL and does not come back.
+
+Verified mode: the verifier deletes, with a signed request of its own (no URL is ever signed
+for DELETE); SeaweedFS enforces that only it may. Who may call it: a right in the callers
+file, and where end-user tokens are on, the user's own token or a caller that runs account
+deletion.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import jwt
+import leaks
+import pytest
+import seaweed_s3
+from avatarsigner.v1 import avatar_signer_pb2 as pb
+from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
+from avatarsigner_server.commands import check
+from avatarsigner_server.settings import load as load_settings
+from avatarsigner_server.settings.uploads import UploadMode
+from avatarsigner_server.signing import sigv4
+from avatarsigner_server.signing.url_signers import BucketEndpoint
+from conftest import verified_env
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from guarded import caller, write_callers
+from PIL import Image
+from s3http import request
+from servers import ServerThread, settings_from
+
+VerifiedS3 = tuple[seaweed_s3.LocalS3, dict[str, seaweed_s3.Identity]]
+SECRET = "a-delete-test-hs256-secret-of-32-bytes-or-more"
+leaks.remember(SECRET)
+JWT_ENV = {
+    "END_USER_JWT_SECRET": SECRET,
+    "END_USER_JWT_ISSUER": "https://id.example",
+    "END_USER_JWT_AUDIENCE": "avatar-signer",
+}
+
+
+def _user() -> str:
+    return "del-" + uuid.uuid4().hex[:10]
+
+
+def _png(size: tuple[int, int] = (12, 12)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 40, 90)).save(out, "PNG")
+    return out.getvalue()
+
+
+def _stage(stub: pb_grpc.AvatarSignerStub, user: str, data: bytes, **kw: object) -> str:
+    checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    upload = stub.CreateUploadUrl(
+        pb.CreateUploadUrlRequest(
+            user_id=user,
+            content_type="image/png",
+            content_length=len(data),
+            checksum_sha256=checksum,
+        ),
+        **kw,  # type: ignore[arg-type]
+    )
+    assert request(upload.method, upload.url, data, dict(upload.headers)).status == 200
+    return upload.upload_id
+
+
+def _confirm(stub: pb_grpc.AvatarSignerStub, user: str, upload_id: str, **kw: object) -> object:
+    return stub.ConfirmUpload(
+        pb.ConfirmUploadRequest(user_id=user, upload_id=upload_id), timeout=30, **kw
+    )
+
+
+def _delete(stub: pb_grpc.AvatarSignerStub, user: str, **kw: object) -> pb.DeleteAvatarResponse:
+    response: pb.DeleteAvatarResponse = stub.DeleteAvatar(
+        pb.DeleteAvatarRequest(user_id=user), timeout=30, **kw
+    )
+    return response
+
+
+def _shown(stub: pb_grpc.AvatarSignerStub, user: str) -> int:
+    url = stub.CreateDownloadUrl(pb.CreateDownloadUrlRequest(user_id=user)).url
+    return request("GET", url).status
+
+
+def _reason(error: grpc.RpcError) -> str:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""
+
+
+def test_a_deleted_avatar_leaves_every_fresh_url(verified_stub: pb_grpc.AvatarSignerStub) -> None:
+    user = _user()
+    _confirm(verified_stub, user, _stage(verified_stub, user, _png()))
+    assert _shown(verified_stub, user) == 200
+    done = _delete(verified_stub, user)
+    assert done.deleted and list(done.removed_keys) == [f"profiles/{user}/avatar"]
+    assert done.cached_copies_expire_within.seconds == 1200  # DOWNLOAD_MAX_TTL_SECONDS
+    assert not done.old_versions_remain
+    assert _shown(verified_stub, user) in (403, 404)
+
+
+def test_deleting_twice_or_without_an_avatar_is_fine(
+    verified_stub: pb_grpc.AvatarSignerStub,
+) -> None:
+    user = _user()
+    never = _delete(verified_stub, user)
+    assert (never.deleted, list(never.removed_keys)) == (False, [])
+    _confirm(verified_stub, user, _stage(verified_stub, user, _png()))
+    assert _delete(verified_stub, user).deleted
+    again = _delete(verified_stub, user)
+    assert (again.deleted, list(again.removed_keys)) == (False, [])
+
+
+def test_no_upload_made_before_the_deletion_brings_the_picture_back(
+    verified_stub: pb_grpc.AvatarSignerStub,
+) -> None:
+    user = _user()
+    confirmed = _stage(verified_stub, user, _png((10, 10)))
+    _confirm(verified_stub, user, confirmed)
+    staged_only = _stage(verified_stub, user, _png((11, 11)))
+    _delete(verified_stub, user)
+    for upload_id in (staged_only, confirmed):  # a late first confirmation, and a repeat
+        with pytest.raises(grpc.RpcError) as refused:
+            _confirm(verified_stub, user, upload_id)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert _reason(refused.value) == "DELETED"
+    assert _shown(verified_stub, user) in (403, 404)
+    # A new upload, made after the deletion, is an avatar again.
+    fresh = _stage(verified_stub, user, _png((13, 13)))
+    assert _confirm(verified_stub, user, fresh).width == 13  # type: ignore[attr-defined]
+    assert _shown(verified_stub, user) == 200
+
+
+def test_direct_mode_answers_what_to_configure(s3_stub: pb_grpc.AvatarSignerStub) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        _delete(s3_stub, _user())
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert _reason(refused.value) == "DIRECT_MODE"
+    assert "UPLOAD_MODE=verified" in (refused.value.details() or "")
+
+
+def test_nobody_else_may_delete_avatars(verified_s3: VerifiedS3) -> None:
+    """The uploader's and the reader's own signed DELETE is refused by S3."""
+    s3, identities = verified_s3
+    endpoint = BucketEndpoint(s3.bucket, s3.region, s3.endpoint_url)
+    s3.client("s3").put_object(Bucket=s3.bucket, Key="profiles/someone/avatar", Body=b"x")
+    for name in ("uploader", "reader"):
+        identity = identities[name]
+        url = sigv4.presign(
+            method="DELETE",
+            origin=endpoint.origin,
+            host=endpoint.host,
+            path=endpoint.path("profiles/someone/avatar"),
+            access_key_id=identity.access_key_id,
+            secret_access_key=identity.secret_access_key,
+            session_token=None,
+            region=s3.region,
+            signed_at=datetime.now(UTC).replace(microsecond=0),
+            expires_in=60,
+        )
+        assert request("DELETE", url).status == 403, name
+
+
+# --- who may call it ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guarded_verified(
+    verified_s3: VerifiedS3, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServerThread, dict[str, object]]]:
+    """Verified mode with a callers file and end-user tokens (HS256)."""
+    profile = caller("profile-service", ["CreateUploadUrl", "ConfirmUpload", "DeleteAvatar"])
+    feed = caller("feed-service", ["CreateDownloadUrl", "BatchCreateDownloadUrls"])
+    eraser = caller("account-deletion", ["DeleteAvatar"], account_deletion=True)
+    path: Path = tmp_path_factory.mktemp("callers") / "callers.toml"
+    write_callers(path, [profile, feed, eraser])
+    env = verified_env(*verified_s3) | JWT_ENV | {"CALLERS_FILE": str(path)}
+    running = ServerThread(settings_from(env))
+    try:
+        yield running, {"profile": profile, "feed": feed, "eraser": eraser}
+    finally:
+        running.stop()
+
+
+def _token(sub: str) -> str:
+    now = int(time.time())
+    token = jwt.encode(
+        {"iss": "https://id.example", "aud": "avatar-signer", "sub": sub, "iat": now,
+         "exp": now + 300},
+        SECRET,
+        algorithm="HS256",
+    )  # fmt: skip
+    leaks.remember(token)
+    return token
+
+
+def test_a_caller_without_the_right_is_refused(
+    guarded_verified: tuple[ServerThread, dict[str, object]],
+) -> None:
+    server, callers = guarded_verified
+    feed = callers["feed"]
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.AvatarSignerStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            _delete(stub, _user(), metadata=feed.metadata())  # type: ignore[attr-defined]
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_an_end_user_may_delete_only_their_own_avatar(
+    guarded_verified: tuple[ServerThread, dict[str, object]],
+) -> None:
+    server, callers = guarded_verified
+    profile, eraser = callers["profile"], callers["eraser"]
+    alice = _user()
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.AvatarSignerStub(channel)
+        as_alice = profile.metadata(**{"x-end-user-token": _token(alice)})  # type: ignore[attr-defined]
+        _confirm(stub, alice, _stage(stub, alice, _png(), metadata=as_alice), metadata=as_alice)
+        as_bob = profile.metadata(**{"x-end-user-token": _token("bob")})  # type: ignore[attr-defined]
+        with pytest.raises(grpc.RpcError) as refused:
+            _delete(stub, alice, metadata=as_bob)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as missing:
+            _delete(stub, alice, metadata=profile.metadata())  # type: ignore[attr-defined]
+        assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert _shown_as(stub, alice, callers) == 200
+        # The account-deletion caller needs no end-user token; the user's own token works too.
+        assert _delete(stub, alice, metadata=eraser.metadata()).deleted  # type: ignore[attr-defined]
+        assert not _delete(stub, alice, metadata=as_alice).deleted
+
+
+def _shown_as(stub: pb_grpc.AvatarSignerStub, user: str, callers: dict[str, object]) -> int:
+    feed = callers["feed"]
+    url = stub.CreateDownloadUrl(
+        pb.CreateDownloadUrlRequest(user_id=user),
+        metadata=feed.metadata(),  # type: ignore[attr-defined]
+    ).url
+    return request("GET", url).status
+
+
+# --- a bucket that keeps old versions -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def versioned_bucket(verified_s3: VerifiedS3) -> tuple[seaweed_s3.LocalS3, dict[str, str]]:
+    """A second bucket with versioning on, and identities from `policies --versioned`."""
+    s3, _ = verified_s3
+    bucket = "avatars-versioned"
+    admin = s3.client("s3")
+    admin.create_bucket(Bucket=bucket)
+    admin.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    identities = seaweed_s3.create_identities(
+        s3, UploadMode.VERIFIED, bucket=bucket, versioned=True
+    )
+    leaks.remember(*(identity.secret_access_key for identity in identities.values()))
+    return s3, verified_env(s3, identities) | {"S3_BUCKET": bucket}
+
+
+def test_on_a_versioned_bucket_old_versions_are_deleted_too(
+    versioned_bucket: tuple[seaweed_s3.LocalS3, dict[str, str]],
+) -> None:
+    s3, env = versioned_bucket
+    running = ServerThread(settings_from(env, DELETE_OLD_VERSIONS="true"))
+    user = _user()
+    key = f"profiles/{user}/avatar"
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            stub = pb_grpc.AvatarSignerStub(channel)
+            for size in (10, 20):  # two confirmed avatars: two versions of the key
+                _confirm(stub, user, _stage(stub, user, _png((size, size))))
+            done = _delete(stub, user)
+    finally:
+        running.stop()
+    assert done.deleted and not done.old_versions_remain
+    assert done.removed_keys[0] == key
+    assert len([k for k in done.removed_keys if k.startswith(f"{key}?versionId=")]) == 2
+    left = s3.client("s3").list_object_versions(Bucket=env["S3_BUCKET"], Prefix=key)
+    assert not left.get("Versions") and not left.get("DeleteMarkers")
+
+
+def test_check_and_deletion_say_when_old_versions_would_stay(
+    versioned_bucket: tuple[seaweed_s3.LocalS3, dict[str, str]],
+) -> None:
+    _, env = versioned_bucket
+    rows = {r.check: r for r in check.run(load_settings(env))}
+    row = rows["deleted avatars leave no old version"]
+    assert row.outcome == "FAIL" and "DELETE_OLD_VERSIONS=true" in row.detail
+    running = ServerThread(settings_from(env))
+    user = _user()
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            stub = pb_grpc.AvatarSignerStub(channel)
+            _confirm(stub, user, _stage(stub, user, _png()))
+            done = _delete(stub, user)
+            assert _shown(stub, user) in (403, 404)
+    finally:
+        running.stop()
+    assert done.deleted and done.old_versions_remain
+    on = {r.check: r.outcome for r in check.run(load_settings(env | {"DELETE_OLD_VERSIONS": "1"}))}
+    assert on["deleted avatars leave no old version"] == "PASS"
