@@ -280,13 +280,14 @@ def test_confirm_uploads_s3_calls_are_steps_of_its_span(
         span for span in server_spans(exporter, 3) if span.name.endswith("/ConfirmUpload")
     )
     assert children_of(exporter, first) == [
+        "confirm.read_tombstone",
         "confirm.read_marker",
         "confirm.read_staged",
         "confirm.verify_image",
         "confirm.write_avatar",
         "confirm.write_marker",
     ]
-    assert children_of(exporter, second) == ["confirm.read_marker"]
+    assert children_of(exporter, second) == ["confirm.read_tombstone", "confirm.read_marker"]
     text = "\n".join(span.to_json() for span in exporter.get_finished_spans())
     for forbidden in (USER, upload.upload_id, "X-Amz-", "https://", "http://"):
         assert forbidden not in text, forbidden
