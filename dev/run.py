@@ -30,6 +30,7 @@ from pathlib import Path
 
 import seaweed_s3
 from avatarsigner_server.settings.uploads import UploadMode
+from avatarsigner_server.signing.url_signers import OBJECT_HEADERS
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -93,6 +94,8 @@ def tour(target: str, sample: Path, fake: Path, downloaded: Path, env_file: Path
         f"json_field() {{ {python} -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "
         '"$1"; }'
     )
+    # The headers every upload URL signs with fixed values (what S3 would store and replay).
+    fixed_headers = " ".join(f"-H {shlex.quote(f'{k}: {v}')}" for k, v in OBJECT_HEADERS.items())
 
     def upload_body(user: str, length: int, sha256: str | None) -> str:
         body = {"user_id": user, "content_type": "image/png", "content_length": length}
@@ -105,7 +108,7 @@ def tour(target: str, sample: Path, fake: Path, downloaded: Path, env_file: Path
     file = shlex.quote(str(sample))
     fake_file = shlex.quote(str(fake))
     copy = shlex.quote(str(downloaded))
-    put = "curl -fsS -X PUT -H 'Content-Type: image/png' -H 'If-None-Match: *'"
+    put = f"curl -fsS -X PUT -H 'Content-Type: image/png' -H 'If-None-Match: *' {fixed_headers}"
     put_again = put.replace("-fsS", "-sS -o /dev/null -w 'second PUT: %{http_code}\\n'")
     upload_alice = upload_body("alice", size, checksum)
     upload_fake = upload_body("mallory", len(FAKE_IMAGE), None)

@@ -7,8 +7,9 @@ is healthy and the bucket exists.  ``LocalS3.create_identity`` adds an IAM user 
 inline policy and an access key through the IAM API that SeaweedFS serves on the S3
 port, and returns only once the new key is accepted and its policy is in force.
 ``start_with_identities`` does both for one upload mode's identities (direct: uploader
-and reader; verified: uploader, reader and verifier), each with exactly the policy
-``avatar-signer policies`` prints for it, so the tests judge the printed documents.
+and reader; verified: uploader, reader and verifier), each with the policy
+``avatar-signer policies`` prints for it, so the tests judge the printed documents (less
+the conditions SeaweedFS cannot evaluate, below).
 
 As a script it runs a local S3 on its own (``make run`` uses the functions, with the
 service beside it)::
@@ -32,6 +33,12 @@ Things about SeaweedFS 4.48 this module relies on or works around:
 * It enforces prefix-scoped policies and ``If-None-Match: *`` on (presigned) PUTs
   (412 PreconditionFailed once the key exists), and answers a GET with the stored
   ``x-amz-checksum-sha256``.
+* It does not evaluate the ``s3:authType``, ``s3:signatureversion`` and
+  ``s3:signatureAge`` conditions: a statement carrying one is denied to every request.
+  They are left out of the identities' policies here (AWS_ONLY_CONDITION_KEYS).
+* It stores Content-Encoding, Content-Disposition, Cache-Control, Content-Language and
+  Expires with an object and replays them, as S3 does, and honours the ``response-*``
+  overrides of signed GETs.
 """
 
 from __future__ import annotations
@@ -142,16 +149,39 @@ class LocalS3Error(RuntimeError):
 # --------------------------------------------------------------------------- policies
 
 
+# Condition keys AWS evaluates and SeaweedFS 4.48 does not: a statement carrying any of
+# them is denied there, whatever the request.
+AWS_ONLY_CONDITION_KEYS = frozenset({"s3:authType", "s3:signatureversion", "s3:signatureAge"})
+
+
+def _for_seaweedfs(policy: dict[str, Any]) -> dict[str, Any]:
+    """The policy less its AWS-only conditions (their operators dropped when emptied)."""
+    statements = []
+    for statement in policy["Statement"]:
+        statement = dict(statement)
+        condition = {
+            operator: kept
+            for operator, keys in statement.pop("Condition", {}).items()
+            if (kept := {k: v for k, v in keys.items() if k not in AWS_ONLY_CONDITION_KEYS})
+        }
+        if condition:
+            statement["Condition"] = condition
+        statements.append(statement)
+    return {**policy, "Statement": statements}
+
+
 def policy(
     identity: str, bucket: str, mode: UploadMode = UploadMode.DIRECT, versioned: bool = False
 ) -> dict[str, Any]:
-    """The IAM policy of one identity: exactly what `avatar-signer policies` prints (under
-    the service's default prefixes)."""
+    """The IAM policy of one identity: what `avatar-signer policies` prints (under the
+    service's default prefixes), less the conditions SeaweedFS cannot evaluate
+    (AWS_ONLY_CONDITION_KEYS: the prefixes and actions are judged here, those conditions
+    only by AWS)."""
     documents = policies.documents(Layout(bucket, mode, versioned=versioned))
     found: dict[str, Any] | None = documents[f"{identity}_policy"]
     if found is None:
         raise ValueError(f"no {identity} in {mode} mode")
-    return found
+    return _for_seaweedfs(found)
 
 
 def uploader_policy(bucket: str) -> dict[str, Any]:

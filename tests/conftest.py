@@ -26,10 +26,14 @@ BUCKET = "avatars"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test that needs the real S3 (through any fixture) is marked `s3`."""
+    """Every test that needs the real S3 (through any fixture) is marked `s3`; every test
+    that starts a real Redis is marked `slow` (it starts a program as a process)."""
     for item in items:
-        if "local_s3" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "local_s3" in fixtures:
             item.add_marker(pytest.mark.s3)
+        if any(name.startswith("redis_server") for name in fixtures):
+            item.add_marker(pytest.mark.slow)
 
 # -- suite-wide: no avatarsigner log line carries a secret (see tests/leaks.py) -------------
 leaks.remember(

@@ -19,6 +19,7 @@ from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from servers import ServerThread, settings_from
 
 ALL_RPCS = ("CreateUploadUrl", "CreateDownloadUrl", "BatchCreateDownloadUrls")
 
@@ -86,6 +87,14 @@ def write_callers(path: Path, callers: Iterable[CallerSpec]) -> Path:
     temporary.write_text(callers_toml(callers))
     temporary.replace(path)
     return path
+
+
+def server_with_callers(
+    folder: Path, callers: Iterable[CallerSpec], **settings: str
+) -> ServerThread:
+    """A real server whose callers file (in `folder`) lists `callers`."""
+    path = write_callers(folder / "callers.toml", callers)
+    return ServerThread(settings_from(CALLERS_FILE=str(path), **settings))
 
 
 def call(stub: pb_grpc.AvatarSignerStub, rpc: str, metadata: Sequence[tuple[str, str]]) -> Any:

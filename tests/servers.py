@@ -7,11 +7,16 @@ tests talk to it with ordinary gRPC clients, so every call crosses a real HTTP/2
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -115,3 +120,24 @@ def wait_serving(target: str, deadline: float) -> None:
                 pass
             assert time.monotonic() < deadline, f"{target} did not become SERVING"
             time.sleep(0.05)
+
+
+@contextmanager
+def serve_process(
+    env: Mapping[str, str], grpc_port: int, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`avatar-signer serve` as a process (env over this one's, output to `log`), yielded
+    once SERVING on 127.0.0.1:grpc_port; terminated and waited for afterwards."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "avatarsigner_server.commands.cli", "serve"],
+            env={**os.environ, **env, "GRPC_HOST": "127.0.0.1", "GRPC_PORT": str(grpc_port)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_serving(f"127.0.0.1:{grpc_port}", time.monotonic() + 30)
+            yield process
+        finally:
+            process.terminate()
+            process.wait(30)

@@ -188,6 +188,17 @@ BAD_FILES = [
         _table(name=NAME, tls_identity='"spiffe://x y"', allow=ALLOW),
         "tls_identity must be",
     ),
+    (
+        "identity-neither-uri-nor-dns-name",
+        _table(name=NAME, tls_identity='"profile service"', allow=ALLOW),
+        "tls_identity must be",
+    ),
+    (
+        "same-dns-identity-in-another-case",
+        _table(name=NAME, tls_identity='"a.example"', allow=ALLOW)
+        + _table(name='"other"', tls_identity='"A.Example"', allow=ALLOW),
+        "tls_identity is the same",
+    ),
 ]
 
 
@@ -221,7 +232,7 @@ def test_the_documented_example_is_a_valid_callers_file(tmp_path: Path) -> None:
         "thumbnailer",
         "account-deletion",
     ]
-    profile = table.by_certificate(["spiffe://cluster.local/ns/app/sa/profile"])
+    (profile,) = table.by_certificate([("uri", "spiffe://cluster.local/ns/app/sa/profile")])
     assert profile is table.callers[0]
     assert profile.allow == {
         "CreateUploadUrl",

@@ -59,6 +59,7 @@ def test_check_passes_with_the_least_privilege_policies(local_s3: LocalS3) -> No
         "reader can GET the canary": "PASS",
         "reader cannot PUT (canary unchanged)": "PASS",
         "bucket is not publicly readable": "PASS",
+        "bucket is not publicly writable": "PASS",
         "uploader cannot DELETE": "PASS",
         "reader cannot DELETE": "PASS",
         "uploader cannot LIST": "PASS",
@@ -70,6 +71,12 @@ def test_check_passes_with_the_least_privilege_policies(local_s3: LocalS3) -> No
     }
     assert "endpoint is not AWS" in rows["URLs use the regional endpoint"].detail
     assert "endpoint is not AWS" in rows["bucket answers from AWS_REGION"].detail
+
+
+def test_unsigned_put_is_tried_on_the_canary_and_refused(local_s3: LocalS3) -> None:
+    rows = _run(*local_s3)
+    row = rows["bucket is not publicly writable"]
+    assert row.outcome == check.PASS and row.detail.startswith("unsigned PUT 403")
 
 
 def test_check_wrote_the_canary_under_the_reserved_key(local_s3: LocalS3) -> None:
@@ -151,7 +158,11 @@ def test_check_command_prints_a_table_and_exits_1_on_failure(local_s3: LocalS3) 
     assert good.returncode == 0, good.stdout + good.stderr
     lines = good.stdout.splitlines()
     assert any(line.split()[:2] == ["RESULT", "CHECK"] for line in lines)
-    assert "ok: 12 passed, 0 failed, 2 skipped" in good.stdout
+    assert "ok: 13 passed, 0 failed, 2 skipped" in good.stdout
+    # What it cannot show is said under the table, every time.
+    assert "Not proven by these requests:" in good.stdout
+    for item in check.NOT_PROVEN:
+        assert item in good.stdout
 
     swapped = run(s3_env(s3, reader, uploader))
     assert swapped.returncode == 1

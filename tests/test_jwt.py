@@ -28,7 +28,7 @@ from avatarsigner_server.access import end_users as enduser
 from avatarsigner_server.settings import SettingsError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from servers import ServerThread, settings_from
+from servers import ServerThread, access_control, settings_from
 
 ISSUER = "https://id.example.com/"
 AUDIENCE = "avatar-signer"
@@ -324,6 +324,38 @@ def test_jwks_reload_rotates_keys_and_keeps_them_when_the_file_is_bad(tmp_path: 
         running.stop()
 
 
+def test_hs256_secret_from_a_file_verifies_and_rotates(tmp_path: Path) -> None:
+    """END_USER_JWT_SECRET_FILE: the secret as a Kubernetes Secret volume holds it."""
+    secret_file = tmp_path / "jwt-secret"
+    secret_file.write_text(HS_SECRET + "\n")
+    running = ServerThread(settings_from(END_USER_JWT_SECRET_FILE=str(secret_file), **JWT_ENV))
+    try:
+        with running.channel() as channel:
+            stub = pb_grpc.AvatarSignerStub(channel)
+            assert upload(stub, signed(HS_SECRET, "HS256", None))[0] == "OK"
+            assert upload(stub, signed("x" * 40, "HS256", None))[0] == "UNAUTHENTICATED"
+            rotated = "a-rotated-hs256-secret-of-32-bytes-or-more"
+            leaks.remember(rotated)
+            secret_file.write_text(rotated)
+            running.server.reload()
+            assert upload(stub, signed(rotated, "HS256", None))[0] == "OK"
+            assert upload(stub, signed(HS_SECRET, "HS256", None))[0] == "UNAUTHENTICATED"
+            secret_file.write_text("short")  # a bad file keeps the secret in force
+            running.server.reload()
+            assert upload(stub, signed(rotated, "HS256", None))[0] == "OK"
+    finally:
+        running.stop()
+
+
+def test_short_secret_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    secret_file = tmp_path / "jwt-secret"
+    secret_file.write_text("too-short\n")
+    with pytest.raises(SettingsError) as caught:
+        access_control(settings_from(END_USER_JWT_SECRET_FILE=str(secret_file), **JWT_ENV))
+    assert caught.value.name == "END_USER_JWT_SECRET_FILE"
+    assert "too-short" not in str(caught.value) and "\n" not in str(caught.value)
+
+
 # -- settings ------------------------------------------------------------------------------
 
 RSA_JWK = _jwk(RSA_KEY.public_key(), "rsa-1")
@@ -369,6 +401,16 @@ SETTINGS_ERRORS = [
         "both-key-sources",
         {**JWT_ENV, **_HS, "END_USER_JWT_JWKS_FILE": "{jwks}"},
         "END_USER_JWT_JWKS_FILE",
+    ),
+    (
+        "secret-and-secret-file",
+        {**JWT_ENV, **_HS, "END_USER_JWT_SECRET_FILE": "{jwks}"},
+        "END_USER_JWT_SECRET_FILE",
+    ),
+    (
+        "secret-file-missing",
+        {**JWT_ENV, "END_USER_JWT_SECRET_FILE": "/nonexistent/secret"},
+        "END_USER_JWT_SECRET_FILE",
     ),
     (
         "leeway-too-long",

@@ -414,7 +414,7 @@ def test_network_policy_admits_grpc_only_from_labelled_pods_of_allowed_namespace
     (deployment,) = _manifest("deployment.yaml")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
-    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     peers: dict[int, list[dict[str, Any]]] = {}
     for rule in policy["spec"]["ingress"]:
         assert rule.get("from"), "a rule without `from` admits every source"
@@ -435,6 +435,38 @@ def test_network_policy_admits_grpc_only_from_labelled_pods_of_allowed_namespace
     assert peers[METRICS_PORT] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
     ]
+
+
+def test_network_policy_lets_the_pod_out_only_for_dns_sts_s3_and_pod_identity() -> None:
+    """Signing needs no network: egress is DNS to the cluster resolver, HTTPS to public
+    addresses (STS, S3), and the EKS Pod Identity agent; nothing else in the cluster."""
+    (policy,) = _manifest("networkpolicy.yaml")
+    assert "Egress" in policy["spec"]["policyTypes"], "without it egress is not restricted"
+    by_port: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for rule in policy["spec"]["egress"]:
+        assert rule.get("to"), "a rule without `to` lets the pod reach every destination"
+        assert rule.get("ports"), "a rule without `ports` opens every port"
+        for port in rule["ports"]:
+            by_port.setdefault((port["port"], port["protocol"]), []).extend(rule["to"])
+    assert set(by_port) == {(53, "UDP"), (53, "TCP"), (443, "TCP"), (80, "TCP")}
+    for dns in (by_port[(53, "UDP")], by_port[(53, "TCP")]):
+        assert dns == [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                },
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+            }
+        ]
+    private = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"}
+    (v4,) = [p["ipBlock"] for p in by_port[(443, "TCP")] if "." in p["ipBlock"]["cidr"]]
+    assert v4["cidr"] == "0.0.0.0/0" and private <= set(v4["except"])
+    (v6,) = [p["ipBlock"] for p in by_port[(443, "TCP")] if ":" in p["ipBlock"]["cidr"]]
+    assert {"fc00::/7", "fe80::/10"} <= set(v6["except"])
+    assert {p["ipBlock"]["cidr"] for p in by_port[(80, "TCP")]} == {
+        "169.254.170.23/32",
+        "fd00:ec2::23/128",
+    }
 
 
 def _mounted(variable: str) -> tuple[dict[str, Any], str]:

@@ -1,7 +1,8 @@
 """`avatar-signer policies`: the documents the security model rests on, as one JSON object.
 
 Direct mode's IAM statements and the CORS rule are compared with the original design's own
-JSON, copied verbatim below, so a drift from it fails here. Verified mode's three
+JSON, copied verbatim below: the same actions, narrowed to the key prefix and to presigned
+requests no older than they may live, so any other drift from it fails here. Verified mode's three
 identities are prefix-scoped; the test S3 (dev/seaweed_s3.py) creates its identities from
 these very documents, so the s3 tests (test_check, test_verified_uploads) judge them.
 """
@@ -50,15 +51,20 @@ ORIGINAL_CORS = """
 """
 
 
-def _policies(*args: str) -> subprocess.CompletedProcess[str]:
+SETTINGS = (
+    "UPLOAD_MODE",
+    "S3_KEY_PREFIX",
+    "S3_STAGING_PREFIX",
+    "UPLOAD_MAX_TTL_SECONDS",
+    "DOWNLOAD_MAX_TTL_SECONDS",
+)
+
+
+def _policies(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "avatarsigner_server.commands.cli", "policies", *args],
-        # The service's own settings would change the defaults: not in these tests.
-        env={
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("UPLOAD_MODE", "S3_KEY_PREFIX", "S3_STAGING_PREFIX")
-        },
+        # The service's own settings would change the defaults: only those a test gives.
+        env={k: v for k, v in os.environ.items() if k not in SETTINGS} | settings,
         capture_output=True,
         text=True,
         timeout=60,
@@ -139,12 +145,13 @@ def test_versioned_buckets_let_the_verifier_delete_old_versions_only() -> None:
             "Effect": "Allow",
             "Action": "s3:DeleteObjectVersion",
             "Resource": f"arn:aws:s3:::{ORIGINAL_BUCKET}/profiles/*",
+            "Condition": _presigned_only(60),
         },
         {
             "Effect": "Allow",
             "Action": "s3:ListBucketVersions",
             "Resource": f"arn:aws:s3:::{ORIGINAL_BUCKET}",
-            "Condition": {"StringLike": {"s3:prefix": "profiles/*"}},
+            "Condition": {**_presigned_only(60), "StringLike": {"s3:prefix": "profiles/*"}},
         },
     ]
 
@@ -167,17 +174,86 @@ def test_prefixes_follow_the_flags_and_may_not_overlap() -> None:
     assert overlapping.stderr.startswith("avatar-signer: configuration error: --staging-prefix:")
 
 
-def test_uploader_policy_is_the_original_statement_exactly(printed: dict[str, Any]) -> None:
-    assert printed["uploader_policy"] == {
-        "Version": "2012-10-17",
-        "Statement": [json.loads(ORIGINAL_UPLOAD_STATEMENT)],
+def _presigned_only(max_life: int) -> dict[str, Any]:
+    return {
+        "StringEquals": {
+            "s3:authType": "REST-QUERY-STRING",
+            "s3:signatureversion": "AWS4-HMAC-SHA256",
+        },
+        "NumericLessThanEquals": {"s3:signatureAge": str((max_life + 60) * 1000)},
     }
 
 
-def test_reader_policy_is_the_original_statement_exactly(printed: dict[str, Any]) -> None:
-    assert printed["reader_policy"] == {
-        "Version": "2012-10-17",
-        "Statement": [json.loads(ORIGINAL_READ_STATEMENT)],
+def _narrowed(original: str, prefix: str, max_life: int) -> dict[str, Any]:
+    """The original statement on <bucket>/<prefix>* only, for presigned requests only."""
+    statement = json.loads(original)
+    statement["Resource"] = statement["Resource"].replace("/*", f"/{prefix}*")
+    statement["Condition"] = _presigned_only(max_life)
+    return {"Version": "2012-10-17", "Statement": [statement]}
+
+
+def test_uploader_policy_is_the_original_statement_on_the_prefix(printed: dict[str, Any]) -> None:
+    assert printed["uploader_policy"] == _narrowed(ORIGINAL_UPLOAD_STATEMENT, "profiles/", 1200)
+
+
+def test_reader_policy_is_the_original_statement_on_the_prefix(printed: dict[str, Any]) -> None:
+    assert printed["reader_policy"] == _narrowed(ORIGINAL_READ_STATEMENT, "profiles/", 1200)
+
+
+def test_every_grant_is_for_presigned_requests_no_older_than_they_live(
+    verified: dict[str, Any],
+) -> None:
+    lives = {"uploader_policy": 1200, "reader_policy": 1200, "verifier_policy": 60}
+    for document, life in lives.items():
+        for statement in verified[document]["Statement"]:
+            assert statement["Condition"] == _presigned_only(life), document
+
+
+@pytest.mark.slow
+def test_policies_follow_the_key_prefix_and_the_max_ttls() -> None:
+    result = _policies(
+        "--bucket", ORIGINAL_BUCKET, "--mode", "direct",
+        S3_KEY_PREFIX="tenants/a/", UPLOAD_MAX_TTL_SECONDS="900", DOWNLOAD_MAX_TTL_SECONDS="300",
+    )  # fmt: skip
+    printed = json.loads(result.stdout)
+    assert printed["uploader_policy"] == _narrowed(ORIGINAL_UPLOAD_STATEMENT, "tenants/a/", 900)
+    assert printed["reader_policy"] == _narrowed(ORIGINAL_READ_STATEMENT, "tenants/a/", 300)
+    assert "does not deny other principals" in result.stderr
+
+
+UPLOADER_ARN = "arn:aws:iam::123456789012:user/avatar-uploader"
+READER_ARN = "arn:aws:iam::123456789012:role/avatar-reader"
+VERIFIER_ARN = "arn:aws:iam::123456789012:role/avatar-verifier"
+
+
+def _denials(document: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """(action, resource) -> the one principal not denied it, from the bucket policy."""
+    found = {}
+    for statement in document["bucket_policy"]["Statement"][1:]:
+        assert statement["Effect"] == "Deny" and statement["Principal"] == "*"
+        arn = statement["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]
+        found[(statement["Action"], statement["Resource"])] = arn
+    return found
+
+
+@pytest.mark.slow
+def test_bucket_policy_denies_each_prefix_to_all_but_its_identity() -> None:
+    arns = ("--uploader-arn", UPLOADER_ARN, "--reader-arn", READER_ARN)
+    staged = f"arn:aws:s3:::{ORIGINAL_BUCKET}/uploads/*"
+    avatars = f"arn:aws:s3:::{ORIGINAL_BUCKET}/profiles/*"
+    verified = _policies("--bucket", ORIGINAL_BUCKET, *arns, "--verifier-arn", VERIFIER_ARN)
+    assert verified.returncode == 0, verified.stderr
+    assert _denials(json.loads(verified.stdout)) == {
+        ("s3:PutObject", staged): UPLOADER_ARN,
+        ("s3:GetObject", staged): VERIFIER_ARN,
+        ("s3:PutObject", avatars): VERIFIER_ARN,
+        ("s3:GetObject", avatars): READER_ARN,
+    }
+    direct = _policies("--bucket", ORIGINAL_BUCKET, "--mode", "direct", *arns)
+    assert direct.returncode == 0, direct.stderr
+    assert _denials(json.loads(direct.stdout)) == {
+        ("s3:PutObject", avatars): UPLOADER_ARN,
+        ("s3:GetObject", avatars): READER_ARN,
     }
 
 
@@ -212,12 +288,17 @@ def test_cors_allows_put_and_get_from_the_origins_with_upload_headers_only(
     assert rule["AllowedOrigins"] == original_rule["AllowedOrigins"]
     assert sorted(rule["AllowedMethods"]) == sorted(original_rule["AllowedMethods"])
     assert rule["MaxAgeSeconds"] == original_rule["MaxAgeSeconds"]
-    # Not the original "*": exactly the headers an upload URL signs.
+    # Not the original "*": exactly the headers an upload URL signs that a page sets (the
+    # browser sets Content-Length itself).
     assert rule["AllowedHeaders"] == [
         "content-type",
-        "content-length",
         "x-amz-checksum-sha256",
         "if-none-match",
+        "cache-control",
+        "content-disposition",
+        "content-encoding",
+        "content-language",
+        "expires",
     ]
     assert rule["ExposeHeaders"] == ["ETag"]
 
@@ -233,6 +314,8 @@ def test_cors_headers_are_the_ones_upload_urls_ask_for() -> None:
         write_once=True,
     )
     assert {name.lower() for name in signed.headers} == set(policies.UPLOAD_HEADERS)
+    (rule,) = policies.cors(["https://app.example"])["CORSRules"]  # type: ignore[index]
+    assert set(rule["AllowedHeaders"]) == set(policies.UPLOAD_HEADERS) - {"content-length"}
 
 
 @pytest.mark.slow
@@ -256,8 +339,23 @@ def test_several_origins_and_none() -> None:
         (["--bucket", "avatars", "--allowed-origin", "https://a.example/"], "--allowed-origin"),
         (["--bucket", "avatars", "--allowed-origin", "a.example"], "--allowed-origin"),
         (["--bucket", "avatars", "--allowed-origin", "https://*.example"], "--allowed-origin"),
+        (["--bucket", "avatars", "--uploader-arn", "avatar-uploader"], "--uploader-arn"),
+        (["--bucket", "avatars", "--uploader-arn", UPLOADER_ARN], "--reader-arn"),
+        (
+            ["--bucket", "avatars", "--uploader-arn", UPLOADER_ARN, "--reader-arn", READER_ARN],
+            "--verifier-arn",
+        ),
     ],
-    ids=["bucket-name", "wildcard", "trailing-slash", "no-scheme", "wildcard-subdomain"],
+    ids=[
+        "bucket-name",
+        "wildcard",
+        "trailing-slash",
+        "no-scheme",
+        "wildcard-subdomain",
+        "arn-not-an-arn",
+        "one-arn-only",
+        "verified-mode-without-verifier",
+    ],
 )
 def test_bad_argument_is_one_line_naming_it(args: list[str], named: str) -> None:
     result = _policies(*args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from avatarsigner_server.app import server as app
 from guarded import caller, code_of, write_callers
 from servers import FAKE_ENV, ServerThread, access_control, free_port, settings_from
+from test_metrics import scrape
 
 STEADY = caller("profile-service", ["CreateDownloadUrl"])
 ROTATING = caller("feed-service", ["CreateDownloadUrl"])
@@ -231,3 +233,51 @@ def test_reloads_from_sighup_and_the_change_check_never_overlap(
         thread.join(10)
     assert most[0] == 1
     assert [c.name for c in security.callers.table.callers] == ["profile-service", "feed-service"]
+
+
+def _hash16(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def test_failed_reload_is_counted_and_the_version_in_force_is_a_metric(tmp_path: Path) -> None:
+    """A removal with a typo must not pass unnoticed: the failure is a counter, and the
+    version in force (fingerprint and load time) is a gauge an alert can compare."""
+    path = write_callers(tmp_path / "callers.toml", [STEADY, ROTATING])
+    first = _hash16(path)
+    running = ServerThread(settings_from(CALLERS_FILE=str(path)))
+    try:
+
+        def files() -> dict[str, object]:
+            metrics = scrape(running.server.metrics_port)
+            return {
+                "failures": metrics[
+                    ("avatarsigner_config_reload_failures_total", (("file", "callers"),))
+                ],
+                "loaded_at": metrics[
+                    ("avatarsigner_config_loaded_timestamp_seconds", (("file", "callers"),))
+                ],
+                "versions": {
+                    dict(labels)["sha256"]
+                    for (name, labels), _ in metrics.items()
+                    if name == "avatarsigner_config_loaded_info"
+                    and dict(labels)["file"] == "callers"
+                },
+            }
+
+        at_start = files()
+        assert at_start["failures"] == 0 and at_start["versions"] == {first}
+        path.write_text(path.read_text() + "[[caller]\n")  # "removing" a caller, with a typo
+        running.server.reload()
+        failed = files()
+        assert failed["failures"] == 1
+        assert failed["versions"] == {first} and failed["loaded_at"] == at_start["loaded_at"]
+        write_callers(path, [STEADY])
+        running.server.reload()
+        fixed = files()
+        assert fixed["failures"] == 1 and fixed["versions"] == {_hash16(path)} != {first}
+        assert fixed["loaded_at"] >= at_start["loaded_at"]  # type: ignore[operator]
+    finally:
+        running.stop()

@@ -117,6 +117,7 @@ def test_reuse_url_is_byte_identical_to_botocore_with_response_cache_control() -
     url = (
         "https://avatars.s3.eu-west-1.amazonaws.com/profiles/alice/avatar"
         f"?response-cache-control=private%2C%20max-age%3D{TTL - WINDOW}"
+        "&response-content-disposition=inline&response-content-encoding=identity"
     )
     botocore_request = AWSRequest(method="GET", url=url)
     auth = S3SigV4QueryAuth(

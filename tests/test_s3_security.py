@@ -11,6 +11,7 @@ import hashlib
 import os
 import time
 import uuid
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -18,8 +19,14 @@ import seaweed_s3
 from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from avatarsigner_server.credentials.sources import StaticCredentials
+from avatarsigner_server.signing import sigv4
 from avatarsigner_server.signing.key_pairs import Credentials
-from avatarsigner_server.signing.url_signers import BucketEndpoint, DownloadSigner, UploadSigner
+from avatarsigner_server.signing.url_signers import (
+    OBJECT_HEADERS,
+    BucketEndpoint,
+    DownloadSigner,
+    UploadSigner,
+)
 from google.protobuf import duration_pb2
 from s3http import Reply, request
 
@@ -259,3 +266,70 @@ def test_every_url_carries_the_right_access_key_id(
         pb.BatchCreateDownloadUrlsRequest(user_ids=[user, _user()])
     )
     assert {_credential(u.url) for u in batch.urls} == {reader.access_key_id}
+
+
+# --- what a viewer gets: never a header the uploader chose ---------------------------------
+
+# Headers S3 stores with an object and replays on every GET, each with what a hostile holder
+# of an upload URL would send (a PNG served as gzip is a decompression bomb for every viewer).
+HOSTILE_OBJECT_HEADERS = [
+    pytest.param("Content-Encoding", "gzip", id="content-encoding"),
+    pytest.param("Content-Disposition", 'attachment; filename="avatar.html"', id="disposition"),
+    pytest.param("Cache-Control", "public, max-age=31536000", id="cache-control"),
+    pytest.param("Content-Language", "fr", id="content-language"),
+    pytest.param("Expires", "Fri, 01 Jan 2100 00:00:00 GMT", id="expires"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), HOSTILE_OBJECT_HEADERS)
+def test_upload_url_refuses_a_header_s3_would_replay_to_viewers(
+    s3_stub: pb_grpc.AvatarSignerStub, name: str, value: str
+) -> None:
+    user = _user()
+    upload = _upload_url(s3_stub, user, PNG)
+    assert name in upload.headers  # signed with a fixed value, sent as listed
+    reply = _put(upload, PNG, **{name: value})
+    assert reply.status == 403, reply
+    assert reply.s3_code == "SignatureDoesNotMatch"
+    assert request("GET", _download(s3_stub, user)).status in (403, 404)  # nothing stored
+
+
+def test_viewer_gets_the_fixed_object_headers(s3_stub: pb_grpc.AvatarSignerStub) -> None:
+    user = _user()
+    _stored(s3_stub, user, PNG)
+    reply = request("GET", _download(s3_stub, user))
+    assert reply.status == 200 and reply.body == PNG
+    assert reply.headers["content-type"] == "image/png"
+    for name, value in OBJECT_HEADERS.items():
+        assert reply.headers[name.lower()] == value, name
+
+
+def test_download_url_overrides_encoding_and_disposition_an_object_carries(
+    local_s3: LocalS3, s3_stub: pb_grpc.AvatarSignerStub
+) -> None:
+    """An object stored some other way (before upload URLs signed the fixed headers, or by
+    another writer) still reaches a viewer inline and without a content coding."""
+    s3, uploader, _ = local_s3
+    user = _user()
+    endpoint = BucketEndpoint(s3.bucket, s3.region, s3.endpoint_url)
+    type_and_length = {"content-type": "image/png", "content-length": str(len(PNG))}
+    old_style = sigv4.presign(
+        method="PUT",
+        origin=endpoint.origin,
+        host=endpoint.host,
+        path=endpoint.path(f"profiles/{user}/avatar"),
+        access_key_id=uploader.access_key_id,
+        secret_access_key=uploader.secret_access_key,
+        session_token=None,
+        region=s3.region,
+        signed_at=datetime.now(UTC).replace(microsecond=0),
+        expires_in=60,
+        headers=type_and_length,
+    )
+    carried = {"Content-Encoding": "gzip", "Content-Disposition": 'attachment; filename="a.html"'}
+    assert request("PUT", old_style, PNG, {**type_and_length, **carried}).status == 200
+
+    reply = request("GET", _download(s3_stub, user))
+    assert reply.status == 200 and reply.body == PNG
+    assert reply.headers["content-encoding"] == "identity"
+    assert reply.headers["content-disposition"] == "inline"

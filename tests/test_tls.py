@@ -159,6 +159,34 @@ def test_unknown_certificate_needs_a_token(mtls_server: ServerThread, pki: Pki) 
         assert code_of(stub, "CreateDownloadUrl", BATCH.metadata()) == "PERMISSION_DENIED"
 
 
+def test_dns_san_spelling_a_uri_identity_is_not_that_caller(
+    mtls_server: ServerThread, pki: Pki
+) -> None:
+    """Identities are typed: a DNS SAN is compared with DNS identities only."""
+    client = pki.client("dns-spelling-a-uri", dns=PROFILE_ID)
+    with _channel(mtls_server.target, pki.ca_pem, client) as channel:
+        stub = pb_grpc.AvatarSignerStub(channel)
+        assert code_of(stub, "CreateDownloadUrl", ()) == "UNAUTHENTICATED"
+
+
+def test_certificate_naming_two_callers_identifies_neither(
+    mtls_server: ServerThread, pki: Pki
+) -> None:
+    client = pki.client("profile-and-feed", uri=PROFILE_ID, dns=FEED_ID)
+    with _channel(mtls_server.target, pki.ca_pem, client) as channel:
+        stub = pb_grpc.AvatarSignerStub(channel)
+        # Both callers may call CreateDownloadUrl: "the first match" would have passed.
+        assert code_of(stub, "CreateDownloadUrl", ()) == "UNAUTHENTICATED"
+        assert code_of(stub, "CreateDownloadUrl", FEED.metadata()) == "UNAUTHENTICATED"
+
+
+def test_dns_identity_matches_whatever_the_case(mtls_server: ServerThread, pki: Pki) -> None:
+    client = pki.client("feed-upper", dns=FEED_ID.upper())
+    with _channel(mtls_server.target, pki.ca_pem, client) as channel:
+        stub = pb_grpc.AvatarSignerStub(channel)
+        assert code_of(stub, "BatchCreateDownloadUrls", ()) == "OK"
+
+
 def test_token_and_certificate_of_different_callers_are_refused(
     mtls_server: ServerThread, pki: Pki
 ) -> None:

@@ -40,12 +40,20 @@ def test_upload_url_is_sigv4_on_the_regional_virtual_hosted_endpoint(
     query = _query(response.url)
     assert query["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
     assert query["X-Amz-Credential"].split("/")[2:] == ["eu-west-1", "s3", "aws4_request"]
-    assert query["X-Amz-SignedHeaders"] == "content-length;content-type;host;if-none-match"
+    assert query["X-Amz-SignedHeaders"] == (
+        "cache-control;content-disposition;content-encoding;content-language;content-length;"
+        "content-type;expires;host;if-none-match"
+    )
     assert response.method == "PUT"
     assert dict(response.headers) == {
         "Content-Type": "image/png",
         "Content-Length": "42",
         "If-None-Match": "*",
+        "Cache-Control": "private, max-age=0",
+        "Content-Disposition": "inline",
+        "Content-Encoding": "identity",
+        "Content-Language": "und",
+        "Expires": "Thu, 01 Jan 1970 00:00:00 GMT",
     }
     assert response.key == f"uploads/alice/{response.upload_id}"
 
@@ -57,8 +65,19 @@ def test_direct_mode_upload_url_writes_the_avatar_key(
         pb.CreateUploadUrlRequest(user_id="alice", content_type="image/png", content_length=42)
     )
     assert urlsplit(response.url).path == "/profiles/alice/avatar"
-    assert _query(response.url)["X-Amz-SignedHeaders"] == "content-length;content-type;host"
-    assert dict(response.headers) == {"Content-Type": "image/png", "Content-Length": "42"}
+    assert _query(response.url)["X-Amz-SignedHeaders"] == (
+        "cache-control;content-disposition;content-encoding;content-language;content-length;"
+        "content-type;expires;host"
+    )
+    assert dict(response.headers) == {
+        "Content-Type": "image/png",
+        "Content-Length": "42",
+        "Cache-Control": "private, max-age=0",
+        "Content-Disposition": "inline",
+        "Content-Encoding": "identity",
+        "Content-Language": "und",
+        "Expires": "Thu, 01 Jan 1970 00:00:00 GMT",
+    }
     assert (response.key, response.upload_id) == ("profiles/alice/avatar", "")
 
 
@@ -107,7 +126,8 @@ def test_checksum_is_signed_and_listed_in_headers(stub: pb_grpc.AvatarSignerStub
         )
     )
     assert _query(response.url)["X-Amz-SignedHeaders"] == (
-        "content-length;content-type;host;if-none-match;x-amz-checksum-sha256"
+        "cache-control;content-disposition;content-encoding;content-language;content-length;"
+        "content-type;expires;host;if-none-match;x-amz-checksum-sha256"
     )
     assert response.headers["x-amz-checksum-sha256"] == checksum
 

@@ -11,11 +11,13 @@ import hashlib
 
 import grpc
 import pytest
+from avatarsigner import AvatarSignerClient, AvatarSignerError
 from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from servers import ServerThread
 
 HOSTILE_USER_IDS = {
     "empty": "",
@@ -72,6 +74,8 @@ def _violations(error: grpc.RpcError) -> dict[str, str]:
     found: dict[str, str] = {}
     for detail in status.details:
         bad_request = error_details_pb2.BadRequest()
+        if not detail.Is(bad_request.DESCRIPTOR):
+            continue  # the ErrorInfo with the count
         assert detail.Unpack(bad_request)
         for violation in bad_request.field_violations:
             found[violation.field] = violation.description
@@ -202,3 +206,24 @@ def test_batch_results_are_in_request_order(stub: pb_grpc.AvatarSignerStub) -> N
     assert [u.user_id for u in response.urls] == ids
     assert [u.key for u in response.urls] == [f"profiles/{i}/avatar" for i in ids]
     assert all(f"/profiles/{u.user_id}/avatar?" in u.url for u in response.urls)
+
+
+def test_many_bad_ids_fit_in_a_trailer_and_the_count_travels(
+    stub: pb_grpc.AvatarSignerStub, server: ServerThread
+) -> None:
+    """300 bad ids: INVALID_ARGUMENT with the first 10 violations and the count (300), in a
+    status trailer far below the 8 KiB some clients accept."""
+    bad = [f"../bad-{n}" for n in range(300)]
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.BatchCreateDownloadUrls(pb.BatchCreateDownloadUrlsRequest(user_ids=bad))
+    error = refused.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    trailer = dict(error.trailing_metadata())["grpc-status-details-bin"]
+    assert len(trailer) < 2048
+    assert "300 bad fields in all" in (error.details() or "")
+    with AvatarSignerClient(server.target) as client, pytest.raises(AvatarSignerError) as seen:
+        client.batch_create_download_urls(bad)
+    assert seen.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert seen.value.violation_count == 300
+    assert [v.field for v in seen.value.field_violations] == [f"user_ids[{n}]" for n in range(10)]
+    assert "and 295 more" in str(seen.value)

@@ -28,7 +28,7 @@ from avatarsigner_server.credentials.sources import StaticCredentials
 from avatarsigner_server.settings import load as load_settings
 from avatarsigner_server.settings.uploads import UploadMode
 from avatarsigner_server.signing.key_pairs import Credentials
-from avatarsigner_server.signing.url_signers import BucketEndpoint, DownloadSigner
+from avatarsigner_server.signing.url_signers import OBJECT_HEADERS, BucketEndpoint, DownloadSigner
 from conftest import verified_env
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -155,6 +155,18 @@ def test_good_image_is_confirmed_and_downloads_as_stored(
     assert _sha256(downloaded.body) == done.checksum_sha256
     assert len(downloaded.body) == done.content_length
     assert done.version
+
+
+def test_published_avatar_carries_exactly_the_object_headers(
+    verified_stub: pb_grpc.AvatarSignerStub,
+) -> None:
+    """The verifier writes the headers it chose: those every avatar object carries."""
+    user = _user()
+    _confirm(verified_stub, user, _staged(verified_stub, user, _image("PNG"), "image/png"))
+    downloaded = _download(verified_stub, user)
+    assert downloaded.status == 200
+    for name, value in OBJECT_HEADERS.items():
+        assert downloaded.headers[name.lower()] == value, name
 
 
 def test_gps_is_removed_and_the_pixels_stay_identical(
@@ -345,6 +357,7 @@ def test_check_proves_the_three_way_split(verified_s3: VerifiedS3) -> None:
         "verifier can DELETE avatars": "PASS",
         "deleted avatars leave no old version": "PASS",
         "bucket is not publicly readable": "PASS",
+        "bucket is not publicly writable": "PASS",
         "uploader cannot DELETE": "PASS",
         "reader cannot DELETE": "PASS",
         "verifier cannot DELETE": "PASS",

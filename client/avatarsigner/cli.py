@@ -41,6 +41,7 @@ from .client import (
     AvatarSignerError,
     Confirmation,
     DownloadUrl,
+    PlaintextCredentialsError,
     UploadError,
     UploadUrl,
 )
@@ -113,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tls", action="store_true", help="use TLS with the system's trusted roots"
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="send --token / --end-user-token without TLS to a target that is not this "
+        "machine (refused otherwise: anyone on the path could replay them)",
     )
     parser.add_argument(
         "--ca-file",
@@ -384,11 +391,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=args.timeout,
             channel_credentials=credentials,
             metadata=metadata,
+            allow_plaintext_credentials=args.insecure,
         ) as client:
             code: int = args.run(client, args)
             return code
     except UsageError as error:
         _fail(str(error))
+        return EXIT_USAGE
+    except PlaintextCredentialsError as error:
+        _fail(f"{error} (--tls, --ca-file or --insecure)")
         return EXIT_USAGE
     except AvatarSignerError as error:
         _fail(_describe(error, args))

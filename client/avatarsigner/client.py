@@ -9,6 +9,11 @@
 (grpc.aio; its channel is opened on first use, inside the running event loop) share the
 request building and result decoding below, so they differ only in how they wait.
 
+Credentials never travel in plaintext by accident: a client without `channel_credentials`
+(TLS) refuses to send a bearer token (`authorization` metadata, an end-user token) unless
+its target is this machine (localhost, 127.0.0.0/8, ::1, a unix socket) or it was built
+with `allow_plaintext_credentials=True` (a trusted network, a mesh sidecar that encrypts).
+
 Every failed call raises `AvatarSignerError` (the status code, the server's message and,
 for INVALID_ARGUMENT, one `FieldViolation` per bad field). `upload_bytes` raises
 `UploadError`. Neither ever carries a presigned URL: the URL's query string is a bearer
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import ipaddress
 import math
 import re
 import urllib.error
@@ -41,7 +47,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._propagation import trace_metadata
-from .contract import END_USER_TOKEN_METADATA
+from .contract import AUTHORIZATION_METADATA, END_USER_TOKEN_METADATA
 from .images import detect_content_type, sha256_base64
 from .v1 import avatar_signer_pb2 as pb
 from .v1 import avatar_signer_pb2_grpc as pb_grpc
@@ -154,17 +160,22 @@ class AvatarSignerError(Exception):
         message: str,
         field_violations: Iterable[tuple[str, str]] = (),
         reason: str | None = None,
+        violation_count: int | None = None,
     ) -> None:
         self.code: grpc.StatusCode = code
         self.message = message
         self.field_violations = tuple(FieldViolation(f, d) for f, d in field_violations)
         self.reason = reason
+        # The server reports the first few violations and how many there were in all.
+        self.violation_count = (
+            len(self.field_violations) if violation_count is None else violation_count
+        )
         super().__init__(code, message, self.field_violations)
 
     def __str__(self) -> str:
         if self.field_violations:
             shown = [f"{v.field}: {v.description}" for v in self.field_violations[:5]]
-            more = len(self.field_violations) - len(shown)
+            more = max(self.violation_count, len(self.field_violations)) - len(shown)
             if more:
                 shown.append(f"and {more} more")
             detail = "; ".join(shown)
@@ -216,6 +227,7 @@ def _decode(
 ) -> AvatarSignerError:
     violations: list[tuple[str, str]] = []
     reason = None
+    count = None
     rich = _rich_status(trailing_metadata)
     # Trust the details only when they describe this very status.
     if rich is not None and rich.code == code.value[0]:
@@ -226,7 +238,9 @@ def _decode(
                 violations.extend((v.field, v.description) for v in bad_request.field_violations)
             elif detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
                 reason = info.reason
-    return AvatarSignerError(code, message or "", violations, reason)
+                if info.metadata.get("count", "").isdigit():
+                    count = int(info.metadata["count"])
+    return AvatarSignerError(code, message or "", violations, reason, count)
 
 
 def _rich_status(trailing_metadata: Any) -> status_pb2.Status | None:
@@ -356,6 +370,35 @@ def _health_name(response: Any) -> str:
     return name
 
 
+# Metadata that carries a bearer credential: whoever sees it on the wire can replay it.
+_CREDENTIAL_METADATA = frozenset({AUTHORIZATION_METADATA, END_USER_TOKEN_METADATA})
+
+
+def is_loopback_target(target: str) -> bool:
+    """True when a gRPC target names this machine: a unix socket, localhost, 127.0.0.0/8 or
+    ::1 (as host:port, [v6]:port, or with a dns:, ipv4: or ipv6: scheme)."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        if target.startswith(scheme):
+            target = target[len(scheme) :].split(",", 1)[0]
+            break
+    if target.startswith("["):
+        host = target[1:].split("]", 1)[0]
+    else:
+        host = target.rsplit(":", 1)[0] if target.count(":") == 1 else target
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class PlaintextCredentialsError(ValueError):
+    """A bearer token would travel in plaintext to another machine (see the module doc)."""
+
+
 class _Options:
     """The settings both clients share, validated where they are written."""
 
@@ -365,6 +408,7 @@ class _Options:
         timeout: float,
         channel_credentials: grpc.ChannelCredentials | None,
         metadata: Metadata | None,
+        allow_plaintext_credentials: bool = False,
     ) -> None:
         if not target:
             raise ValueError("target must be host:port")
@@ -376,6 +420,24 @@ class _Options:
         self.channel_credentials = channel_credentials
         # gRPC metadata keys are lowercase on the wire; grpcio refuses others.
         self.metadata: tuple[tuple[str, str], ...] = tuple((k.lower(), v) for k, v in items)
+        self.plaintext_ok = (
+            channel_credentials is not None
+            or allow_plaintext_credentials
+            or is_loopback_target(target)
+        )
+        self.check_credentials(self.metadata)
+
+    def check_credentials(self, metadata: Iterable[tuple[str, str]]) -> None:
+        """PlaintextCredentialsError if metadata holds a bearer credential for plaintext."""
+        if self.plaintext_ok:
+            return
+        carried = sorted({key for key, _ in metadata} & _CREDENTIAL_METADATA)
+        if carried:
+            raise PlaintextCredentialsError(
+                f"refusing to send {carried[0]} in plaintext to {self.target}: use TLS "
+                "(channel_credentials), a loopback target, or allow_plaintext_credentials=True "
+                "where the network itself is trusted or encrypted"
+            )
 
 
 # --- clients -------------------------------------------------------------------------
@@ -385,7 +447,9 @@ class AvatarSignerClient:
     """Blocking client. One channel; safe to share between threads; close it when done.
 
     `channel_credentials` None means plaintext (a trusted network or a local sidecar);
-    `metadata` is sent with every call; every call gets `timeout` seconds.
+    `metadata` is sent with every call; every call gets `timeout` seconds. Over plaintext
+    to another machine a bearer token is refused (PlaintextCredentialsError, a ValueError)
+    unless `allow_plaintext_credentials` is True.
     """
 
     def __init__(
@@ -395,8 +459,11 @@ class AvatarSignerClient:
         timeout: float = DEFAULT_TIMEOUT,
         channel_credentials: grpc.ChannelCredentials | None = None,
         metadata: Metadata | None = None,
+        allow_plaintext_credentials: bool = False,
     ) -> None:
-        self._options = _Options(target, timeout, channel_credentials, metadata)
+        self._options = _Options(
+            target, timeout, channel_credentials, metadata, allow_plaintext_credentials
+        )
         if channel_credentials is None:
             self._channel = grpc.insecure_channel(target)
         else:
@@ -494,6 +561,7 @@ class AvatarSignerClient:
     def _call(self, method: Any, request: Any, extra: Sequence[tuple[str, str]] = ()) -> Any:
         if self._closed:
             raise RuntimeError("AvatarSignerClient is closed")
+        self._options.check_credentials(extra)
         metadata = (*self._options.metadata, *extra, *trace_metadata())
         try:
             return method(request, timeout=self._options.timeout, metadata=metadata)
@@ -531,8 +599,11 @@ class AsyncAvatarSignerClient:
         timeout: float = DEFAULT_TIMEOUT,
         channel_credentials: grpc.ChannelCredentials | None = None,
         metadata: Metadata | None = None,
+        allow_plaintext_credentials: bool = False,
     ) -> None:
-        self._options = _Options(target, timeout, channel_credentials, metadata)
+        self._options = _Options(
+            target, timeout, channel_credentials, metadata, allow_plaintext_credentials
+        )
         self._channel: Any = None
         self._stub: pb_grpc.AvatarSignerAsyncStub | None = None
         self._health: Any = None
@@ -632,6 +703,7 @@ class AsyncAvatarSignerClient:
         return self._stub
 
     async def _call(self, method: Any, request: Any, extra: Sequence[tuple[str, str]] = ()) -> Any:
+        self._options.check_credentials(extra)
         try:
             return await method(
                 request,

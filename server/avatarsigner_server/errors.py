@@ -45,19 +45,27 @@ class ServiceError(Exception):
 
 
 class InvalidArgument(ServiceError):
-    """INVALID_ARGUMENT: one violation per bad field (a google.rpc.BadRequest)."""
+    """INVALID_ARGUMENT: one violation per bad field (a google.rpc.BadRequest).
+
+    At most MAX_REPORTED violations travel to the caller, with the total count in the
+    message and in an ErrorInfo (reason FIELD_VIOLATIONS, metadata `count`): a batch of a
+    thousand bad ids must not make a status trailer larger than clients accept (some refuse
+    metadata over 8 KiB).
+    """
 
     code = "INVALID_ARGUMENT"
+    MAX_REPORTED = 10
 
     def __init__(self, violations: Iterable[FieldViolation]) -> None:
-        self.violations = tuple(violations)
-        if not self.violations:
+        found = tuple(violations)
+        if not found:
             raise ValueError("InvalidArgument needs at least one violation")
-        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations[:5])
-        more = len(self.violations) - 5
-        if more > 0:
-            summary += f"; and {more} more"
-        super().__init__(f"invalid request: {summary}")
+        self.count = len(found)
+        self.violations = found[: self.MAX_REPORTED]
+        summary = "; ".join(f"{v.field}: {v.description}" for v in found[:3])
+        if self.count > 3:
+            summary += f"; and {self.count - 3} more ({self.count} bad fields in all)"
+        super().__init__(f"invalid request: {summary}", error_info="FIELD_VIOLATIONS")
 
 
 class CredentialsUnavailable(ServiceError):

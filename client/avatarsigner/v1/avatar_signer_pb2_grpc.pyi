@@ -18,7 +18,9 @@ and there is no confirm step.
 Errors (google.rpc.Status codes):
   INVALID_ARGUMENT     a field is malformed or out of range; the status details
                        carry a google.rpc.BadRequest with one field violation per
-                       bad field (for example `user_ids[3]`).
+                       bad field (for example `user_ids[3]`), the first 10 of them,
+                       and a google.rpc.ErrorInfo (reason FIELD_VIOLATIONS) whose
+                       metadata `count` says how many there were in all.
   UNAUTHENTICATED      the calling service did not present valid credentials.
   PERMISSION_DENIED    the calling service may not call this RPC (or, for uploads
                        with end-user binding, the end user is not `user_id`).

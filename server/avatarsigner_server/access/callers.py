@@ -8,6 +8,11 @@ is, and which RPCs each may call.
     allow = ["CreateUploadUrl", "CreateDownloadUrl"]
     account_deletion = false     # optional: true lets it DeleteAvatar without end-user tokens
 
+A `tls_identity` is typed by its form: with a scheme (`spiffe://...`, `https://...`) it is
+a URI and matches only a certificate's URI SANs; otherwise it must be a DNS name and
+matches only DNS SANs (case-insensitively). So a DNS SAN that merely spells a caller's URI
+proves nothing. A certificate whose SANs match two callers identifies neither.
+
 Every caller has a unique name, and at least one of `token_sha256` / `tls_identity`, each
 unique across the file. `allow` names RPCs of avatarsigner.v1.AvatarSigner. Anything else
 (an unknown key, a typo in an RPC name, a token pasted where its hash belongs) is a
@@ -28,15 +33,30 @@ from dataclasses import dataclass, field
 from avatarsigner.contract import RPC_NAMES, SERVICE_NAME
 
 from ..settings import SettingsError
+from ..settings.file_modes import require_not_writable_by_others
 
 SETTING = "CALLERS_FILE"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
-_IDENTITY = re.compile(r"[^\s\x00-\x1f\x7f]{1,512}")
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s\x00-\x1f\x7f]{1,500}")
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+URI, DNS = "uri", "dns"
+# A certificate identity: (URI or DNS, the SAN's value; a DNS name lowercase).
+TlsIdentity = tuple[str, str]
 _KEYS = ("name", "token_sha256", "tls_identity", "allow", "account_deletion")
 
 log = logging.getLogger("avatarsigner.callers")
+
+
+def tls_identity_of(value: str) -> TlsIdentity | None:
+    """The typed identity a callers file's `tls_identity` names, or None if it is neither."""
+    if "://" in value or (":" in value and _URI.fullmatch(value)):
+        return (URI, value) if _URI.fullmatch(value) else None
+    return (DNS, value.lower()) if _DNS_NAME.fullmatch(value) else None
 
 
 def token_sha256(token: str) -> str:
@@ -56,6 +76,10 @@ class Caller:
     # token (where end-user tokens are on). Needs DeleteAvatar in `allow` as well.
     account_deletion: bool = False
 
+    @property
+    def certificate_identity(self) -> TlsIdentity | None:
+        return None if self.tls_identity is None else tls_identity_of(self.tls_identity)
+
 
 @dataclass(frozen=True)
 class CallerTable:
@@ -63,26 +87,29 @@ class CallerTable:
 
     callers: tuple[Caller, ...]
     by_token_sha256: Mapping[str, Caller] = field(repr=False)
-    by_tls_identity: Mapping[str, Caller] = field(repr=False)
+    by_tls_identity: Mapping[TlsIdentity, Caller] = field(repr=False)
 
     @classmethod
     def of(cls, callers: Iterable[Caller]) -> CallerTable:
         listed = tuple(callers)
-        return cls(
-            listed,
-            {c.token_sha256: c for c in listed if c.token_sha256},
-            {c.tls_identity: c for c in listed if c.tls_identity},
-        )
+        by_identity = {}
+        for each in listed:
+            identity = each.certificate_identity
+            if identity is not None:
+                by_identity[identity] = each
+        return cls(listed, {c.token_sha256: c for c in listed if c.token_sha256}, by_identity)
 
     def by_token(self, token: str) -> Caller | None:
         return self.by_token_sha256.get(token_sha256(token))
 
-    def by_certificate(self, identities: Iterable[str]) -> Caller | None:
-        for identity in identities:
-            caller = self.by_tls_identity.get(identity)
-            if caller is not None:
-                return caller
-        return None
+    def by_certificate(self, identities: Iterable[TlsIdentity]) -> tuple[Caller, ...]:
+        """Every caller one of the certificate's typed SANs names, each once, in file order.
+        More than one means the certificate is ambiguous: it must identify nobody."""
+        found = {
+            self.by_tls_identity.get((kind, value.lower() if kind == DNS else value))
+            for kind, value in identities
+        }
+        return tuple(c for c in self.callers if c in found)
 
 
 class _Problem(Exception):
@@ -104,10 +131,11 @@ def _caller(entry: object) -> Caller:
             "token_sha256 must be 64 hex digits: the SHA-256 of the token, never the token"
         )
     identity = entry.get("tls_identity")
-    if identity is not None and (
-        not isinstance(identity, str) or not _IDENTITY.fullmatch(identity)
-    ):
-        raise _Problem("tls_identity must be a URI or DNS name (no spaces)")
+    if identity is not None and (not isinstance(identity, str) or not tls_identity_of(identity)):
+        raise _Problem(
+            "tls_identity must be a URI with a scheme (matched against URI SANs) or a DNS "
+            "name (matched against DNS SANs)"
+        )
     if digest is None and identity is None:
         raise _Problem("needs token_sha256 or tls_identity (or both)")
     allow = entry.get("allow")
@@ -142,7 +170,7 @@ def parse(document: Mapping[str, object]) -> CallerTable:
     if not isinstance(entries, list) or not entries:
         raise ValueError("defines no [[caller]] tables")
     callers: list[Caller] = []
-    seen: dict[str, set[str]] = {"name": set(), "token_sha256": set(), "tls_identity": set()}
+    seen: dict[str, set[object]] = {"name": set(), "token_sha256": set(), "tls_identity": set()}
     for number, entry in enumerate(entries, start=1):
         label = f"caller {number}"
         if isinstance(entry, dict) and isinstance(entry.get("name"), str):
@@ -154,7 +182,7 @@ def parse(document: Mapping[str, object]) -> CallerTable:
         for key, value in (
             ("name", caller.name),
             ("token_sha256", caller.token_sha256),
-            ("tls_identity", caller.tls_identity),
+            ("tls_identity", caller.certificate_identity),
         ):
             if value is None:
                 continue
@@ -167,6 +195,7 @@ def parse(document: Mapping[str, object]) -> CallerTable:
 
 def load(path: str) -> CallerTable:
     """Read and check the callers file; SettingsError (one line naming CALLERS_FILE)."""
+    require_not_writable_by_others(SETTING, path)
     try:
         with open(path, "rb") as file:
             document = tomllib.load(file)

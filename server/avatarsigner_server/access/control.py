@@ -56,6 +56,7 @@ class AccessControl:
             for path in (
                 settings.callers_file,
                 settings.end_user.jwks_file if settings.end_user else None,
+                settings.end_user.hs256_secret_file if settings.end_user else None,
                 *(
                     (settings.tls.cert_file, settings.tls.key_file, settings.tls.client_ca_file)
                     if settings.tls
@@ -69,7 +70,19 @@ class AccessControl:
         self.tls = ServerTls(settings.tls) if settings.tls else None
         self.callers = CallersFile(settings.callers_file) if settings.callers_file else None
         self.end_users = EndUserVerifier(settings.end_user) if settings.end_user else None
-        self.reloader.track(self.callers, self.end_users, self.tls)
+        self.reloader.track("callers", self.callers, [settings.callers_file])
+        self.reloader.track(
+            "end_user_keys",
+            self.end_users if self.end_users and self.end_users.path else None,
+            [settings.end_user.jwks_file if settings.end_user else None],
+        )
+        self.reloader.track(
+            "tls",
+            self.tls,
+            [settings.tls.cert_file, settings.tls.client_ca_file] if settings.tls else [],
+        )
+        if metrics is not None:
+            metrics.watch_files(self.reloader.status)
         self.store = store
         self.limiter: Limiter = RateLimiter(settings.rate_limits)
         if store is not None:

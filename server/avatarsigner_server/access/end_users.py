@@ -1,7 +1,8 @@
 """End-user binding for uploads: the end user's token (a JWT) must name the user.
 
-On when END_USER_JWT_SECRET (HS256) or END_USER_JWT_JWKS_FILE (RS256 / ES256 public keys)
-is set. The caller forwards the end user's token in the `x-end-user-token` metadata; for
+On when END_USER_JWT_SECRET or END_USER_JWT_SECRET_FILE (HS256) or END_USER_JWT_JWKS_FILE
+(RS256 / ES256 public keys) is set; the two files are re-read on reload (key rotation).
+The caller forwards the end user's token in the `x-end-user-token` metadata; for
 CreateUploadUrl it must verify (signature, issuer, audience, exp and nbf with a small
 leeway; exp, iss, aud and sub required) and its `sub` must equal the request's user_id.
 So even a compromised caller cannot get an upload URL for a user without that user's token.
@@ -31,10 +32,13 @@ from avatarsigner.contract import END_USER_TOKEN_METADATA as TOKEN_METADATA
 from ..errors import PermissionDenied, Unauthenticated
 from ..settings import SettingsError
 from ..settings.access import EndUserSettings
+from ..settings.file_modes import require_not_writable_by_others
 from ..telemetry.call_context import Call
 
 MAX_TOKEN_BYTES = 8192
 JWKS_SETTING = "END_USER_JWT_JWKS_FILE"
+SECRET_FILE_SETTING = "END_USER_JWT_SECRET_FILE"  # noqa: S105 - a variable's name
+MIN_SECRET_BYTES = 32
 
 log = logging.getLogger("avatarsigner.enduser")
 
@@ -94,6 +98,7 @@ def _jwk(entry: object, number: int) -> tuple[str | None, _VerificationKey]:
 
 def load_jwks(path: str) -> Mapping[str | None, _VerificationKey]:
     """kid -> key from a JWKS file (a single key may have no kid); SettingsError otherwise."""
+    require_not_writable_by_others(JWKS_SETTING, path)
     try:
         with open(path, "rb") as file:
             document = json.load(file)
@@ -118,32 +123,61 @@ def load_jwks(path: str) -> Mapping[str | None, _VerificationKey]:
     return by_kid
 
 
+def load_hs256_secret(path: str) -> bytes:
+    """The HS256 secret in a file (one trailing newline ignored); SettingsError otherwise."""
+    require_not_writable_by_others(SECRET_FILE_SETTING, path)
+    try:
+        with open(path, "rb") as file:
+            secret = file.read()
+    except OSError as error:
+        raise SettingsError(SECRET_FILE_SETTING, f"cannot read {path}: {error.strerror}") from None
+    secret = secret.removesuffix(b"\n").removesuffix(b"\r")
+    if len(secret) < MIN_SECRET_BYTES:
+        raise SettingsError(
+            SECRET_FILE_SETTING,
+            f"{path} must hold at least {MIN_SECRET_BYTES} bytes (an HS256 key)",
+        )
+    return secret
+
+
 class EndUserVerifier:
     """Verifies end-user tokens and binds uploads to their subject."""
 
     def __init__(self, settings: EndUserSettings) -> None:
         self._settings = settings
         self._keys: Mapping[str | None, _VerificationKey] = {}
-        if settings.jwks_file is not None:
-            self._keys = load_jwks(settings.jwks_file)
-        elif settings.hs256_secret is not None:
+        if settings.hs256_secret is not None:
             self._keys = {None: _VerificationKey(settings.hs256_secret.encode("utf-8"), "HS256")}
+        else:
+            self._keys = self._read_keys()
         self.mode = "jwks" if settings.jwks_file else "hs256"
 
+    @property
+    def path(self) -> str | None:
+        """The file the keys come from (JWKS or HS256 secret), or None."""
+        return self._settings.jwks_file or self._settings.hs256_secret_file
+
+    def _read_keys(self) -> Mapping[str | None, _VerificationKey]:
+        if self._settings.jwks_file is not None:
+            return load_jwks(self._settings.jwks_file)
+        assert self._settings.hs256_secret_file is not None
+        return {
+            None: _VerificationKey(load_hs256_secret(self._settings.hs256_secret_file), "HS256")
+        }
+
     def reload(self) -> bool:
-        """Re-read the JWKS file (key rotation); on any problem keep the current keys."""
-        path = self._settings.jwks_file
-        if path is None:
+        """Re-read the key file (rotation); on any problem keep the current keys."""
+        if self.path is None:
             return False
         try:
-            self._keys = load_jwks(path)
+            self._keys = self._read_keys()
         except SettingsError as error:
             log.error(
-                "JWKS file not reloaded; the previous keys stay in force",
+                "end-user key file not reloaded; the previous keys stay in force",
                 extra={"problem": str(error)},
             )
             return False
-        log.info("JWKS file reloaded", extra={"kids": [k for k in self._keys if k]})
+        log.info("end-user key file reloaded", extra={"kids": [k for k in self._keys if k]})
         return True
 
     def _key_for(self, token: str) -> _VerificationKey:

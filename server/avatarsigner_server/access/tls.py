@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ..settings import SettingsError
 from ..settings.access import TlsSettings
+from ..settings.file_modes import require_not_writable_by_others
 
 log = logging.getLogger("avatarsigner.tls")
 
@@ -78,6 +79,8 @@ def load(settings: TlsSettings, now: datetime | None = None) -> _Files:
         raise SettingsError("TLS_KEY_FILE", "does not match the certificate in TLS_CERT_FILE")
     client_ca = None
     if settings.client_ca_file is not None:
+        # Whoever can write the CA file can mint client certificates.
+        require_not_writable_by_others("TLS_CLIENT_CA_FILE", settings.client_ca_file)
         client_ca = _read("TLS_CLIENT_CA_FILE", settings.client_ca_file)
         _certificates("TLS_CLIENT_CA_FILE", settings.client_ca_file, client_ca)
     return _Files(chain, key_pem, client_ca)

@@ -35,9 +35,10 @@ def details(error: ServiceError) -> list[any_pb2.Any]:
     """The google.rpc detail messages that go with the error."""
     found = []
     if error.error_info is not None:
-        found.append(
-            _packed(error_details_pb2.ErrorInfo(reason=error.error_info, domain=ERROR_DOMAIN))
-        )
+        info = error_details_pb2.ErrorInfo(reason=error.error_info, domain=ERROR_DOMAIN)
+        if isinstance(error, InvalidArgument):
+            info.metadata["count"] = str(error.count)  # the BadRequest holds the first few
+        found.append(_packed(info))
     return found + _specific(error)
 
 

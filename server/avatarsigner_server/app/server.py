@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..credentials.watcher import CredentialWatcher
 from ..settings import Settings, host_port
+from ..settings.file_modes import world_readable_secrets
 from ..settings.identities import describe
 from ..signing.clock import Clock, utc_now
 from ..telemetry import logs
@@ -101,14 +102,13 @@ class AvatarSignerServer:
             self.port = 0
         if self.port == 0:
             raise StartupError(f"GRPC_PORT: cannot listen on {address} (in use or not allowed)")
+        metrics_host = self.settings.metrics_host or self.settings.grpc_host
         try:
-            self.metrics_port = self.metrics.serve(
-                self.settings.grpc_host, self.settings.metrics_port
-            )
+            self.metrics_port = await self.metrics.serve(metrics_host, self.settings.metrics_port)
         except OSError:
             raise StartupError(
                 "METRICS_PORT: cannot listen on "
-                f"{host_port(self.settings.grpc_host, self.settings.metrics_port)} "
+                f"{host_port(metrics_host, self.settings.metrics_port)} "
                 "(in use or not allowed)"
             ) from None
         if self._health_server is not None:
@@ -165,7 +165,7 @@ class AvatarSignerServer:
         if self._health_server is not None:  # probes saw NOT_SERVING throughout the drain
             await self._health_server.stop(0)
         await self._close_shared_parts()
-        self.metrics.stop()
+        await self.metrics.stop()
 
     async def _close_shared_parts(self) -> None:
         """Once no call is left: the store's connections closed, buffered spans exported
@@ -206,7 +206,7 @@ async def serve(
 
     loop.add_signal_handler(signal.SIGHUP, reload_in_thread)
     port = await server.start()
-    for warning in server.access.startup_warnings():
+    for warning in (*server.access.startup_warnings(), *world_readable_secrets(settings)):
         logs.log.warning(warning)
     logs.log.info(
         "serving",
@@ -217,7 +217,9 @@ async def serve(
             "endpoint": settings.endpoint_url or "aws",
             "uploader_credentials": describe(settings.uploader),
             "reader_credentials": describe(settings.reader),
-            "metrics_address": host_port(settings.grpc_host, server.metrics_port),
+            "metrics_address": host_port(
+                settings.metrics_host or settings.grpc_host, server.metrics_port
+            ),
             "health_address": (
                 host_port(settings.grpc_host, server.health_port) if server.health_port else None
             ),

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from ..app import server, wiring, workers
-from ..settings import SettingsError, bucket, is_valid_bucket, load, uploads
+from ..settings import SettingsError, bucket, is_valid_bucket, limits, load, uploads
 from ..settings.env import Env
 from ..settings.uploads import UploadMode
 from ..telemetry import logs
@@ -85,17 +85,55 @@ def _policy_layout(args: argparse.Namespace) -> policies.Layout:
             raise
         flag = "--" + _POLICY_FLAGS[error.name].replace("_", "-")
         raise SettingsError(flag, error.problem) from None
-    return policies.Layout(args.bucket, mode, prefix, staging, args.versioned)
+    return policies.Layout(
+        args.bucket,
+        mode,
+        prefix,
+        staging,
+        args.versioned,
+        upload_max_ttl=limits.ttl(env, "UPLOAD", *limits.DEFAULT_UPLOAD_TTL).maximum,
+        download_max_ttl=limits.ttl(env, "DOWNLOAD", *limits.DEFAULT_DOWNLOAD_TTL).maximum,
+    )
+
+
+def _principals(args: argparse.Namespace, layout: policies.Layout) -> policies.Principals | None:
+    """The identities' ARNs for the bucket policy, or None when none is given."""
+    given = {
+        "--uploader-arn": args.uploader_arn,
+        "--reader-arn": args.reader_arn,
+        "--verifier-arn": args.verifier_arn,
+    }
+    for flag, arn in given.items():
+        problem = arn and policies.principal_arn_problem(arn)
+        if problem:
+            raise SettingsError(flag, problem)
+    if not any(given.values()):
+        return None
+    needed = ["--uploader-arn", "--reader-arn"] + (["--verifier-arn"] if layout.verified else [])
+    missing = [flag for flag in needed if not given[flag]]
+    if missing:
+        raise SettingsError(missing[0], f"give {', '.join(needed)} together")
+    if not layout.verified and args.verifier_arn:
+        raise SettingsError("--verifier-arn", "direct mode has no verifier")
+    return policies.Principals(args.uploader_arn, args.reader_arn, args.verifier_arn)
 
 
 def _policies(args: argparse.Namespace) -> int:
     if not is_valid_bucket(args.bucket):
         raise SettingsError("--bucket", "must be a valid S3 bucket name")
     layout = _policy_layout(args)
+    principals = _principals(args, layout)
     try:
-        documents = policies.documents(layout, args.allowed_origin)
+        documents = policies.documents(layout, args.allowed_origin, principals)
     except ValueError as error:
         raise SettingsError("--allowed-origin", str(error)) from None
+    if principals is None:
+        print(
+            "avatar-signer policies: without the identities' ARNs (--uploader-arn, "
+            "--reader-arn, --verifier-arn) the bucket policy does not deny other principals "
+            "the avatars",
+            file=sys.stderr,
+        )
     print(json.dumps(documents, indent=2))
     return 0
 
@@ -156,6 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="a browser origin allowed to PUT and GET with presigned URLs (repeatable)",
     )
+    for identity, job in (
+        ("uploader", "writes to its prefix"),
+        ("reader", "reads of the avatars"),
+        ("verifier", "reads of staged uploads and writes of avatars (verified mode)"),
+    ):
+        documents.add_argument(
+            f"--{identity}-arn",
+            metavar="ARN",
+            help=f"the {identity}'s IAM user or role: the bucket policy denies {job} to "
+            "anyone else",
+        )
     documents.set_defaults(func=_policies)
     return parser
 

@@ -1,28 +1,36 @@
 """The IAM and bucket documents the security model rests on, ready for the AWS CLI.
 
-`avatar-signer policies --bucket B [--mode verified|direct] [--allowed-origin URL ...]`
-prints `documents()` as one JSON object:
+`avatar-signer policies --bucket B [--mode verified|direct] [--allowed-origin URL ...]
+[--uploader-arn ARN --reader-arn ARN [--verifier-arn ARN]]` prints `documents()` as one
+JSON object. Every grant is on one prefix and only for SigV4 presigned requests
+(s3:authType REST-QUERY-STRING) signed at most the longest life of such a request ago
+(UPLOAD_MAX_TTL_SECONDS, DOWNLOAD_MAX_TTL_SECONDS, the verifier's own requests; plus a
+minute of clock skew, s3:signatureAge): a leaked key cannot sign a week-long URL, nor call
+S3 with a header-signed request.
 
     uploader_policy      IAM policy of the uploader: s3:PutObject and
                          s3:AbortMultipartUpload on the staging prefix (verified mode:
-                         B/uploads/*); direct mode: the original design's statement,
-                         exactly (on B/*)
+                         B/uploads/*; direct mode: the avatars, B/profiles/*)
     reader_policy        IAM policy of the reader: s3:GetObject on the avatars
-                         (verified: B/profiles/*; direct: the original statement, B/*)
+                         (B/profiles/*)
     verifier_policy      verified mode only (else null): s3:GetObject on the staging
                          prefix, s3:PutObject and s3:DeleteObject on the avatars (it
                          publishes and deletes them); never read profiles/*, never write
                          uploads/*. With --versioned also s3:ListBucketVersions (on the
                          avatars' prefix) and s3:DeleteObjectVersion, for DELETE_OLD_VERSIONS
-    bucket_policy        denies every request made without TLS
+    bucket_policy        denies every request made without TLS; given the identities'
+                         ARNs, denies each prefix's s3:PutObject and s3:GetObject to every
+                         principal but the one identity whose job it is (so a broad grant
+                         elsewhere in the account cannot write or read avatars; deleting,
+                         e.g. for erasure, stays with the verifier and the account's admins)
     public_access_block  all four Block Public Access settings on
     ownership_controls   BucketOwnerEnforced (ACLs off)
     lifecycle            verified mode only (else null): staged uploads and unfinished
                          multipart uploads expire after a day, the service's markers and
                          deletion tombstones after two (no identity may delete them, so S3
                          cleans up)
-    cors                 PUT and GET from the given origins, the upload headers allowed,
-                         ETag exposed; null without --allowed-origin (then no browser
+    cors                 PUT and GET from the given origins, the upload headers a page
+                         sets allowed, ETag exposed; null without --allowed-origin (then no browser
                          talks to the bucket, and it needs no CORS)
 
 Each value has the shape its `aws iam` / `aws s3api` command takes (see APPLY_HELP).
@@ -31,14 +39,17 @@ Each value has the shape its `aws iam` / `aws s3api` command takes (see APPLY_HE
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..settings.limits import DOWNLOAD_TTL, UPLOAD_TTL
 from ..settings.uploads import UploadMode
 from ..signing.object_keys import DEFAULT_PREFIX, DEFAULT_STAGING_PREFIX, ObjectKeys
 from ..signing.url_signers import UploadSigner
+from ..storage.objects import DEFAULT_EXPIRES_IN
 
 VERSION = "2012-10-17"
 # The headers an upload URL signs and the uploader sends.
@@ -48,6 +59,9 @@ STAGED_UPLOAD_DAYS = 1
 # Markers and tombstones outlive the staged uploads they speak of (a repeated confirmation
 # finds its marker; an upload staged before a deletion finds the tombstone).
 MARKER_DAYS = 2
+# A presigned request's signature may look this much older to S3 than its life: clocks differ.
+CLOCK_SKEW_SECONDS = 60
+_PRINCIPAL_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:(?:user|role)/[\w+=,.@/-]{1,512}")
 
 
 def bucket_arn(bucket: str) -> str:
@@ -68,6 +82,9 @@ class Layout:
     staging_prefix: str = DEFAULT_STAGING_PREFIX
     # The bucket keeps old versions, and the verifier deletes them (DELETE_OLD_VERSIONS).
     versioned: bool = False
+    # The longest a URL of each kind lives (UPLOAD_MAX_TTL_SECONDS, DOWNLOAD_MAX_TTL_SECONDS).
+    upload_max_ttl: int = UPLOAD_TTL.maximum
+    download_max_ttl: int = DOWNLOAD_TTL.maximum
 
     @property
     def verified(self) -> bool:
@@ -75,49 +92,86 @@ class Layout:
 
     @property
     def avatars(self) -> str:
-        """The ARN of what readers read: the avatars (direct mode: the whole bucket)."""
-        return objects_arn(self.bucket, self.key_prefix if self.verified else "")
+        """The ARN of what readers read: the avatars."""
+        return objects_arn(self.bucket, self.key_prefix)
 
     @property
     def staged(self) -> str:
-        """The ARN of what upload URLs write (direct mode: the whole bucket)."""
-        return objects_arn(self.bucket, self.staging_prefix if self.verified else "")
+        """The ARN of what upload URLs write (direct mode: the avatars)."""
+        return objects_arn(self.bucket, self.staging_prefix if self.verified else self.key_prefix)
+
+
+@dataclass(frozen=True)
+class Principals:
+    """The identities' IAM user or role ARNs, for the bucket policy's denials of others."""
+
+    uploader: str
+    reader: str
+    verifier: str | None = None
+
+
+def principal_arn_problem(arn: str) -> str | None:
+    """Why `arn` is not an IAM user or role ARN, or None."""
+    if not _PRINCIPAL_ARN.fullmatch(arn):
+        return "must be an IAM user or role ARN such as arn:aws:iam::123456789012:role/NAME"
+    return None
+
+
+def presigned_only(max_life_seconds: int) -> dict[str, Any]:
+    """The condition of every grant: SigV4 presigned requests, signed no longer ago than
+    such a request may live (plus the clock skew S3 may see)."""
+    return {
+        "StringEquals": {
+            "s3:authType": "REST-QUERY-STRING",
+            "s3:signatureversion": "AWS4-HMAC-SHA256",
+        },
+        "NumericLessThanEquals": {
+            "s3:signatureAge": str((max_life_seconds + CLOCK_SKEW_SECONDS) * 1000)
+        },
+    }
 
 
 def _policy(*statements: dict[str, Any]) -> dict[str, Any]:
     return {"Version": VERSION, "Statement": list(statements)}
 
 
-def _allow(action: str | list[str], resource: str) -> dict[str, Any]:
-    return {"Effect": "Allow", "Action": action, "Resource": resource}
+def _allow(action: str | list[str], resource: str, max_life_seconds: int) -> dict[str, Any]:
+    return {
+        "Effect": "Allow",
+        "Action": action,
+        "Resource": resource,
+        "Condition": presigned_only(max_life_seconds),
+    }
 
 
 def uploader_policy(layout: Layout) -> dict[str, Any]:
     """Put objects (and abort multipart uploads): no Get, no Delete, no List."""
-    return _policy(_allow(["s3:PutObject", "s3:AbortMultipartUpload"], layout.staged))
+    return _policy(
+        _allow(["s3:PutObject", "s3:AbortMultipartUpload"], layout.staged, layout.upload_max_ttl)
+    )
 
 
 def reader_policy(layout: Layout) -> dict[str, Any]:
-    """Get objects, nothing else."""
-    return _policy(_allow("s3:GetObject", layout.avatars))
+    """Get objects, nothing else (download URLs, and its own short reads of markers)."""
+    return _policy(
+        _allow("s3:GetObject", layout.avatars, max(layout.download_max_ttl, DEFAULT_EXPIRES_IN))
+    )
 
 
 def verifier_policy(layout: Layout) -> dict[str, Any] | None:
-    """Read staged uploads, write and delete avatars (verified mode; None in direct mode)."""
+    """Read staged uploads, write and delete avatars (verified mode; None in direct mode),
+    with its own short-lived presigned requests."""
     if not layout.verified:
         return None
+    life = DEFAULT_EXPIRES_IN
     statements = [
-        _allow("s3:GetObject", layout.staged),
-        _allow(["s3:PutObject", "s3:DeleteObject"], layout.avatars),
+        _allow("s3:GetObject", layout.staged, life),
+        _allow(["s3:PutObject", "s3:DeleteObject"], layout.avatars, life),
     ]
     if layout.versioned:
-        statements += [
-            _allow("s3:DeleteObjectVersion", layout.avatars),
-            {
-                **_allow("s3:ListBucketVersions", bucket_arn(layout.bucket)),
-                "Condition": {"StringLike": {"s3:prefix": f"{layout.key_prefix}*"}},
-            },
-        ]
+        listing = _allow("s3:ListBucketVersions", bucket_arn(layout.bucket), life)
+        listing["Condition"]["StringLike"] = {"s3:prefix": f"{layout.key_prefix}*"}
+        statements += [_allow("s3:DeleteObjectVersion", layout.avatars, life), listing]
     return _policy(*statements)
 
 
@@ -145,21 +199,52 @@ def lifecycle(layout: Layout) -> dict[str, Any] | None:
     }
 
 
-def bucket_policy(bucket: str) -> dict[str, Any]:
-    """Deny any request to the bucket or its objects that does not use TLS."""
+def _only(sid: str, action: str, resource: str, arn: str) -> dict[str, Any]:
+    """Deny `action` on `resource` to every principal but `arn`."""
     return {
-        "Version": VERSION,
-        "Statement": [
-            {
-                "Sid": "DenyRequestsWithoutTLS",
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:*",
-                "Resource": [bucket_arn(bucket), objects_arn(bucket)],
-                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-            }
-        ],
+        "Sid": sid,
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": action,
+        "Resource": resource,
+        "Condition": {"ArnNotEquals": {"aws:PrincipalArn": arn}},
     }
+
+
+def bucket_policy(layout: Layout, principals: Principals | None = None) -> dict[str, Any]:
+    """Deny any request without TLS; given the ARNs, each prefix's reads and writes to all
+    but the identity whose job they are."""
+    statements = [
+        {
+            "Sid": "DenyRequestsWithoutTLS",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [bucket_arn(layout.bucket), objects_arn(layout.bucket)],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }
+    ]
+    if principals is not None:
+        if layout.verified:
+            if principals.verifier is None:
+                raise ValueError("verified mode has a third identity: give the verifier's ARN")
+            statements += [
+                _only("OnlyTheUploaderWritesStaged", "s3:PutObject", layout.staged,
+                      principals.uploader),
+                _only("OnlyTheVerifierReadsStaged", "s3:GetObject", layout.staged,
+                      principals.verifier),
+                _only("OnlyTheVerifierWritesAvatars", "s3:PutObject", layout.avatars,
+                      principals.verifier),
+            ]  # fmt: skip
+        else:
+            statements.append(
+                _only("OnlyTheUploaderWritesAvatars", "s3:PutObject", layout.avatars,
+                      principals.uploader)
+            )  # fmt: skip
+        statements.append(
+            _only("OnlyTheReaderReadsAvatars", "s3:GetObject", layout.avatars, principals.reader)
+        )
+    return _policy(*statements)
 
 
 def public_access_block() -> dict[str, bool]:
@@ -204,7 +289,7 @@ def cors(origins: Sequence[str]) -> dict[str, Any] | None:
             {
                 "AllowedOrigins": list(dict.fromkeys(origins)),
                 "AllowedMethods": ["PUT", "GET"],
-                "AllowedHeaders": list(UPLOAD_HEADERS),
+                "AllowedHeaders": list(UploadSigner.HEADERS_A_BROWSER_MAY_SET),
                 "ExposeHeaders": ["ETag"],
                 "MaxAgeSeconds": CORS_MAX_AGE_SECONDS,
             }
@@ -212,13 +297,15 @@ def cors(origins: Sequence[str]) -> dict[str, Any] | None:
     }
 
 
-def documents(layout: Layout, origins: Sequence[str] = ()) -> dict[str, Any]:
-    """Everything `avatar-signer policies` prints (raises ValueError for a bad origin)."""
+def documents(
+    layout: Layout, origins: Sequence[str] = (), principals: Principals | None = None
+) -> dict[str, Any]:
+    """Everything `avatar-signer policies` prints (ValueError for a bad origin)."""
     return {
         "uploader_policy": uploader_policy(layout),
         "reader_policy": reader_policy(layout),
         "verifier_policy": verifier_policy(layout),
-        "bucket_policy": bucket_policy(layout.bucket),
+        "bucket_policy": bucket_policy(layout, principals),
         "public_access_block": public_access_block(),
         "ownership_controls": ownership_controls(),
         "lifecycle": lifecycle(layout),
@@ -230,7 +317,10 @@ APPLY_HELP = """\
 Prints one JSON object. Apply each part with the AWS CLI (jq picks a part out):
 
   avatar-signer policies --bucket "$BUCKET" --allowed-origin https://app.example.com \\
-      > policies.json
+      --uploader-arn arn:aws:iam::123456789012:user/avatar-uploader \\
+      --reader-arn arn:aws:iam::123456789012:user/avatar-reader \\
+      --verifier-arn arn:aws:iam::123456789012:user/avatar-verifier > policies.json
+  (Roles: give the role ARN; an assumed role's sessions carry it as aws:PrincipalArn.)
 
   # The identities (verified mode, the default, has three; direct mode two). IAM users
   # (static keys or key files):
@@ -267,8 +357,10 @@ aws_s3_bucket_lifecycle_configuration and aws_s3_bucket_cors_configuration (thei
 blocks take the Rules and CORSRules fields).
 
 --mode, --key-prefix and --staging-prefix default to the service's own UPLOAD_MODE,
-S3_KEY_PREFIX and S3_STAGING_PREFIX when those are set. Then run `avatar-signer check`
-with the service's settings: it proves against the real bucket that each identity can do
-its one job and nothing else: the uploader cannot read, the reader cannot write, the
-verifier cannot read avatars or write staged uploads, and none can delete or list.
+S3_KEY_PREFIX and S3_STAGING_PREFIX when those are set; UPLOAD_MAX_TTL_SECONDS and
+DOWNLOAD_MAX_TTL_SECONDS bound s3:signatureAge as they bound the URLs. Then run
+`avatar-signer check` with the service's settings: it proves against the real bucket that
+each identity can do its one job and nothing else: the uploader cannot read, the reader
+cannot write, the verifier cannot read avatars or write staged uploads, and none can
+delete or list.
 """

@@ -24,12 +24,15 @@ class TlsSettings:
 
 @dataclass(frozen=True)
 class EndUserSettings:
-    """How end-user tokens (JWTs) are verified: an HS256 secret or a JWKS file, never both."""
+    """How end-user tokens (JWTs) are verified: an HS256 secret (from the environment or a
+    file) or a JWKS file; exactly one of the three."""
 
     issuer: str
     audience: str
     hs256_secret: str | None = field(default=None, repr=False)
     jwks_file: str | None = None
+    # A file holding the HS256 secret (a Kubernetes Secret volume); read by the access layer.
+    hs256_secret_file: str | None = None
     leeway_seconds: int = 30
 
 
@@ -77,22 +80,23 @@ def _tls(env: Env) -> TlsSettings | None:
     return TlsSettings(cert, key, client_ca)
 
 
+KEY_SOURCES = ("END_USER_JWT_SECRET", "END_USER_JWT_SECRET_FILE", "END_USER_JWT_JWKS_FILE")
+
+
 def _end_user(env: Env) -> EndUserSettings | None:
     secret = env.raw("END_USER_JWT_SECRET")
+    secret_file = env.file("END_USER_JWT_SECRET_FILE")
     jwks_file = env.file("END_USER_JWT_JWKS_FILE")
     issuer = env.raw("END_USER_JWT_ISSUER")
     audience = env.raw("END_USER_JWT_AUDIENCE")
-    if secret is None and jwks_file is None:
+    chosen = [name for name in KEY_SOURCES if env.raw(name) is not None]
+    if not chosen:
         for name, value in (("END_USER_JWT_ISSUER", issuer), ("END_USER_JWT_AUDIENCE", audience)):
             if value is not None:
-                raise SettingsError(
-                    name, "is set but END_USER_JWT_SECRET and END_USER_JWT_JWKS_FILE are not"
-                )
+                raise SettingsError(name, f"is set but none of {', '.join(KEY_SOURCES)} is")
         return None
-    if secret is not None and jwks_file is not None:
-        raise SettingsError(
-            "END_USER_JWT_JWKS_FILE", "set END_USER_JWT_SECRET or END_USER_JWT_JWKS_FILE, not both"
-        )
+    if len(chosen) > 1:
+        raise SettingsError(chosen[-1], f"set one of {', '.join(KEY_SOURCES)}, not several")
     if secret is not None and len(secret.encode()) < 32:
         raise SettingsError("END_USER_JWT_SECRET", "must be at least 32 bytes (an HS256 key)")
     return EndUserSettings(
@@ -100,6 +104,7 @@ def _end_user(env: Env) -> EndUserSettings | None:
         audience=env.required("END_USER_JWT_AUDIENCE"),
         hs256_secret=secret,
         jwks_file=jwks_file,
+        hs256_secret_file=secret_file,
         leeway_seconds=env.integer("END_USER_JWT_LEEWAY_SECONDS", 30, 0, 300),
     )
 

@@ -39,6 +39,8 @@ class Settings:
     grpc_host: str = network.DEFAULT_GRPC_HOST
     grpc_port: int = network.DEFAULT_GRPC_PORT
     metrics_port: int = network.DEFAULT_METRICS_PORT
+    # Where /metrics listens; None: GRPC_HOST.
+    metrics_host: str | None = None
     # A plaintext port serving only grpc.health.v1, for probes that cannot speak TLS
     # (Kubernetes' native gRPC probes); None: health only on GRPC_PORT.
     health_port: int | None = None
@@ -117,6 +119,7 @@ def load(environ: Mapping[str, str]) -> Settings:
         grpc_host=listen.grpc_host,
         grpc_port=listen.grpc_port,
         metrics_port=listen.metrics_port,
+        metrics_host=listen.metrics_host,
         health_port=listen.health_port,
         upload_ttl=upload_ttl,
         download_ttl=download_ttl,

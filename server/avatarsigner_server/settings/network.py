@@ -1,4 +1,5 @@
-"""Where the server listens and how many processes serve: GRPC_HOST, the ports, WORKERS."""
+"""Where the server listens and how many processes serve: GRPC_HOST, METRICS_HOST, the
+ports, WORKERS."""
 
 from __future__ import annotations
 
@@ -27,18 +28,18 @@ def host_port(host: str, port: int) -> str:
 @dataclass(frozen=True)
 class Listen:
     grpc_host: str
+    metrics_host: str
     grpc_port: int
     metrics_port: int
     health_port: int | None
     workers: int
 
 
-def _listen_host(env: Env) -> str:
-    """GRPC_HOST: an IP address (IPv6 with or without brackets) or a host name; kept bare."""
-    name = "GRPC_HOST"
+def _listen_host(env: Env, name: str, default: str) -> str:
+    """An IP address (IPv6 with or without brackets) or a host name; kept bare."""
     value = env.raw(name)
     if value is None:
-        return DEFAULT_GRPC_HOST
+        return default
     host = value[1:-1] if value.startswith("[") and value.endswith("]") else value
     try:
         ipaddress.ip_address(host)
@@ -49,7 +50,7 @@ def _listen_host(env: Env) -> str:
 
 
 def listen(env: Env) -> Listen:
-    """The host, the three ports and the number of workers, checked against each other."""
+    """The hosts, the three ports and the number of workers, checked against each other."""
     grpc_port = env.integer("GRPC_PORT", DEFAULT_GRPC_PORT, 0, 65535)
     metrics_port = env.integer("METRICS_PORT", DEFAULT_METRICS_PORT, 0, 65535)
     if grpc_port and grpc_port == metrics_port:
@@ -77,4 +78,7 @@ def listen(env: Env) -> Listen:
             "HEALTH_PORT",
             f"must not be one of the metrics ports {metrics_port}-{last_metrics_port}",
         )
-    return Listen(_listen_host(env), grpc_port, metrics_port, health_port, workers)
+    grpc_host = _listen_host(env, "GRPC_HOST", DEFAULT_GRPC_HOST)
+    # Metrics need no credentials: they may listen elsewhere (e.g. 127.0.0.1 for a sidecar).
+    metrics_host = _listen_host(env, "METRICS_HOST", grpc_host)
+    return Listen(grpc_host, metrics_host, grpc_port, metrics_port, health_port, workers)

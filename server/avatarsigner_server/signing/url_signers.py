@@ -6,6 +6,13 @@ method as a class constant and nothing passes a method in, so no code path can a
 for the other's method. Both sign with
 `sigv4.presign`: pure computation, no network call.
 
+Neither lets a URL's holder choose what a viewer receives. S3 stores some request headers
+with an object and replays them on every GET; an upload URL signs each of them with a
+fixed value (`OBJECT_HEADERS`, which the uploader must send as they are), and a download
+URL signs `response-*` overrides for the two that could hurt a viewer of an object stored
+some other way (`DownloadSigner.OVERRIDES`). The stored Content-Type needs neither: the
+upload URL signs it from the allowlist.
+
 URLs address the bucket on the regional virtual-hosted endpoint
 (`https://<bucket>.s3.<region>.amazonaws.com/<key>`), never the global one, or path-style
 on S3_ENDPOINT_URL for S3-compatible servers.
@@ -16,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from ..errors import CredentialsUnavailable
@@ -32,6 +40,27 @@ class SignedUrl:
     expires_at: datetime
     headers: Mapping[str, str]
     access_key_id: str
+
+
+# The headers S3 stores with an object, unless they are signed, and replays to every viewer
+# (Content-Type aside, which the upload URL signs from the allowlist). Each is signed into
+# every upload URL with this value, so the uploader sends exactly these and nothing else
+# reaches a viewer: no `Content-Encoding: gzip` on a PNG (a decompression bomb for every
+# client), no `Content-Disposition: attachment; filename="x.html"`, no year-long public
+# caching. The values are what an image without them would mean: shown inline, bytes as
+# stored, no language; `private` keeps a bearer URL's response out of shared caches, and
+# `max-age=0` makes Expires moot (RFC 9111 5.3) and caches revalidate. Whatever writes an
+# avatar object (a verifier copying an upload into place, too) writes exactly these.
+OBJECT_HEADERS: Mapping[str, str] = MappingProxyType(
+    {
+        "Cache-Control": "private, max-age=0",
+        "Content-Disposition": "inline",
+        "Content-Encoding": "identity",
+        "Content-Language": "und",
+        "Expires": "Thu, 01 Jan 1970 00:00:00 GMT",
+    }
+)
+_SIGNED_OBJECT_HEADERS = {name.lower(): value for name, value in OBJECT_HEADERS.items()}
 
 
 class BucketEndpoint:
@@ -148,9 +177,18 @@ class UploadSigner(_Signer):
 
     METHOD = "PUT"
     # What an upload URL signs besides host (and the uploader must send): type, length,
-    # when given the SHA-256 of the bytes, and for a staged upload `If-None-Match: *`, so
-    # the URL writes its key at most once.
-    HEADERS = ("content-type", "content-length", "x-amz-checksum-sha256", "if-none-match")
+    # when given the SHA-256 of the bytes, for a staged upload `If-None-Match: *` (so the
+    # URL writes its key at most once), and the fixed OBJECT_HEADERS.
+    HEADERS = (
+        "content-type",
+        "content-length",
+        "x-amz-checksum-sha256",
+        "if-none-match",
+        *_SIGNED_OBJECT_HEADERS,
+    )
+    # Of HEADERS, those a web page sets on its request (CORS must allow them): a browser
+    # sets Content-Length itself and never lets a page set it.
+    HEADERS_A_BROWSER_MAY_SET = tuple(name for name in HEADERS if name != "content-length")
 
     def sign(
         self,
@@ -164,8 +202,8 @@ class UploadSigner(_Signer):
     ) -> SignedUrl:
         """A PUT URL for key; the returned headers are exactly what the uploader sends."""
         length = str(content_length)
-        send = {"Content-Type": content_type, "Content-Length": length}
-        sign = {"content-type": content_type, "content-length": length}
+        send = {"Content-Type": content_type, "Content-Length": length, **OBJECT_HEADERS}
+        sign = {"content-type": content_type, "content-length": length, **_SIGNED_OBJECT_HEADERS}
         if checksum_sha256:
             send["x-amz-checksum-sha256"] = sign["x-amz-checksum-sha256"] = checksum_sha256
         if write_once:
@@ -188,6 +226,14 @@ class DownloadSigner(_Signer):
     """
 
     METHOD = "GET"
+    # Signed into every download URL: whatever an object carries (one stored before upload
+    # URLs signed OBJECT_HEADERS, or written by other means), a viewer gets it inline and
+    # without a content coding. S3 honours these overrides on signed GETs only, which
+    # these are.
+    OVERRIDES = (
+        ("response-content-disposition", "inline"),
+        ("response-content-encoding", "identity"),
+    )
 
     def __init__(
         self,
@@ -205,13 +251,13 @@ class DownloadSigner(_Signer):
     def sign(self, key: str, *, ttl_seconds: int) -> SignedUrl:
         window = self._reuse
         if not 0 < window < ttl_seconds:
-            return self._presign(key, ttl_seconds)
+            return self._presign(key, ttl_seconds, query=self.OVERRIDES)
         now = int(self._clock().timestamp())
         signed_at = datetime.fromtimestamp(now - now % window, UTC)
         cache_control = f"private, max-age={ttl_seconds - window}"
         return self._presign(
             key,
             ttl_seconds,
-            query=(("response-cache-control", cache_control),),
+            query=(("response-cache-control", cache_control), *self.OVERRIDES),
             signed_at=signed_at,
         )

@@ -5,7 +5,9 @@
              confirmed upload: reason "confirmed", user_id, key, version; one line per
              deletion: reason "deleted" or "nothing_to_delete", user_id, keys
     denied   one line per refused call: request_id, caller (null when unknown), auth, rpc,
-             user_id (when the request names one valid id), code, reason
+             user_id (when the request names one valid id), code, reason; where the
+             caller's refusals are sampled (unidentified callers, per address: see
+             access.guard), `left_out` says how many before this one got no line
 
 This is the only place that decides what is logged about a signed URL. Never a URL (its
 query string is a bearer credential), a signature, a secret, a bearer token or an end-user
@@ -85,11 +87,20 @@ class Audit:
         reason = "deleted" if had_avatar else "nothing_to_delete"
         log.info("allowed", extra=_line(call, "allowed", reason, user_id=user_id, keys=list(keys)))
 
-    def denied(self, call: Call, error: ServiceError, user_id: object = None) -> None:
-        """The line for a refused call. user_id is logged only when it is a valid user id."""
+    def denied(
+        self, call: Call, error: ServiceError, user_id: object = None, left_out: int = 0
+    ) -> None:
+        """The line for a refused call. user_id is logged only when it is a valid user id;
+        left_out > 0: that many refusals of this kind of caller had no line before it."""
         extra = _line(call, "denied", error.reason, code=error.code)
         if isinstance(user_id, str) and is_valid_user_id(user_id):
             extra["user_id"] = user_id
+        if left_out:
+            extra["left_out"] = left_out
         log.info("denied", extra=extra)
+        self.counted(call, error)
+
+    def counted(self, call: Call, error: ServiceError) -> None:
+        """A refused call counted in the metrics, without a line (a sampled-out refusal)."""
         if self._metrics is not None:
             self._metrics.denied(call.rpc, error.reason)

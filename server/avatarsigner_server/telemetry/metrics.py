@@ -1,4 +1,5 @@
-"""Prometheus metrics, served over HTTP on METRICS_PORT (`/metrics`).
+"""Prometheus metrics, served over HTTP on METRICS_HOST:METRICS_PORT (`/metrics`) from the
+server's event loop (see metrics_http for the endpoint's bounds).
 
     avatarsigner_rpcs_total{method, code}                 AvatarSigner calls by final status
     avatarsigner_rpc_duration_seconds{method}             time in the handler (histogram)
@@ -16,6 +17,12 @@
     avatarsigner_rate_limit_store_reachable               1 while it decides, 0 from a
                                                           failed check to the next good one
                                                           (only with RATE_LIMIT_REDIS_URL)
+    avatarsigner_config_reload_failures_total{file}       reloads of the callers, end-user
+                                                          key or TLS files that failed (the
+                                                          old version stayed in force)
+    avatarsigner_config_loaded_timestamp_seconds{file}    when the version in force loaded
+    avatarsigner_config_loaded_info{file, sha256}         1, labelled with that version's
+                                                          fingerprint (non-secret files)
     process_*, python_gc_*, python_info                   the usual process metrics
 
 Health and reflection calls are not counted. Every label value comes from a small fixed set
@@ -26,28 +33,43 @@ request. Each `Metrics` has its own registry, so several servers can live in one
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     GCCollector,
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
+    generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from .metrics_http import MetricsEndpoint
 
 # identity name -> seconds until its current credentials expire (math.inf: never; 0: none)
 CredentialExpiry = Callable[[], Mapping[str, float]]
 # Whether the shared rate-limit store decided the last check.
 StoreReachable = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class LoadedFiles:
+    """One reloadable set of files: the version in force, since when, failed reloads."""
+
+    sha256: str  # fingerprint of its non-secret files ("" when it has none)
+    loaded_at: float  # Unix time
+    reload_failures: int
+
+
+# file set name (callers, end_user_keys, tls) -> its LoadedFiles
+LoadedFilesSource = Callable[[], Mapping[str, LoadedFiles]]
 
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -96,6 +118,39 @@ class _StoreReachableCollector(Collector):
         )
         gauge.add_metric([], 1.0 if self.source() else 0.0)
         yield gauge
+
+
+class _LoadedFilesCollector(Collector):
+    """The reloadable files' versions and failed reloads, asked at scrape time."""
+
+    def __init__(self) -> None:
+        self.source: LoadedFilesSource | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        failures = CounterMetricFamily(
+            "avatarsigner_config_reload_failures",
+            "Reloads of a file set (callers, end_user_keys, tls) that failed; the version "
+            "in force stayed.",
+            labels=["file"],
+        )
+        loaded_at = GaugeMetricFamily(
+            "avatarsigner_config_loaded_timestamp_seconds",
+            "When the version of the file set in force was loaded (Unix time).",
+            labels=["file"],
+        )
+        info = GaugeMetricFamily(
+            "avatarsigner_config_loaded_info",
+            "1 for the version of each file set in force; sha256: its fingerprint (first 16 "
+            "hex digits; secret files left out).",
+            labels=["file", "sha256"],
+        )
+        for name, files in sorted((self.source() if self.source else {}).items()):
+            failures.add_metric([name], files.reload_failures)
+            loaded_at.add_metric([name], files.loaded_at)
+            info.add_metric([name, files.sha256], 1)
+        yield failures
+        yield loaded_at
+        yield info
 
 
 class Metrics:
@@ -154,7 +209,9 @@ class Metrics:
         )
         self._store_reachable = _StoreReachableCollector()
         self.registry.register(self._store_reachable)
-        self._http: tuple[WSGIServer, threading.Thread] | None = None
+        self._files = _LoadedFilesCollector()
+        self.registry.register(self._files)
+        self._http = MetricsEndpoint(lambda: generate_latest(self.registry), CONTENT_TYPE_LATEST)
         self._per_call: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
         self._per_url: dict[tuple[str, str], Any] = {}
 
@@ -171,6 +228,10 @@ class Metrics:
     def store_unreachable(self, reason: str) -> None:
         """One check the shared store did not decide (called on the event loop; cheap)."""
         self._store_unreachable.labels(reason).inc()
+
+    def watch_files(self, source: LoadedFilesSource) -> None:
+        """Report the reloadable files' versions and failures from `source`, at every scrape."""
+        self._files.source = source
 
     def call(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         children = self._per_call.get((method, code))
@@ -197,20 +258,10 @@ class Metrics:
 
     # -- the endpoint ----------------------------------------------------------------------
 
-    def serve(self, host: str, port: int) -> int:
-        """Serve /metrics on host:port in a daemon thread; the bound port (OSError if busy)."""
-        self._http = start_http_server(port, host, registry=self.registry)
-        return int(self._http[0].server_port)
+    async def serve(self, host: str, port: int) -> int:
+        """Serve /metrics on host:port from the running loop; the bound port (OSError if busy)."""
+        return await self._http.start(host, port)
 
-    def stop(self) -> None:
-        """Stop serving, without waiting: the server notices within its poll interval
-        (half a second) and then closes its port, in its own thread."""
-        if self._http is not None:
-            server, _ = self._http
-            self._http = None
-
-            def close() -> None:
-                server.shutdown()
-                server.server_close()
-
-            threading.Thread(target=close, name="metrics-stop", daemon=True).start()
+    async def stop(self) -> None:
+        """Stop serving and close the port."""
+        await self._http.stop()

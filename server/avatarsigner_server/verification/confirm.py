@@ -14,8 +14,9 @@
     5. `images.verify_image`: really an image of the stored (signed) type, within the
        pixel, side and frame limits, decoded in full; its metadata removed losslessly
     6. the verifier writes exactly the verified bytes to `<prefix><user>/avatar`, with
-       the headers it chose (type, checksum, inline disposition) and nothing the uploader
-       sent
+       the headers it chose (type, checksum, and the fixed OBJECT_HEADERS every avatar
+       object carries: inline, no content coding, private caching) and nothing the
+       uploader sent
     7. the verifier writes the marker (the answer, as JSON); then the answer
 
 "Last confirmation wins": confirming an older upload after a newer one publishes the
@@ -53,6 +54,7 @@ from ..settings import SettingsError
 from ..settings.uploads import UploadSettings
 from ..signing.object_keys import ObjectKeys
 from ..signing.upload_ids import UploadTicket
+from ..signing.url_signers import OBJECT_HEADERS
 from ..storage.objects import ObjectStore, unavailable
 from ..telemetry.tracing import Tracing
 from .images import SUPPORTED_CONTENT_TYPES, Limits, Metadata, Reason, Refusal, verify_image
@@ -260,7 +262,7 @@ class Confirmer:
                 result.data,
                 {
                     "Content-Type": result.content_type,
-                    "Content-Disposition": "inline",
+                    **OBJECT_HEADERS,
                     "x-amz-checksum-sha256": result.sha256,
                 },
             )

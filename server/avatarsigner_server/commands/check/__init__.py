@@ -12,11 +12,11 @@ from __future__ import annotations
 from ...settings import Settings
 from ...signing.clock import Clock, utc_now
 from . import least_privilege
-from .least_privilege import HELP, render
+from .least_privilege import HELP, NOT_PROVEN, render
 from .rate_limit_store import store_row
 from .report import FAIL, PASS, SKIP, Result, failed
 
-__all__ = ["FAIL", "HELP", "PASS", "SKIP", "Result", "failed", "render", "run"]
+__all__ = ["FAIL", "HELP", "NOT_PROVEN", "PASS", "SKIP", "Result", "failed", "render", "run"]
 
 
 def run(settings: Settings, clock: Clock = utc_now) -> list[Result]:

@@ -12,7 +12,8 @@ Each identity must be able to do its one job, and nothing else:
                    verifier can GET the staged canary and PUT the avatar canary, and cannot
                    GET avatars or PUT staged uploads; the reader can GET the avatar canary
                    and cannot GET staged uploads or PUT (the canary unchanged)
-    both           an unsigned GET or LIST is refused (the bucket is not public); no
+    both           an unsigned GET or LIST is refused (the bucket is not public), and so
+                   is an unsigned PUT of a canary (nor publicly writable); no
                    identity can DELETE or LIST; URLs are SigV4 for AWS_REGION on the
                    regional virtual-hosted endpoint; the bucket answers from AWS_REGION
 
@@ -23,6 +24,7 @@ the region) and never counts as a pass. The exit status is 1 when any row fails.
 The canaries stay in the bucket (by design no identity may delete them): the avatar canary
 is overwritten by each run, a staged canary is new each run and expires with the staging
 lifecycle rule. Nothing printed contains a secret, a session token or a presigned URL.
+Below the table, NOT_PROVEN lists what these requests cannot show.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ Each identity must do its one job and nothing else:
                   GET; verifier can GET the staged canary and PUT the avatar canary, not
                   GET avatars, not PUT staged uploads; reader can GET the avatar canary,
                   not GET staged uploads, not PUT
-  always:         an unsigned GET or LIST is refused (the bucket is not public); no
+  always:         an unsigned GET or LIST is refused (the bucket is not public), and
+                  so is an unsigned PUT of a canary (not publicly writable); no
                   identity can DELETE or LIST; URLs are SigV4 for AWS_REGION on the
                   regional virtual-hosted endpoint; the bucket answers from AWS_REGION
   rate limits:    with RATE_LIMIT_REDIS_URL set, the store runs a check (server, version
@@ -85,6 +88,19 @@ _REGION_CODES = frozenset(
     {"PermanentRedirect", "TemporaryRedirect", "AuthorizationHeaderMalformed"}
 )
 _REJECTED_KEY = ("SignatureDoesNotMatch", "InvalidAccessKeyId")
+# What the table cannot show: printed under it, so nobody takes "ok" for more than it is.
+NOT_PROVEN = (
+    "the IAM conditions (s3:authType, s3:signatureAge) and the bucket policy's denial of "
+    "other principals: compare the applied policies with `avatar-signer policies`",
+    "that no other principal of the account (an admin role, a CI user) can read or write "
+    "the avatars: only the service's identities were tried",
+    "that the identities are refused outside their prefixes, or on other buckets",
+    "the Block Public Access, Object Ownership, lifecycle and CORS settings themselves: "
+    "only that unsigned requests are refused",
+    "that requests without TLS are refused (the check uses the configured endpoint as is)",
+    "anything about what the service signs (types, sizes, fixed headers) or about a CDN "
+    "in front of the bucket: the test suite proves those",
+)
 
 
 @dataclass(frozen=True)
@@ -309,6 +325,29 @@ class BucketProbe:
         else:
             self.add(name, FAIL, f"unexpected answers: GET {obj}, LIST {listing}")
 
+    def not_publicly_writable(self) -> None:
+        """Unsigned PUTs of the canaries (reserved keys no user id maps to)."""
+        name = "bucket is not publicly writable"
+        body = b"unsigned write: must never be stored\n"
+        places = (self.avatars, self.staged) if self.settings.uploads.verified else (self.avatars,)
+        replies = [
+            self.http(
+                "PUT",
+                self.endpoint.origin + self.endpoint.path(place.key),
+                body,
+                {"Content-Type": CANARY_TYPE, "Content-Length": str(len(body))},
+            )
+            for place in places
+        ]
+        written = [r for r in replies if 200 <= r.status < 300]
+        if written:
+            self.add(name, FAIL, advice.public("PUT an object", written[0]))
+        elif all(r.refused for r in replies):
+            self.add(name, PASS, "unsigned PUT " + ", ".join(str(r) for r in replies))
+        else:
+            answers = ", ".join(str(r) for r in replies)
+            self.add(name, FAIL, f"unexpected answers to unsigned PUTs: {answers}")
+
     def workplaces(self, identity: str) -> tuple[Place, ...]:
         """Where an identity works: where a too-broad statement would also let it delete."""
         if not self.settings.uploads.verified:
@@ -521,6 +560,7 @@ def run(settings: Settings, clock: Clock = utc_now) -> list[Result]:
     else:
         probe.direct(sources)
     probe.not_public()
+    probe.not_publicly_writable()
     for identity, source in sources.items():
         if source is not None:
             probe.cannot_delete(identity, source)
@@ -544,3 +584,6 @@ def render(settings: Settings, results: Sequence[Result], out: TextIO) -> None:
         results,
         out,
     )
+    out.write("\nNot proven by these requests:\n")
+    for item in NOT_PROVEN:
+        out.write(f"  - {item}\n")
