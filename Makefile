@@ -24,12 +24,13 @@ install: $(STAMP)
 # The venv is made by the Python you run make with; uv (pinned and hash-checked by uv.lock)
 # is bootstrapped into it with pip once, then `uv sync --frozen` installs exactly the lock:
 # both workspace members editable, the dev group, nothing else (pip itself included).
-$(STAMP): pyproject.toml client/pyproject.toml uv.lock examples/node/package-lock.json tests/node_cloudfront/package-lock.json
+$(STAMP): pyproject.toml client/pyproject.toml uv.lock examples/node/package-lock.json tests/node_cloudfront/package-lock.json examples/web/package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	test -x $(UV) || $(PY) dev/install_uv.py
 	$(UV) sync --frozen --quiet
 	@if [ -f examples/node/package-lock.json ]; then cd examples/node && npm ci --no-audit --no-fund --loglevel=error; fi
 	@if [ -f tests/node_cloudfront/package-lock.json ]; then cd tests/node_cloudfront && npm ci --no-audit --no-fund --loglevel=error; fi
+	@if [ -f examples/web/package-lock.json ]; then cd examples/web && npm ci --no-audit --no-fund --loglevel=error; fi
 	touch $(STAMP)
 
 run: install  ## start SeaweedFS + the service on 127.0.0.1:50051 and print commands to try
@@ -49,7 +50,7 @@ image-test: install  ## run the built image as the Deployment does, against a lo
 
 lint: install  ## uv.lock up to date, ruff, mypy --strict, import layers, buf lint + breaking, hadolint, kubernetes-validate
 	$(UV) lock --check
-	$(BIN)/ruff check server client tests dev bench
+	$(BIN)/ruff check server client tests dev bench examples/web
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/buf lint

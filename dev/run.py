@@ -1,19 +1,27 @@
-"""`make run`: a local S3 (SeaweedFS), the service against it, and commands to try.
+"""`make run`: a local S3 (SeaweedFS), the service against it, the reference web app, and
+commands to try.
 
 Starts SeaweedFS on 127.0.0.1 with the bucket and verified mode's three identities
-(uploader, reader, verifier: exactly the policies `avatar-signer policies` prints), starts
-`avatar-signer serve` with those credentials, waits until it is SERVING, then prints
-commands that work as pasted. Ctrl-C (or SIGTERM) stops both cleanly.
+(uploader, reader, verifier: exactly the policies `avatar-signer policies` prints), the
+profile web app of examples/web on 127.0.0.1:8000, puts the bucket CORS rule
+`avatar-signer policies --allowed-origin <the app's origin>` prints (so browsers on other
+origins are refused), starts `avatar-signer serve` with those credentials, waits until it
+is SERVING, then prints the page's URL and commands that work as pasted. Ctrl-C (or
+SIGTERM) stops everything cleanly: the app, the service, the S3.
 
-    python dev/run.py [--port 50051] [--workdir .run]
+    python dev/run.py [--port 50051] [--web-port 8000] [--workdir .run]
 
-Other settings pass through the environment (e.g. METRICS_PORT=9465 for a second run).
+The service runs without a callers file (open, for local development), so the printed
+grpcurl commands need no token, and the app calls it without one. Other settings pass
+through the environment (e.g. METRICS_PORT=9465 GRPC_PORT=50052 WEB_PORT=8001 for a second
+run; MAX_UPLOAD_BYTES and ALLOWED_CONTENT_TYPES reach both the service and the app).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,14 +35,46 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
+from typing import Protocol
 
 import seaweed_s3
+from avatarsigner_server.commands import policies
 from avatarsigner_server.settings.uploads import UploadMode
 from avatarsigner_server.signing.url_signers import OBJECT_HEADERS
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SERVICE = "avatarsigner.v1.AvatarSigner"
+WEB_APP = ROOT / "examples" / "web"
+
+
+class WebApp(Protocol):
+    origin: str
+
+    def stop(self) -> None: ...
+
+
+def start_web_app(target: str, port: int) -> WebApp:
+    """The profile web app on 127.0.0.1:`port`, calling the service at `target` (no token:
+    the service is open). Raises SystemExit with one line when it cannot start."""
+    sys.path.insert(0, str(WEB_APP))
+    from webapp.serving import Background
+    from webapp.settings import SettingsError, load
+
+    env = dict(os.environ) | {"AVATAR_SIGNER_TARGET": target, "WEB_PORT": str(port)}
+    env.pop("AVATAR_SIGNER_TOKEN", None)
+    env.pop("AVATAR_SIGNER_TOKEN_FILE", None)
+    try:
+        settings = load(env)
+    except SettingsError as error:
+        raise SystemExit(f"make run: the web app's settings: {error}") from None
+    try:
+        return Background(dataclasses.replace(settings, host="127.0.0.1"))
+    except OSError as error:
+        raise SystemExit(
+            f"make run: the web app cannot listen on 127.0.0.1:{port} ({error.strerror});"
+            " pick another port: make run WEB_PORT=8001"
+        ) from None
 
 
 def sample_png(width: int = 48, height: int = 48) -> bytes:
@@ -162,6 +202,7 @@ FAKE_URL=$(echo "$FAKE" | {field} url); FAKE_ID=$(echo "$FAKE" | {field} upload_
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRPC_PORT", "50051")))
+    parser.add_argument("--web-port", type=int, default=int(os.environ.get("WEB_PORT", "8000")))
     parser.add_argument("--workdir", type=Path, default=ROOT / ".run")
     args = parser.parse_args()
 
@@ -196,7 +237,11 @@ def main() -> int:
         print(f"make run: the local S3 did not start: {first_line}", file=sys.stderr)
         return 1
     server: subprocess.Popen[bytes] | None = None
+    web: WebApp | None = None
     try:
+        web = start_web_app(target, args.web_port)
+        # Browsers on the app's origin may PUT and GET; every other origin is refused.
+        s3.put_cors(policies.cors([web.origin]))
         # The service's S3 settings, also for `avatar-signer check` (mode 0600, removed on exit).
         seaweed_s3.write_env_file(env_file, s3, identities)
         env = dict(os.environ) | seaweed_s3.service_env(s3, identities)
@@ -206,14 +251,24 @@ def main() -> int:
         )
         wait_serving(target, server)
         print(
+            f"Open {web.origin}/ in a browser: sign in with any name, upload a picture,"
+            " see the feed.",
+            flush=True,
+        )
+        print(
             f"\navatar-signer is SERVING on {target}; S3 at {s3.endpoint_url}, bucket "
-            f"{s3.bucket!r}.\nPaste these in another terminal (Ctrl-C here stops both):",
+            f"{s3.bucket!r} (CORS: {web.origin} only).\nPaste these in another terminal"
+            " (Ctrl-C here stops everything):",
             flush=True,
         )
         print(tour(target, sample, fake, workdir / "downloaded-avatar.png", env_file), flush=True)
         while not stopping and server.poll() is None:
             time.sleep(0.2)
+    except SystemExit as error:
+        print(error, file=sys.stderr)
     finally:
+        if web is not None:
+            web.stop()
         if server is not None and server.poll() is None:
             server.send_signal(signal.SIGTERM)
             try:
@@ -224,7 +279,8 @@ def main() -> int:
         s3.stop()
         shutil.rmtree(session, ignore_errors=True)
     code = server.returncode if server is not None else 1
-    print(f"stopped (avatar-signer exit status {code})", file=sys.stderr)
+    ended = f"avatar-signer exit status {code}" if server is not None else "it did not start"
+    print(f"stopped ({ended})", file=sys.stderr)
     return 0 if stopping and code == 0 else 1
 
 

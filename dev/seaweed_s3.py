@@ -355,6 +355,19 @@ class LocalS3:
                 )
             return self._clients[cache_key]
 
+    def put_cors(self, rules: Mapping[str, Any] | None) -> None:
+        """Put the bucket's CORS configuration as the admin, or with None delete it.
+
+        Without one, SeaweedFS answers every origin's preflight (its global
+        ``-s3.allowedOrigins`` defaults to ``*``): pass what ``avatar-signer policies
+        --allowed-origin ...`` prints as ``cors`` to let only those origins in.
+        """
+        s3 = self.client("s3")
+        if rules is None:
+            s3.delete_bucket_cors(Bucket=self.bucket)
+        else:
+            s3.put_bucket_cors(Bucket=self.bucket, CORSConfiguration=dict(rules))
+
     # ---------------------------------------------------------------- IAM
 
     def create_identity(

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import grpc
+import leaks
 import moto.sts.models
 import pytest
 import seaweed_s3
@@ -45,6 +46,7 @@ from botocore.exceptions import EndpointConnectionError
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from moto import mock_aws
+from s3http import request
 from servers import FAKE_ENV, ServerThread, settings_from
 
 UPLOAD_ROLE = "arn:aws:iam::123456789012:role/avatar-uploader"
@@ -395,22 +397,27 @@ def _key_id(url: str) -> str:
 
 @pytest.mark.slow  # waits out real file rotations
 def test_server_switches_to_rotated_files_without_a_failed_call(
-    tmp_path: Path, credential_log: Captured
+    tmp_path: Path, credential_log: Captured, local_s3: Any
 ) -> None:
+    """On the real S3, which proves each rotated pair before it is adopted."""
     import threading
     import time
 
+    from conftest import s3_env
+
+    s3, uploader, reader = local_s3
+    rotated = s3.create_identity(
+        f"avatar-reader-next-{uuid.uuid4().hex[:8]}", seaweed_s3.reader_policy(s3.bucket)
+    )
     # The reader's Secret volume (downloads: no per-user rate limit to get in the way).
     volume = SecretVolume(
         tmp_path / "reader",
-        {"access-key-id": "OLDKEY00001", "secret-access-key": "old-secret-0001"},
+        {"access-key-id": reader.access_key_id, "secret-access-key": reader.secret_access_key},
     )
-    env = _env(
-        S3_READ_KEY=None,
-        S3_READ_SECRET=None,
-        S3_READ_KEY_FILE=str(volume.path("access-key-id")),
-        S3_READ_SECRET_FILE=str(volume.path("secret-access-key")),
-    )
+    env = s3_env(s3, uploader, reader)
+    del env["S3_READ_KEY"], env["S3_READ_SECRET"]
+    env["S3_READ_KEY_FILE"] = str(volume.path("access-key-id"))
+    env["S3_READ_SECRET_FILE"] = str(volume.path("secret-access-key"))
     server = ServerThread(settings_from(env))
     calls: list[Call] = []
     stop = threading.Event()
@@ -430,32 +437,72 @@ def test_server_switches_to_rotated_files_without_a_failed_call(
 
     caller = threading.Thread(target=stream)
     caller.start()
+    third = s3.create_identity(
+        f"avatar-reader-third-{uuid.uuid4().hex[:8]}", seaweed_s3.reader_policy(s3.bucket)
+    )
+    leaks.remember(rotated.secret_access_key, third.secret_access_key)
+
+    def wait_for(key_id: str) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < 15 and calls[-1].key_id != key_id:
+            time.sleep(0.05)
+        return time.monotonic() - started
+
     try:
         time.sleep(0.5)
-        volume.update({"access-key-id": "NEWKEY00001", "secret-access-key": "new-secret-0001"})
-        rotated_at = time.monotonic()
-        while time.monotonic() - rotated_at < 10 and calls[-1].key_id != "NEWKEY00001":
-            time.sleep(0.05)
-        switch_seconds = time.monotonic() - rotated_at
+        volume.update(
+            {"access-key-id": rotated.access_key_id, "secret-access-key": rotated.secret_access_key}
+        )
+        switch_seconds = wait_for(rotated.access_key_id)
         switched = len(calls)
+
+        # The key id file changed ahead of its secret, for 3 s: S3 refuses that pair, so it
+        # never replaces the working one.
+        volume.update(
+            {"access-key-id": third.access_key_id, "secret-access-key": rotated.secret_access_key}
+        )
+        time.sleep(3)
+        # Then a secret left half-written for 3 s (it looks like a secret): refused too.
+        volume.update(
+            {
+                "access-key-id": third.access_key_id,
+                "secret-access-key": third.secret_access_key[:20],
+            }
+        )
+        time.sleep(3)
+        mismatched_seen = {c.key_id for c in calls[switched:]}
+        # Written whole: proven, adopted.
+        volume.update(
+            {"access-key-id": third.access_key_id, "secret-access-key": third.secret_access_key}
+        )
+        third_seconds = wait_for(third.access_key_id)
+        third_at = len(calls)
 
         # A broken update (empty secret) is ignored with a warning; calls go on.
         volume.update({"access-key-id": "BADKEY00001", "secret-access-key": ""})
         time.sleep(2.5)
+        with server.channel() as channel:
+            final = pb_grpc.AvatarSignerStub(channel).CreateDownloadUrl(
+                pb.CreateDownloadUrlRequest(user_id="alice")
+            )
     finally:
         stop.set()
         caller.join(10)
         server.stop()
 
     assert [c.error for c in calls if c.error is not None] == []
-    assert switch_seconds < 5, f"took {switch_seconds:.1f} s"
+    assert switch_seconds < 10, f"took {switch_seconds:.1f} s"
+    assert third_seconds < 10, f"took {third_seconds:.1f} s"
+    assert mismatched_seen == {rotated.access_key_id}, "adopted a pair S3 refuses"
     ids = [c.key_id for c in calls]
-    first_new = ids.index("NEWKEY00001")
-    assert set(ids[:first_new]) == {"OLDKEY00001"}
-    assert set(ids[first_new:]) == {"NEWKEY00001"}, "went back, or took the broken pair"
-    assert len(calls) - switched > 50, "the stream kept going after the broken update"
+    first_new = ids.index(rotated.access_key_id)
+    assert set(ids[:first_new]) == {reader.access_key_id}
+    assert set(ids[third_at:]) == {third.access_key_id}, "went back, or took the broken pair"
+    assert len(calls) - third_at > 50, "the stream kept going after the broken update"
     assert any("empty" in w and "S3_READ_SECRET_FILE" in w for w in credential_log.text())
-
+    assert any("S3 refuses the key pair" in w for w in credential_log.text())
+    # What was signed last, S3 accepts (404: no avatar, the signature is good).
+    assert request("GET", final.url).status == 404
 
 # --- role assumption (moto's STS, the test's clock) -----------------------------------------
 
@@ -816,3 +863,79 @@ def test_rotated_key_files_sign_urls_the_real_s3_accepts(tmp_path: Path, local_s
     for url in (before, after):
         reply = request("GET", url)
         assert (reply.status, reply.body) == (200, b"\x89PNG")
+
+
+def test_a_revoked_key_in_force_shows_in_health_and_metrics(
+    local_s3: Any, credential_log: Captured
+) -> None:
+    """The reader's key is deleted in IAM while the server runs: within a probe period health
+    says NOT_SERVING and avatarsigner_credentials_valid{identity="reader"} is 0, instead of
+    signing URLs S3 will refuse."""
+    import time
+
+    from conftest import s3_env
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from test_metrics import scrape
+
+    s3, uploader, _ = local_s3
+    doomed = s3.create_identity(
+        f"avatar-reader-doomed-{uuid.uuid4().hex[:8]}", seaweed_s3.reader_policy(s3.bucket)
+    )
+    leaks.remember(doomed.secret_access_key)
+    server = ServerThread(
+        settings_from(s3_env(s3, uploader, doomed), CREDENTIALS_PROBE_SECONDS="0.5")
+    )
+    serving = health_pb2.HealthCheckResponse.SERVING
+
+    def status() -> int:
+        with server.channel() as channel:
+            request = health_pb2.HealthCheckRequest()
+            return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status)
+
+    valid = ("avatarsigner_credentials_valid", (("identity", "reader"),))
+    try:
+        time.sleep(1.5)  # a probe or two with the key in force
+        assert status() == serving
+        assert scrape(server.server.metrics_port)[valid] == 1
+        s3.client("iam").delete_access_key(UserName=doomed.name, AccessKeyId=doomed.access_key_id)
+        deadline = time.monotonic() + 10
+        while status() == serving and time.monotonic() < deadline:
+            time.sleep(0.1)
+        after = status()
+        metric = scrape(server.server.metrics_port)[valid]
+    finally:
+        server.stop()
+    assert after == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert metric == 0
+    assert any("S3 refuses the reader's key pair in force" in w for w in credential_log.text())
+
+
+def test_rotation_never_makes_two_identities_one(tmp_path: Path) -> None:
+    """The start-up rule holds after rotation: a reader rotated to the uploader's key id is
+    refused (whatever S3 would say) and the reader's pair stays."""
+    from avatarsigner_server.credentials.proofs import Proof, Verdict
+    from avatarsigner_server.credentials.watcher import build_watcher
+
+    volume = _volume(tmp_path, "READERKEY0001", "reader-secret-0001")
+    env = _env(
+        S3_READ_KEY=None,
+        S3_READ_SECRET=None,
+        S3_READ_KEY_FILE=str(volume.path("access-key-id")),
+        S3_READ_SECRET_FILE=str(volume.path("secret-access-key")),
+    )
+    asked: list[str] = []
+
+    def s3_accepts_everything(identity: str, creds: Credentials) -> Proof:
+        asked.append(creds.access_key_id)
+        return Proof(Verdict.VALID, "200")
+
+    watcher = build_watcher(load_settings(env), prover=s3_accepts_everything)
+    volume.update({"access-key-id": FAKE_ENV["S3_UPLOAD_KEY"], "secret-access-key": "x" * 20})
+    for _ in range(3):  # seen changed, seen stable (then vetted and refused), again
+        watcher.refresh_all()
+    assert watcher["reader"].current().access_key_id == "READERKEY0001"  # type: ignore[union-attr]
+    assert FAKE_ENV["S3_UPLOAD_KEY"] not in asked  # refused before S3 was asked
+    volume.update({"access-key-id": "READERKEY0002", "secret-access-key": "y" * 20})
+    watcher.refresh_all()
+    watcher.refresh_all()
+    assert watcher["reader"].current().access_key_id == "READERKEY0002"  # type: ignore[union-attr]

@@ -16,10 +16,6 @@ import sys
 from typing import Any
 
 import pytest
-from avatarsigner_server.commands import policies
-from avatarsigner_server.credentials.sources import StaticCredentials
-from avatarsigner_server.signing.key_pairs import Credentials
-from avatarsigner_server.signing.url_signers import BucketEndpoint, UploadSigner
 
 ORIGINAL_BUCKET = "myapp-profile-images"
 ORIGINAL_UPLOAD_STATEMENT = """
@@ -288,8 +284,8 @@ def test_cors_allows_put_and_get_from_the_origins_with_upload_headers_only(
     assert rule["AllowedOrigins"] == original_rule["AllowedOrigins"]
     assert sorted(rule["AllowedMethods"]) == sorted(original_rule["AllowedMethods"])
     assert rule["MaxAgeSeconds"] == original_rule["MaxAgeSeconds"]
-    # Not the original "*": exactly the headers an upload URL signs that a page sets (the
-    # browser sets Content-Length itself).
+    # Not the original "*": exactly the signed headers a page sets (tests/test_cors_rules.py
+    # derives them from the upload signer; the browser sets Content-Length itself).
     assert rule["AllowedHeaders"] == [
         "content-type",
         "x-amz-checksum-sha256",
@@ -301,21 +297,6 @@ def test_cors_allows_put_and_get_from_the_origins_with_upload_headers_only(
         "expires",
     ]
     assert rule["ExposeHeaders"] == ["ETag"]
-
-
-def test_cors_headers_are_the_ones_upload_urls_ask_for() -> None:
-    creds = StaticCredentials(Credentials("AKIDEXAMPLE0001", "secret-example-0001"))
-    signed = UploadSigner(creds, BucketEndpoint("b-1", "eu-west-1"), "eu-west-1").sign(
-        "profiles/alice/avatar",
-        content_type="image/png",
-        content_length=10,
-        checksum_sha256="a" * 43 + "=",
-        ttl_seconds=60,
-        write_once=True,
-    )
-    assert {name.lower() for name in signed.headers} == set(policies.UPLOAD_HEADERS)
-    (rule,) = policies.cors(["https://app.example"])["CORSRules"]  # type: ignore[index]
-    assert set(rule["AllowedHeaders"]) == set(policies.UPLOAD_HEADERS) - {"content-length"}
 
 
 @pytest.mark.slow

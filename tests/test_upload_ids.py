@@ -62,5 +62,5 @@ def test_confirm_with_a_malformed_id_names_the_field(stub: pb_grpc.AvatarSignerS
     status = rpc_status.from_call(refused.value)
     assert status is not None
     bad_request = error_details_pb2.BadRequest()
-    assert status.details[0].Unpack(bad_request)
+    assert any(detail.Unpack(bad_request) for detail in status.details)
     assert [v.field for v in bad_request.field_violations] == ["user_id", "upload_id"]

@@ -24,6 +24,7 @@ from ..settings.load import SERVER_REQUEST_SECONDS
 from ..signing.clock import Clock, utc_now, utc_now_to_the_second
 from ..signing.object_keys import ObjectKeys
 from ..signing.url_signers import BucketEndpoint, DownloadSigner, UploadSigner
+from ..storage import probes
 from ..storage.objects import ObjectStore
 from ..telemetry.audit import Audit
 from ..telemetry.metrics import Metrics
@@ -184,10 +185,14 @@ def build(
     """Every part, checked (files are read now; a bad one is a one-line SettingsError)."""
     check(settings)
     if credentials is None:
-        credentials = build_watcher(settings, clock)
+        endpoint = BucketEndpoint(settings.bucket, settings.region, settings.endpoint_url)
+        probe_key = ObjectKeys(settings.key_prefix).probe_key()
+        credentials = build_watcher(
+            settings, clock, probes.prover(endpoint, settings.region, probe_key)
+        )
     tracing = tracing or Tracing.off()
     metrics = Metrics()
-    metrics.watch_credentials(credentials.seconds_left)
+    metrics.watch_credentials(credentials.seconds_left, lambda: dict(credentials.valid))
     audit = Audit(metrics)
     store = rate_limit_store(settings, metrics)
     access = AccessControl(settings.access, audit, metrics, store=store, tracing=tracing)

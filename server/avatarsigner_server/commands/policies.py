@@ -30,8 +30,9 @@ S3 with a header-signed request.
                          deletion tombstones after two (no identity may delete them, so S3
                          cleans up)
     cors                 PUT and GET from the given origins, the upload headers a page
-                         sets allowed, ETag exposed; null without --allowed-origin (then no browser
-                         talks to the bucket, and it needs no CORS)
+                         sets allowed (not Content-Length: the browser sets it), ETag
+                         exposed; null without --allowed-origin (then no browser talks
+                         to the bucket, and it needs no CORS)
 
 Each value has the shape its `aws iam` / `aws s3api` command takes (see APPLY_HELP).
 `avatar-signer check` then proves, against the real bucket, that the policies hold.
@@ -52,8 +53,6 @@ from ..signing.url_signers import UploadSigner
 from ..storage.objects import DEFAULT_EXPIRES_IN
 
 VERSION = "2012-10-17"
-# The headers an upload URL signs and the uploader sends.
-UPLOAD_HEADERS = UploadSigner.HEADERS
 CORS_MAX_AGE_SECONDS = 3000  # the original design's value
 STAGED_UPLOAD_DAYS = 1
 # Markers and tombstones outlive the staged uploads they speak of (a repeated confirmation

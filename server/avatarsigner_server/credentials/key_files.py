@@ -2,10 +2,14 @@
 
 Each refresh costs two stat() calls (following symlinks, so Kubernetes' atomic `..data`
 symlink swap shows up as a new inode). A changed pair is read, validated, and adopted only
-when the next refresh sees the same files unchanged: a half-written file is never adopted
-mid-write, so a rotation takes effect within about two refresh periods. An empty, missing,
-unreadable or malformed file never replaces a good pair: a warning is logged (once per
-problem) and the previous pair stays in use. Both files are read between two stat()
+when the next refresh sees the same files unchanged, and, once a pair is in force, only
+when S3 accepts a request signed with the new pair (`vet`, one request at rotation time,
+never on the request path): a secret left half-written for seconds, or a key id changed
+before its secret, is refused by S3 and never replaces the working pair. Until the new pair
+is proven the old one stays in force and a WARNING names the files; the proof is tried
+again every VET_RETRY_SECONDS (new IAM keys can take a few seconds to be accepted). An
+empty, missing, unreadable or malformed file never replaces a good pair: a warning is
+logged (once per problem) and the previous pair stays in use. Both files are read between two stat()
 snapshots that must agree, so a swap during the read cannot pair an old key id with a new
 secret.
 
@@ -18,16 +22,19 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
 from ..errors import CredentialsUnavailable
 from ..settings.identities import KeyPairFiles, access_key_id_problem, secret_problem
 from ..signing.key_pairs import Credentials
+from .proofs import Proof, Verdict, Vet
 
 log = logging.getLogger("avatarsigner.credentials")
 
 _MAX_KEY_FILE_BYTES = 4096
+VET_RETRY_SECONDS = 5.0
 
 # (device, inode, size, mtime) of a file, following symlinks: how a change is noticed.
 FileStamp = tuple[int, int, int, int]
@@ -101,12 +108,16 @@ def read_key_pair(files: KeyPairFiles) -> tuple[PairStamp, Credentials]:
 class FileCredentials:
     """A key pair read from two files and re-read when they change (see module docstring)."""
 
-    def __init__(self, files: KeyPairFiles, identity: str = "signer") -> None:
+    def __init__(
+        self, files: KeyPairFiles, identity: str = "signer", vet: Vet | None = None
+    ) -> None:
         self.files = files
         self.identity = identity
+        self.vet = vet
         self._current: Credentials | None = None
         self._stamp: PairStamp | None = None
         self._pending: tuple[PairStamp, Credentials] | None = None
+        self._vetted_at = 0.0  # when the pending pair was last put to S3 (monotonic)
         self._problem: str | None = None
         self._lock = threading.Lock()
         self.refresh()
@@ -137,17 +148,20 @@ class FileCredentials:
             self._report(None)
             return
         stamp, creds = read_key_pair(self.files)
-        self._report(None)
         if self._current is not None and creds == self._current:
-            self._stamp = stamp  # touched, same pair
+            self._stamp, self._pending = stamp, None  # touched, same pair
+            self._report(None)
             return
         if self._current is not None and (self._pending is None or self._pending != (stamp, creds)):
             # Changed since the last refresh: adopt it once it is seen unchanged next time,
             # so a file still being written is never taken up half-done.
-            self._pending = (stamp, creds)
+            self._pending, self._vetted_at = (stamp, creds), 0.0
             return
+        if self._current is not None and not self._proven(creds):
+            return  # the old pair stays in force; the files are tried again later
         previous = self._current
         self._current, self._stamp, self._pending = creds, stamp, None
+        self._report(None)
         if previous is not None:
             log.info(
                 "%s credentials rotated from the key files",
@@ -158,6 +172,24 @@ class FileCredentials:
                     "new_key_id": creds.access_key_id,
                 },
             )
+
+    def _proven(self, creds: Credentials) -> bool:
+        """Whether S3 accepts the new pair; asks at most every VET_RETRY_SECONDS."""
+        if self.vet is None:
+            return True
+        now = time.monotonic()
+        if now - self._vetted_at < VET_RETRY_SECONDS:
+            return False
+        self._vetted_at = now
+        proof: Proof = self.vet(creds)
+        if proof.verdict is Verdict.VALID:
+            return True
+        files = f"{self.files.key_id_file} and {self.files.secret_file}"
+        if proof.verdict is Verdict.INVALID:
+            self._report(f"S3 refuses the key pair now in {files} ({proof.detail})")
+        else:
+            self._report(f"the key pair now in {files} could not be proven yet ({proof.detail})")
+        return False
 
     def _report(self, problem: str | None) -> None:
         """Log a problem once (not every second), and say when it is over."""

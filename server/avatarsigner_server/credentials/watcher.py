@@ -7,12 +7,23 @@ needs them apart. `CredentialWatcher.refresh_all()` refreshes every source and s
 each identity can sign a URL of its default ttl; the server runs it every
 `REFRESH_PERIOD_SECONDS` in a worker thread and turns the answer into health SERVING /
 NOT_SERVING.
+
+With a `prover` (one signed request to S3, from the storage layer), two more rules hold:
+
+* a rotated key pair from files is adopted only once S3 accepts it, and only if it is not
+  another identity's key id (the identities stay apart after rotation, too);
+* every `probe_seconds` (CREDENTIALS_PROBE_SECONDS; 0: never) the pair in force is put to
+  S3; a pair S3 refuses (a deliberate
+  revocation) makes its identity unusable: health NOT_SERVING, the metric
+  avatarsigner_credentials_valid 0, a WARNING, until S3 accepts it again. No answer from
+  S3 changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 
@@ -26,6 +37,7 @@ from ..settings.identities import (
 from ..signing.clock import Clock, utc_now
 from ..signing.key_pairs import Credentials, covers
 from .key_files import FileCredentials, KeyFileError, read_key_pair
+from .proofs import Proof, Prover, Verdict, Vet
 from .roles import RoleCredentials, StsClientFactory, default_sts_client
 from .sources import ManagedSource, StaticCredentials
 
@@ -33,6 +45,8 @@ log = logging.getLogger("avatarsigner.credentials")
 
 #: How often the server's watcher re-checks key files and role sessions.
 REFRESH_PERIOD_SECONDS = 1.0
+#: How often the pair in force is put to S3 (with a prover), to notice a revoked key.
+PROBE_PERIOD_SECONDS = 60.0
 
 
 def source_for(
@@ -43,12 +57,14 @@ def source_for(
     max_ttl_seconds: int,
     clock: Clock = utc_now,
     sts: StsClientFactory | None = None,
+    vet: Vet | None = None,
 ) -> ManagedSource:
-    """The source for one identity's setting (files are read now; a role is assumed later)."""
+    """The source for one identity's setting (files are read now; a role is assumed later).
+    `vet`: how a rotated pair from files is proven before it is adopted."""
     if isinstance(setting, Credentials):
         return StaticCredentials(setting, identity)
     if isinstance(setting, KeyPairFiles):
-        return FileCredentials(setting, identity)
+        return FileCredentials(setting, identity, vet)
     half = setting.duration_seconds // 2
     return RoleCredentials(
         setting,
@@ -110,12 +126,62 @@ class CredentialWatcher:
         *,
         clock: Clock = utc_now,
         period: float = REFRESH_PERIOD_SECONDS,
+        prover: Prover | None = None,
+        probe_seconds: float = PROBE_PERIOD_SECONDS,
     ) -> None:
         self.sources = dict(sources)
         self._needed = dict(needed)
         self._clock = clock
         self.period = period
+        self._prover = prover
+        self._probe_seconds = probe_seconds
+        self._probed_at = time.monotonic()  # the first probe comes one period after start
         self._usable: dict[str, bool] = {}
+        # identity -> whether S3 last accepted the pair in force (True until it refuses it)
+        self.valid: dict[str, bool] = dict.fromkeys(self.sources, True)
+        for identity, source in self.sources.items():
+            if isinstance(source, FileCredentials) and prover is not None:
+                source.vet = self._vetting(identity)
+
+    def _vetting(self, identity: str) -> Vet:
+        """How `identity`'s rotated pair is proven: not another identity's key id, then S3."""
+        assert self._prover is not None
+        prover = self._prover
+
+        def vet(creds: Credentials) -> Proof:
+            for other, source in self.sources.items():
+                current = source.current()
+                if other != identity and current and current.access_key_id == creds.access_key_id:
+                    return Proof(Verdict.INVALID, f"the {other}'s key id: identities must differ")
+            return prover(identity, creds)
+
+        return vet
+
+    def probe(self) -> None:
+        """Blocking: put each identity's pair in force to S3 and remember the verdicts."""
+        if self._prover is None:
+            return
+        self._probed_at = time.monotonic()
+        for identity, source in self.sources.items():
+            creds = source.current()
+            if creds is None:
+                continue
+            proof = self._prover(identity, creds)
+            if proof.verdict is Verdict.UNKNOWN:
+                continue
+            valid = proof.verdict is Verdict.VALID
+            if valid != self.valid[identity]:
+                if valid:
+                    log.info("S3 accepts the %s's key pair again", identity)
+                else:
+                    log.warning(
+                        "S3 refuses the %s's key pair in force (%s): revoked? health says "
+                        "NOT_SERVING until it is replaced",
+                        identity,
+                        proof.detail,
+                        extra={"identity": identity, "key_id": creds.access_key_id},
+                    )
+            self.valid[identity] = valid
 
     def __getitem__(self, identity: str) -> ManagedSource:
         return self.sources[identity]
@@ -124,11 +190,17 @@ class CredentialWatcher:
         """Blocking: refresh every source, then True when every identity is usable."""
         for source in self.sources.values():
             source.refresh()
+        if (
+            self._prover is not None
+            and self._probe_seconds > 0
+            and time.monotonic() - self._probed_at >= self._probe_seconds
+        ):
+            self.probe()
         now = self._clock()
         for identity, source in self.sources.items():
             creds = source.current()
             needed = self._needed.get(identity, timedelta(0))
-            usable = covers(creds, now + needed)
+            usable = covers(creds, now + needed) and self.valid[identity]
             if usable != self._usable.get(identity, True):
                 if usable:
                     log.info("%s credentials usable again", identity)
@@ -173,8 +245,11 @@ class CredentialWatcher:
             await asyncio.sleep(self.period)
 
 
-def build_watcher(settings: Settings, clock: Clock = utc_now) -> CredentialWatcher:
-    """Each identity's source (key files are read now) and their watcher.
+def build_watcher(
+    settings: Settings, clock: Clock = utc_now, prover: Prover | None = None
+) -> CredentialWatcher:
+    """Each identity's source (key files are read now) and their watcher; with a prover,
+    rotations are proven and the pairs in force probed (see the module docstring).
 
     SettingsError (one line naming the variable) when a key file cannot be used or two
     identities are one.
@@ -195,4 +270,6 @@ def build_watcher(settings: Settings, clock: Clock = utc_now) -> CredentialWatch
         },
         needed={identity: timedelta(seconds=rule.default) for identity, rule in rules.items()},
         clock=clock,
+        prover=prover,
+        probe_seconds=settings.credentials_probe_seconds,
     )

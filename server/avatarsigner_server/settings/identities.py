@@ -193,3 +193,11 @@ def require_role_covers(setting: IdentitySetting, max_ttl: int, ttl_variable: st
                 f"URL fits a role session; raise it (at most 3600 s for chained IRSA "
                 f"roles) or lower {ttl_variable}",
             )
+
+
+DEFAULT_PROBE_SECONDS = 60.0
+
+
+def probe_seconds(env: Env) -> float:
+    """CREDENTIALS_PROBE_SECONDS: how often the pairs in force are put to S3 (0: never)."""
+    return env.number("CREDENTIALS_PROBE_SECONDS", DEFAULT_PROBE_SECONDS, 0.0, 86400.0)

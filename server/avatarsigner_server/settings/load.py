@@ -63,6 +63,8 @@ class Settings:
     # Verified or direct uploads (settings.uploads); the verifier exists in verified mode.
     uploads: UploadSettings = field(default_factory=UploadSettings)
     verifier: IdentitySetting | None = field(default=None, repr=False)
+    # How often each identity's pair in force is put to S3, to notice a revoked key (0: never).
+    credentials_probe_seconds: float = identities.DEFAULT_PROBE_SECONDS
 
     def identities(self) -> dict[str, IdentitySetting]:
         """identity name -> its credential setting (the verifier only in verified mode)."""
@@ -135,4 +137,5 @@ def load(environ: Mapping[str, str]) -> Settings:
         download_url_reuse_seconds=reuse,
         uploads=upload_settings,
         verifier=verifier,
+        credentials_probe_seconds=identities.probe_seconds(env),
     )

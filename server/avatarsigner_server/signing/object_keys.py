@@ -88,6 +88,10 @@ class ObjectKeys:
         """The reserved key `avatar-signer check` writes to; no user id maps to it."""
         return f"{self.prefix}{RESERVED_SEGMENT}/canary"
 
+    def probe_key(self) -> str:
+        """The key the service GETs to learn whether a key pair works (nobody writes it)."""
+        return f"{self.prefix}{RESERVED_SEGMENT}/probe"
+
     def staging_canary_key(self, run: str) -> str:
         """A fresh staging canary per `check` run: upload URLs write a key only once."""
         return f"{self.staging_prefix}{RESERVED_SEGMENT}/{run}"

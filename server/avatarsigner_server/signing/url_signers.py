@@ -186,9 +186,14 @@ class UploadSigner(_Signer):
         "if-none-match",
         *_SIGNED_OBJECT_HEADERS,
     )
-    # Of HEADERS, those a web page sets on its request (CORS must allow them): a browser
-    # sets Content-Length itself and never lets a page set it.
-    HEADERS_A_BROWSER_MAY_SET = tuple(name for name in HEADERS if name != "content-length")
+    # Of HEADERS, those a browser sets itself and never lets a page set (forbidden request
+    # headers in the Fetch standard): it sends the body's length as Content-Length.
+    SET_BY_BROWSER = ("content-length",)
+    # Of HEADERS, those a web page sets on its request (in HEADERS' order): the bucket's
+    # CORS rule allows exactly these.
+    HEADERS_A_BROWSER_MAY_SET = tuple(
+        sorted(set(HEADERS) - set(SET_BY_BROWSER), key=HEADERS.index)
+    )
 
     def sign(
         self,

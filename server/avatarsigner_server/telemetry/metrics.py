@@ -10,6 +10,8 @@ server's event loop (see metrics_http for the endpoint's bounds).
     avatarsigner_credentials_expiry_seconds{identity}     seconds until the identity's
                                                           current credentials expire;
                                                           +Inf for static keys (never)
+    avatarsigner_credentials_valid{identity}              1 while S3 accepts the pair in
+                                                          force, 0 once it refuses it
     avatarsigner_rate_limit_store_unreachable_total{reason}
                                                           checks the shared store did not
                                                           decide: timeout | connection |
@@ -55,6 +57,8 @@ from .metrics_http import MetricsEndpoint
 
 # identity name -> seconds until its current credentials expire (math.inf: never; 0: none)
 CredentialExpiry = Callable[[], Mapping[str, float]]
+# identity name -> whether S3 last accepted its key pair in force
+CredentialValidity = Callable[[], Mapping[str, bool]]
 # Whether the shared rate-limit store decided the last check.
 StoreReachable = Callable[[], bool]
 
@@ -79,10 +83,11 @@ log = logging.getLogger("avatarsigner.metrics")
 
 
 class _CredentialExpiryCollector(Collector):
-    """Asks the callable at scrape time, so the gauge is never stale."""
+    """Asks the callables at scrape time, so the gauges are never stale."""
 
     def __init__(self) -> None:
         self.source: CredentialExpiry | None = None
+        self.validity: CredentialValidity | None = None
 
     def collect(self) -> Iterator[Metric]:
         gauge = GaugeMetricFamily(
@@ -100,6 +105,16 @@ class _CredentialExpiryCollector(Collector):
             for identity, seconds in sorted(expiries.items()):
                 gauge.add_metric([identity], max(0.0, seconds))
         yield gauge
+        if self.validity is not None:
+            valid = GaugeMetricFamily(
+                "avatarsigner_credentials_valid",
+                "1 while S3 accepts the identity's key pair in force, 0 once it refuses it "
+                "(revoked, deleted): the identity cannot sign until the pair is replaced.",
+                labels=["identity"],
+            )
+            for identity, accepted in sorted(self.validity().items()):
+                valid.add_metric([identity], 1.0 if accepted else 0.0)
+            yield valid
 
 
 class _StoreReachableCollector(Collector):
@@ -217,9 +232,13 @@ class Metrics:
 
     # -- what the service reports ----------------------------------------------------------
 
-    def watch_credentials(self, source: CredentialExpiry) -> None:
-        """Feed the expiry gauge from `source`, asked at every scrape."""
+    def watch_credentials(
+        self, source: CredentialExpiry, validity: CredentialValidity | None = None
+    ) -> None:
+        """Feed the expiry gauge from `source` (and the validity gauge from `validity`),
+        asked at every scrape."""
         self._expiry.source = source
+        self._expiry.validity = validity
 
     def watch_store(self, reachable: StoreReachable) -> None:
         """Feed the store reachability gauge from `reachable`, asked at every scrape."""
