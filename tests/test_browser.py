@@ -54,6 +54,7 @@ WAIT_MS = 20_000  # every Playwright wait is bounded
 WEB_CALLER_RPCS = (
     "CreateUploadUrl",
     "ConfirmUpload",
+    "DeleteAvatar",
     "CreateDownloadUrl",
     "BatchCreateDownloadUrls",
 )
@@ -513,6 +514,23 @@ def test_a_user_without_an_avatar_shows_the_default_picture(page: Any, web: Back
     # SeaweedFS answers 404 NoSuchKey.
     url = page.evaluate("fetch('/api/avatar-url').then(r => r.json()).then(d => d.url)")
     assert _http_status(url) in (403, 404)
+
+
+def test_remove_photo_brings_back_the_default_picture_everywhere(
+    page: Any, web: Background, images: dict[str, Path]
+) -> None:
+    user = _user("removed")
+    _sign_in(page, web, user)
+    _choose(page, images["image/png"])
+    assert _status(page)[0] == "done"
+    assert _shown(page, "#avatar")["avatar"] == "own"
+    assert _feed(page, web)[user]["avatar"] == "own"
+    _sign_in(page, web, user)  # a fresh page: its status line is idle again
+    page.click("#remove")
+    state, message, _ = _status(page)
+    assert (state, message.split(".")[0]) == ("done", "Your photo is removed"), message
+    assert _shown(page, "#avatar")["avatar"] == "default"
+    assert _feed(page, web)[user]["avatar"] == "default"  # the feed shows the default too
 
 
 def test_feed_screenshot(

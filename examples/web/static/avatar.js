@@ -183,10 +183,20 @@ export async function showOwnAvatar(img) {
     img.dataset.avatar = "own";
     return true;
   }
+  await showDefaultAvatar(img);
+  return false;
+}
+
+/**
+ * The default picture, without asking S3. After "Remove photo" the page knows there is no
+ * avatar; asking again could get the very URL it already loaded (SigV4 signs to the second,
+ * and DOWNLOAD_URL_REUSE_SECONDS shares URLs on purpose), which the browser answers from
+ * its image cache with the removed picture.
+ */
+export async function showDefaultAvatar(img) {
   img.onerror = null;
   await showImage(img, DEFAULT_AVATAR);
   img.dataset.avatar = "default";
-  return false;
 }
 
 /** What the person is told once the avatar is verified and shown. */

@@ -1,7 +1,7 @@
 // The profile page: choose a file -> check -> SHA-256 -> upload URL -> PUT -> confirm -> show.
 import {
-  UploadProblem, askForUpload, confirmUpload, doneMessage, formatBytes, putSigned,
-  refuseEarly, setStatus, showOwnAvatar, signOut, whoAmI,
+  UploadProblem, api, askForUpload, confirmUpload, doneMessage, formatBytes, putSigned,
+  refuseEarly, setStatus, showDefaultAvatar, showOwnAvatar, signOut, whoAmI,
 } from "/static/avatar.js";
 
 const avatar = document.getElementById("avatar");
@@ -42,6 +42,25 @@ input.addEventListener("change", async () => {
     else setStatus(status, "error", `Upload failed: ${error}`);
   } finally {
     input.value = "";
+  }
+});
+// "Remove photo": the service deletes the avatar (and no earlier upload can bring it back).
+document.getElementById("remove").addEventListener("click", async () => {
+  try {
+    setStatus(status, "working", "Removing your photo…");
+    const removed = await api("/api/remove", {});
+    await showDefaultAvatar(avatar);
+    const minutes = Math.ceil(removed.cached_copies_expire_within_seconds / 60);
+    setStatus(
+      status,
+      "done",
+      removed.deleted
+        ? `Your photo is removed. Copies others already loaded may show for up to ${minutes} min.`
+        : "You had no photo.",
+    );
+  } catch (error) {
+    if (error instanceof UploadProblem) setStatus(status, "error", error.message, error.reason);
+    else setStatus(status, "error", `Removing failed: ${error}`);
   }
 });
 document.body.dataset.ready = "true";

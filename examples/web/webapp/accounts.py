@@ -50,6 +50,10 @@ class Directory:
     def confirmed(self, user_id: str, version: str) -> None:
         self.seen(user_id).avatar_version = version
 
+    def removed(self, user_id: str) -> None:
+        """The user took their photo down: still in the feed, with the default picture."""
+        self.seen(user_id).avatar_version = None
+
 
 def issue_token(provider: DemoIdentityProvider, user_id: str, now: float | None = None) -> str:
     """The HS256 token an identity provider would issue to `user_id` at sign-in."""

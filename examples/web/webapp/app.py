@@ -13,7 +13,9 @@ browser straight to S3.
     POST /api/upload-url {"content_type", "content_length", "checksum_sha256"}
     POST /api/confirm {"upload_id"}      verified uploads: ConfirmUpload, after the PUT
     GET  /api/avatar-url                 a download URL for the signed-in user
-    GET  /api/feed                       download URLs for the feed, one batch call
+    GET  /api/feed                       download URLs for the feed, one batch call; with
+                                         FEED_AVATARS=cookies, plain CloudFront URLs and
+                                         the viewer cookies (Set-Cookie) that grant them
 """
 
 from __future__ import annotations
@@ -229,6 +231,21 @@ def create_app(settings: WebSettings, signer: AsyncAvatarSignerClient | None = N
             headers=NO_STORE,
         )
 
+    async def remove(request: Request) -> Response:
+        """The "Remove photo" button: DeleteAvatar for the signed-in user, with their own token."""
+        user = current_user(request)
+        done = await _call(the_signer(request).delete_avatar(user, end_user_token(request)))
+        directory.removed(user)
+        return JSONResponse(
+            {
+                "deleted": done.deleted,
+                "cached_copies_expire_within_seconds": int(
+                    done.cached_copies_expire_within.total_seconds()
+                ),
+            },
+            headers=NO_STORE,
+        )
+
     async def avatar_url(request: Request) -> Response:
         user = current_user(request)
         download = await _call(the_signer(request).create_download_url(user))
@@ -241,6 +258,8 @@ def create_app(settings: WebSettings, signer: AsyncAvatarSignerClient | None = N
         users = directory.feed()
         if not users:
             return JSONResponse({"avatars": []}, headers=NO_STORE)
+        if settings.feed_avatars == "cookies":
+            return await feed_under_cookies(request, users)
         downloads = await _call(the_signer(request).batch_create_download_urls(users))
         return JSONResponse(
             {
@@ -256,6 +275,24 @@ def create_app(settings: WebSettings, signer: AsyncAvatarSignerClient | None = N
             headers=NO_STORE,
         )
 
+    async def feed_under_cookies(request: Request, users: list[str]) -> Response:
+        """Plain avatar URLs, and the cookies that let this browser fetch them through
+        CloudFront: one signature for the whole feed (HttpOnly: the page never sees them)."""
+        granted = await _call(the_signer(request).create_viewer_cookies())
+        expires_at = granted.expires_at.isoformat()
+        response = JSONResponse(
+            {
+                "avatars": [
+                    {"user_id": user, "url": granted.url_for(user), "expires_at": expires_at}
+                    for user in users
+                ]
+            },
+            headers=NO_STORE,
+        )
+        for header in granted.set_cookie:
+            response.headers.append("set-cookie", header)
+        return response
+
     routes = [
         Route("/", home),
         Route("/signin", page("signin.html")),
@@ -267,6 +304,7 @@ def create_app(settings: WebSettings, signer: AsyncAvatarSignerClient | None = N
         Route("/api/me", _api(me)),
         Route("/api/upload-url", _api(upload_url), methods=["POST"]),
         Route("/api/confirm", _api(confirm), methods=["POST"]),
+        Route("/api/remove", _api(remove), methods=["POST"]),
         Route("/api/avatar-url", _api(avatar_url)),
         Route("/api/feed", _api(feed)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),

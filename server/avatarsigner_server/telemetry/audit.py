@@ -3,7 +3,8 @@
     allowed  one line per signed URL (a batch of n gives n lines, written together): request_id,
              caller, auth, rpc, reason "signed", user_id, key, expires_at; one line per
              confirmed upload: reason "confirmed", user_id, key, version; one line per
-             deletion: reason "deleted" or "nothing_to_delete", user_id, keys
+             deletion: reason "deleted" or "nothing_to_delete", user_id, keys; one line per set
+             of viewer cookies: reason "signed", the pattern they grant (`grant`), expires_at
     denied   one line per refused call: request_id, caller (null when unknown), auth, rpc,
              user_id (when the request names one valid id), code, reason; where the
              caller's refusals are sampled (unidentified callers, per address: see
@@ -78,6 +79,13 @@ class Audit:
         if self._metrics is not None:
             self._metrics.upload_confirmed(call.caller or ANONYMOUS)
         extra = _line(call, "allowed", "confirmed", user_id=user_id, key=key, version=version)
+        log.info("allowed", extra=extra)
+
+    def cookies_signed(self, call: Call, grant: str, expires_at: datetime) -> None:
+        """The line for one set of viewer cookies: the URL pattern they grant, until when."""
+        if self._metrics is not None:
+            self._metrics.url_signed("cookies", call.caller or ANONYMOUS)
+        extra = _line(call, "allowed", "signed", grant=grant, expires_at=expires_at.isoformat())
         log.info("allowed", extra=extra)
 
     def deleted(self, call: Call, user_id: str, keys: Sequence[str], had_avatar: bool) -> None:

@@ -33,7 +33,7 @@ import base64
 import hashlib
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TextIO
 from urllib.parse import parse_qs, urlsplit
@@ -75,6 +75,11 @@ Each identity must do its one job and nothing else:
                   regional virtual-hosted endpoint; the bucket answers from AWS_REGION
   rate limits:    with RATE_LIMIT_REDIS_URL set, the store runs a check (server, version
                   and address shown, never the password)
+
+With CLOUDFRONT_URL set, also: the CloudFront key file holds a key CloudFront accepts,
+and a download URL and viewer cookies signed with it verify with its public half. It
+cannot reach CloudFront itself: whether the distribution trusts the key and serves the
+avatars is one SKIP row, never a pass.
 
 Prints a table of PASS / FAIL / SKIP rows; exits 1 when any row fails, 2 on a settings
 error. SKIP marks a check that means nothing for this endpoint (an S3-compatible server at
@@ -153,7 +158,8 @@ class BucketProbe:
     # --- credentials --------------------------------------------------------------------
 
     def credentials(self) -> dict[str, CredentialSource | None]:
-        watcher = build_watcher(self.settings, self.clock)
+        # The S3 identities only: a bad CloudFront key is a row of its own (cloudfront.py).
+        watcher = build_watcher(replace(self.settings, cloudfront=None), self.clock)
         settings = self.settings.identities()
         usable: dict[str, CredentialSource | None] = {}
         for identity, source in watcher.sources.items():
