@@ -28,14 +28,17 @@ from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from avatarsigner_server.access.shared_rate_limits import KEY_PREFIX
 from avatarsigner_server.commands.check.rate_limit_store import store_row
 from avatarsigner_server.settings import SettingsError
+from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from guarded import caller, retry_delay, write_callers
 from redis_server import RedisServer
 from servers import FAKE_ENV, ServerThread, free_port, settings_from, wait_serving
+from test_cloudfront_service import cloudfront_env
 from test_metrics import scrape
 
 PROFILE = caller("profile-service", ["CreateUploadUrl", "CreateDownloadUrl"])
 FEED = caller("feed-service", ["CreateDownloadUrl", "BatchCreateDownloadUrls"])
+VIEWER = caller("web-app", ["CreateViewerCookies", "CreateDownloadUrl"])
 NO_REFILL = "0.001"  # tokens per second: nothing comes back within a test, counts are exact
 
 
@@ -134,6 +137,43 @@ def test_a_callers_download_limit_counts_urls_across_two_servers(
                    FEED.metadata()) == "OK":  # fmt: skip
             urls += 1
     assert urls == (10 if shared else 20)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-store", "per-process"])
+def test_viewer_cookies_take_from_the_callers_download_limit_across_two_servers(
+    redis_server: RedisServer, tmp_path: Path, servers: Servers, shared: bool
+) -> None:
+    env = cloudfront_env(tmp_path, ec.generate_private_key(ec.SECP256R1())) | shared_env(
+        redis_server,
+        tmp_path,
+        CALLERS_FILE=str(write_callers(tmp_path / "viewer-callers.toml", [VIEWER])),
+        DOWNLOADS_PER_CALLER_PER_SECOND=NO_REFILL,
+        DOWNLOADS_PER_CALLER_BURST="4",
+    )
+    if not shared:
+        del env["RATE_LIMIT_REDIS_URL"]
+    stubs = [servers.start(env)[1], servers.start(env)[1]]
+    cookies = pb.CreateViewerCookiesRequest()
+    # 2 grants on the first server, 1 on the second: one bucket of 4 if shared, else two.
+    granted = [code(stubs[n % 2].CreateViewerCookies, cookies, VIEWER.metadata())
+               for n in range(3)]  # fmt: skip
+    assert granted == ["OK"] * 3
+    urls = 0
+    for stub in stubs:  # download URLs take what the grants left, from the same bucket
+        while code(stub.CreateDownloadUrl, pb.CreateDownloadUrlRequest(user_id="u"),
+                   VIEWER.metadata()) == "OK":  # fmt: skip
+            urls += 1
+    assert urls == (1 if shared else 5)
+    with pytest.raises(grpc.RpcError) as caught:
+        stubs[1].CreateViewerCookies(cookies, metadata=VIEWER.metadata(), timeout=15)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert caught.value.details() == (
+        "rate limit: caller web-app asked for too many download URLs and viewer cookies; "
+        "retry later"
+    )
+    assert retry_delay(caught.value) > 0
+    key = f"{KEY_PREFIX}download_per_caller:web-app"
+    assert bool(redis_server.client().exists(key)) is shared
 
 
 @pytest.mark.slow

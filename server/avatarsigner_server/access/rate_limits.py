@@ -64,7 +64,8 @@ class Buckets:
 # when there is one, so the per-process path stays synchronous.
 Admission = Awaitable[None] | None
 # Calls that change an avatar share the caller's upload bucket: a confirmation costs a
-# decode, a deletion three requests to S3.
+# decode, a deletion three requests to S3. Every other call (download URLs, viewer cookies)
+# takes from the caller's download bucket.
 UPLOAD_RPCS = frozenset({"CreateUploadUrl", "ConfirmUpload", "DeleteAvatar"})
 
 
@@ -79,7 +80,9 @@ class Limiter(Protocol):
 def check_caller(wait: float, caller: str, rpc: str) -> None:
     """RateLimited when a bucket of the caller's said to wait (`wait` > 0)."""
     if wait:
-        what = "uploads and deletions" if rpc in UPLOAD_RPCS else "download URLs"
+        what = (
+            "uploads and deletions" if rpc in UPLOAD_RPCS else "download URLs and viewer cookies"
+        )
         raise RateLimited(
             f"rate limit: caller {caller} asked for too many {what}; retry later",
             "rate_limited_caller",
