@@ -28,6 +28,7 @@ from avatarsigner import AvatarSignerClient, AvatarSignerError, upload_bytes
 from avatarsigner._propagation import trace_metadata
 from avatarsigner_server.telemetry.tracing import ATTRIBUTES, Tracing
 from conftest import verified_env
+from cryptography.hazmat.primitives.asymmetric import rsa
 from guarded import caller, new_token, write_callers
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -35,11 +36,13 @@ from opentelemetry.trace import SpanKind
 from PIL import Image
 from redis_server import RedisServer
 from servers import FAKE_ENV, ServerThread, free_port, settings_from, wait_serving
+from test_cloudfront_service import ORIGIN, cloudfront_env
 from test_tracing import Caller
 
 SERVICE = "avatarsigner.v1.AvatarSigner"
 PROFILE = caller("profile-service", ["CreateUploadUrl", "CreateDownloadUrl"])
 FEED = caller("feed-service", ["CreateDownloadUrl", "BatchCreateDownloadUrls"])
+VIEWER = caller("web-app", ["CreateViewerCookies"])
 JWT_SECRET = "end-user-hs256-secret-7d2c9f41e8b3a6d5c0f1"
 ISSUER, AUDIENCE = "https://id.example.test/", "avatar-signer"
 USER = "user-5be2a1"  # no span may name a user either
@@ -256,6 +259,87 @@ def test_no_url_signature_token_key_id_user_or_secret_in_any_span_of_a_whole_run
     assert leaks.find(text.splitlines()) == []
     assert not [event for span in spans for event in span.events]  # no exception events
     assert {key for span in spans for key in (span.attributes or {})} <= ATTRIBUTES
+
+
+def test_viewer_cookies_are_traced_through_the_shared_limit_and_no_span_holds_a_cookie(
+    tmp_path: Path, exporter: InMemorySpanExporter, redis_server: RedisServer
+) -> None:
+    env = cloudfront_env(
+        tmp_path,
+        rsa.generate_private_key(65537, 2048),
+        CALLERS_FILE=str(write_callers(tmp_path / "callers.toml", [VIEWER])),
+        RATE_LIMIT_REDIS_URL=redis_server.url,
+        DOWNLOADS_PER_CALLER_PER_SECOND="0.001",
+        DOWNLOADS_PER_CALLER_BURST="2",
+    )
+    running = ServerThread(settings_from(env), tracing=Tracing.exporting_to(exporter))
+    theirs = Caller()
+    try:
+        with AvatarSignerClient(running.target, metadata=VIEWER.metadata()) as client:
+            with theirs.tracer.start_as_current_span("feed page", kind=SpanKind.CLIENT):
+                grants = [client.create_viewer_cookies()]
+            grants.append(client.create_viewer_cookies(ttl=600))
+            with pytest.raises(AvatarSignerError) as caught:  # the caller's 2 are used up
+                client.create_viewer_cookies()
+    finally:
+        running.stop()
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    (their_span,) = theirs.exporter.get_finished_spans()
+    first, second, refused = server_spans(exporter, 3)
+    assert first.context is not None and their_span.context is not None
+    assert first.context.trace_id == their_span.context.trace_id
+    attributes = dict(first.attributes or {})
+    attributes.pop("avatarsigner.request_id")
+    assert attributes == {
+        "rpc.system.name": "grpc",
+        "rpc.method": f"{SERVICE}/CreateViewerCookies",
+        "rpc.response.status_code": "OK",
+        "avatarsigner.caller": "web-app",
+        "avatarsigner.auth": "token",
+        "avatarsigner.count": 1,
+    }
+    for span in (first, second, refused):  # the caller's limit, checked in the store
+        assert children_of(exporter, span) == ["rate_limit.caller"]
+    assert refused.attributes is not None
+    assert refused.attributes["rpc.response.status_code"] == "RESOURCE_EXHAUSTED"
+    assert refused.attributes["avatarsigner.outcome"] == "rate_limited_caller"
+    assert refused.status.status_code.name == "UNSET"
+    spans = exporter.get_finished_spans()
+    text = "\n".join(span.to_json() for span in spans)
+    forbidden = [
+        *(value for grant in grants for value in grant.cookies.values()),
+        *(header for grant in grants for header in grant.set_cookie),
+        "CloudFront-",
+        env["CLOUDFRONT_KEY_PAIR_ID"],
+        ORIGIN,
+        "https://",
+        VIEWER.token or "",
+        redis_server.url,
+    ]
+    for value in forbidden:
+        assert value and value not in text, value
+    assert leaks.find(text.splitlines()) == []
+    assert {key for span in spans for key in (span.attributes or {})} <= ATTRIBUTES
+
+
+def test_viewer_cookies_without_cloudfront_say_why_on_the_span(
+    exporter: InMemorySpanExporter,
+) -> None:
+    running = ServerThread(settings_from(), tracing=Tracing.exporting_to(exporter))
+    try:
+        with AvatarSignerClient(running.target) as client:
+            with pytest.raises(AvatarSignerError) as caught:
+                client.create_viewer_cookies()
+    finally:
+        running.stop()
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    (span,) = server_spans(exporter, 1)
+    assert span.name == f"{SERVICE}/CreateViewerCookies"
+    assert span.attributes is not None
+    assert span.attributes["rpc.response.status_code"] == "FAILED_PRECONDITION"
+    assert span.attributes["avatarsigner.outcome"] == "cloudfront_not_configured"
+    assert "error.type" not in span.attributes  # the server's configuration, not a fault
+    assert span.status.status_code.name == "UNSET"
 
 
 def test_confirm_uploads_s3_calls_are_steps_of_its_span(

@@ -14,7 +14,7 @@ The interceptor calls, per AvatarSigner RPC:
 
     with tracing.rpc(service, rpc, metadata) as span:   # continues metadata's traceparent
         span.caller(name, auth)                         # once the caller is known
-        span.count(urls)                                # the URLs asked for
+        span.count(urls)                                # the URLs asked for (viewer cookies: 1)
         ...                                             # handler; child steps:
         with tracing.step("upload_check.rate_limit"): ...
         span.outcome(code, reason)                      # final status code NAME, reason word
