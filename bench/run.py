@@ -1,6 +1,6 @@
 """`make bench`: one table, every figure measured in this run, written to BENCHMARKS.md.
 
-What runs (about two minutes, all on 127.0.0.1):
+What runs (about three minutes, all on 127.0.0.1):
 
 1. signers, in this process: ours vs boto3 `generate_presigned_url` vs botocore's
    S3SigV4QueryAuth called directly, GET and PUT, in interleaved rounds (median kept);
@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -429,6 +429,9 @@ class CloudFrontResults:
     batch: dict[str, Load] = field(default_factory=dict)  # "window", "no window"
     cookies: dict[str, Load] = field(default_factory=dict)  # "ours", "empty"
 
+    def loads(self) -> list[Load]:
+        return [*self.batch.values(), *self.cookies.values()]
+
 
 def cloudfront_env(workdir: Path) -> dict[str, str]:
     """CLOUDFRONT_* for a server: an RSA-2048 key (the common choice), SHA-1."""
@@ -643,46 +646,46 @@ class Results:
     cloudfront: CloudFrontResults | None = None
 
 
-def only_cloudfront() -> int:
-    """`--only cloudfront`: step 5 alone, printed, BENCHMARKS.md untouched."""
+# What a step run alone gives: its table rows, its notes, and its loads (for the statuses).
+Alone = tuple[list[str], list[str], list[Load]]
+
+
+def cloudfront_alone(workdir: Path, clients: LoadClients) -> Alone:
+    figures = measure_cloudfront(workdir, clients)
+    return cloudfront_rows(figures), cloudfront_notes(figures), figures.loads()
+
+
+def replicas_alone(workdir: Path, clients: LoadClients) -> Alone:
+    replicas = measure_replicas(clients, workdir)
+    return render_replicas(replicas), summary_replicas(replicas), replicas.loads()
+
+
+ONLY: dict[str, tuple[str, Callable[[Path, LoadClients], Alone]]] = {
+    "cloudfront": ("CloudFront", cloudfront_alone),  # step 5
+    "replicas": ("many replicas", replicas_alone),  # step 6
+}
+
+
+def run_alone(step: str) -> int:
+    """`--only STEP`: that step alone, printed, BENCHMARKS.md untouched."""
+    title, measure = ONLY[step]
     host = machine()
-    print(f"avatar-signer bench (CloudFront only): {host['nproc']} cores, {host['cpu']}")
+    print(f"avatar-signer bench ({title} only): {host['nproc']} cores, {host['cpu']}")
     with tempfile.TemporaryDirectory(prefix="avatar-bench-") as tmp:
         clients = LoadClients(1)
         try:
-            figures = measure_cloudfront(Path(tmp), clients)
+            rows, notes, loads = measure(Path(tmp), clients)
         finally:
             clients.close()
-    loads = [*figures.batch.values(), *figures.cookies.values()]
-    rows = [*TABLE_HEADER, *cloudfront_rows(figures)]
-    print("\n".join(["", *rows, "", *cloudfront_notes(figures)]))
+    print("\n".join(["", *TABLE_HEADER, *rows, "", *notes]))
     print(f"\nNon-OK gRPC statuses: {errors_note(*loads)}")
     return 0
-
-
-def only_replicas() -> int:
-    """`--only replicas`: step 6 alone, printed, BENCHMARKS.md untouched."""
-    host = machine()
-    print(f"avatar-signer bench (many replicas only): {host['nproc']} cores, {host['cpu']}")
-    with tempfile.TemporaryDirectory(prefix="avatar-bench-") as tmp:
-        clients = LoadClients(1)
-        try:
-            replicas = measure_replicas(clients, Path(tmp))
-        finally:
-            clients.close()
-    rows = [*TABLE_HEADER, *render_replicas(replicas)]
-    print("\n".join(["", *rows, "", *summary_replicas(replicas)]))
-    print(f"\nNon-OK gRPC statuses: {errors_note(*replicas.loads())}")
-    return 0
-
-
-ONLY = {"cloudfront": only_cloudfront, "replicas": only_replicas}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) == 2 and args[0] == "--only" and args[1] in ONLY:
-        return ONLY[args[1]]()
+        return run_alone(args[1])
     if args:
         print(f"usage: bench/run.py [--only {'|'.join(ONLY)}]", file=sys.stderr)
         return 2
@@ -814,7 +817,7 @@ def summary(r: Results) -> list[str]:
     all_loads += [*r.batch.values(), *r.workers_single.values(), *r.workers_batch.values()]
     all_loads += r.replicas.loads()
     if r.cloudfront is not None:
-        all_loads += [*r.cloudfront.batch.values(), *r.cloudfront.cookies.values()]
+        all_loads += r.cloudfront.loads()
     ours_urls = sum(loads["ours"].ok + loads["ours"].warmup for loads in r.single.values())
     ours_urls += r.workers_single["workers1"].ok + r.workers_single["workers1"].warmup
     for load in (r.batch["ours"], r.workers_batch["workers1"]):
