@@ -1,6 +1,6 @@
 """`make bench`: one table, every figure measured in this run, written to BENCHMARKS.md.
 
-What runs (about two minutes, all on 127.0.0.1):
+What runs (about three minutes, all on 127.0.0.1):
 
 1. signers, in this process: ours vs boto3 `generate_presigned_url` vs botocore's
    S3SigV4QueryAuth called directly, GET and PUT, in interleaved rounds (median kept);
@@ -11,17 +11,22 @@ What runs (about two minutes, all on 127.0.0.1):
    vs serving an empty handler (bench/variant_server.py) at 1, 8 and 64 calls in flight;
    BatchCreateDownloadUrls(100) vs a boto3-backed signer; `--workers 2` vs 1. Variants
    alternate in short rounds so machine noise hits both sides of each ratio alike;
-4. peak RSS (VmHWM) of every server process, after all of that;
-5. ConfirmUpload against a real S3 (SeaweedFS): p50 for a 200 KB and a 5 MiB JPEG vs the
-   bare GET + PUT of the same bytes, and peak RSS with 16 confirmations of 5 MiB in flight
-   (bench/confirm.py).
-6. CloudFront (bench/cloudfront.py in process, and servers with CLOUDFRONT_* set): µs per
+4. peak RSS (VmHWM) of every server process of step 3, after all of its load;
+5. CloudFront (bench/cloudfront.py in process, and servers with CLOUDFRONT_* set): µs per
    signed URL vs botocore's CloudFrontSigner, BatchCreateDownloadUrls(100) URLs/s with and
    without a reuse window, CreateViewerCookies vs the empty handler, and signatures per
-   feed page of 100 avatars in each mode.
+   feed page of 100 avatars in each mode;
+6. many replicas: the production command with a per-caller download limit set (never
+   refusing, so every call is checked) with its buckets per process vs shared through a
+   local redis-server (RATE_LIMIT_REDIS_URL), single URLs and batches; the cost of one
+   shared check (bench/shared_limits.py); tracing off vs on (every call a sampled span,
+   exported over OTLP/gRPC to a collector in another process that drops them);
+7. ConfirmUpload against a real S3 (SeaweedFS): p50 for a 200 KB and a 5 MiB JPEG vs the
+   bare GET + PUT of the same bytes, and peak RSS with 16 confirmations of 5 MiB in flight
+   (bench/confirm.py).
 
-`bench/run.py --only cloudfront` runs just step 6 and prints its rows (BENCHMARKS.md is
-written only by the whole run).
+`bench/run.py --only cloudfront` runs just step 5, `bench/run.py --only replicas` just step
+6; each prints its rows (BENCHMARKS.md is written only by the whole run).
 
 Every gRPC status is counted; a non-OK status is shown in the table, never dropped.
 """
@@ -41,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -50,7 +55,10 @@ from pathlib import Path
 import cloudfront
 import confirm
 import grpc
+import shared_limits
 import signing
+import tracing
+import uvloop
 from cryptography.hazmat.primitives.asymmetric import rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -77,7 +85,10 @@ ROUNDS = 3
 ROUND_SECONDS = float(os.environ.get("BENCH_ROUND_SECONDS", "2.0"))
 MAX_CALLS = 200_000  # per round: a bound besides the time
 BATCH = 100
+# Per-caller download limits that never refuse: every download call is checked.
+CHECKED = {"DOWNLOADS_PER_CALLER_PER_SECOND": "1000000", "DOWNLOADS_PER_CALLER_BURST": "1000000"}
 TARGETS = {
+    "shared": 0.85,
     "signer": 40.0,
     "single": 0.90,
     "batch": 30.0,
@@ -86,6 +97,11 @@ TARGETS = {
     "rss_mb": 80.0,
 }
 
+
+TABLE_HEADER = (
+    "| measurement | ours | baseline | ratio | target |",
+    "| --- | --- | --- | --- | --- |",
+)
 
 # --------------------------------------------------------------------------- processes
 
@@ -413,6 +429,9 @@ class CloudFrontResults:
     batch: dict[str, Load] = field(default_factory=dict)  # "window", "no window"
     cookies: dict[str, Load] = field(default_factory=dict)  # "ours", "empty"
 
+    def loads(self) -> list[Load]:
+        return [*self.batch.values(), *self.cookies.values()]
+
 
 def cloudfront_env(workdir: Path) -> dict[str, str]:
     """CLOUDFRONT_* for a server: an RSA-2048 key (the common choice), SHA-1."""
@@ -513,6 +532,102 @@ def cloudfront_rows(c: CloudFrontResults) -> list[str]:
 
 
 @dataclass
+class Replicas:
+    """Shared rate limits on vs off, the cost of one shared check, tracing on vs off."""
+
+    single: dict[str, Load] = field(default_factory=dict)
+    batch: dict[str, Load] = field(default_factory=dict)
+    traced: dict[str, Load] = field(default_factory=dict)
+    checks: shared_limits.CheckCosts | None = None
+
+    def loads(self) -> list[Load]:
+        return [*self.single.values(), *self.batch.values(), *self.traced.values()]
+
+
+def measure_replicas(clients: LoadClients, workdir: Path) -> Replicas:
+    """Step 6: shared rate limits and tracing, each pair of servers under the same load."""
+    result = Replicas()
+    with shared_limits.redis_server() as store, tracing.collector() as endpoint:
+        real = variant_command("real")
+        servers: dict[str, Server] = {}
+        try:
+            servers["local"] = start_server("limits-local", real, workdir, **CHECKED)
+            servers["shared"] = start_server(
+                "limits-shared", real, workdir, RATE_LIMIT_REDIS_URL=store, **CHECKED
+            )
+            servers["off"] = start_server("tracing-off", real, workdir)
+            servers["on"] = start_server(
+                "tracing-on", real, workdir, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint
+            )
+            limits = {"local": servers["local"], "shared": servers["shared"]}
+            print("  shared rate limits: CreateDownloadUrl, 8 in flight ...", flush=True)
+            result.single = compare(clients, limits, "download", 8)
+            print(f"  shared rate limits: BatchCreateDownloadUrls({BATCH}) ...", flush=True)
+            result.batch = compare(clients, limits, "batch", 2)
+            print("  tracing: CreateDownloadUrl, 8 in flight ...", flush=True)
+            result.traced = compare(
+                clients, {"off": servers["off"], "on": servers["on"]}, "download", 8
+            )
+        finally:
+            for server in servers.values():
+                server.stop()
+        print("  one shared check (in process) ...", flush=True)
+        result.checks = uvloop.run(shared_limits.measure(store))
+    return result
+
+
+def render_replicas(r: Replicas) -> list[str]:
+    """The rows of the many-replicas part (after the table's header)."""
+    local, shared = r.single["local"], r.single["shared"]
+    ratio = ratio_of(shared.rps, local.rps)
+    rows = [
+        f"| shared rate limits: CreateDownloadUrl, 8 in flight (a per-caller download limit "
+        f"checked on every call): RPS, p50 / p99 | store {fmt_int(shared.rps)} RPS, "
+        f"{latency(shared)} | per process {fmt_int(local.rps)} RPS, {latency(local)} "
+        f"| {ratio:.0%} | ≥ {TARGETS['shared']:.0%}: {verdict(ratio >= TARGETS['shared'])} |"
+    ]
+    local, shared = r.batch["local"], r.batch["shared"]
+    rows.append(
+        f"| shared rate limits: BatchCreateDownloadUrls({BATCH}), 2 in flight: URLs/s "
+        f"| store {fmt_int(shared.rps * BATCH)} URLs/s ({latency(shared)}) "
+        f"| per process {fmt_int(local.rps * BATCH)} URLs/s ({latency(local)}) "
+        f"| {ratio_of(shared.rps, local.rps):.0%} | — |"
+    )
+    if r.checks is not None:
+        checks = r.checks.per_check
+        rows.append(
+            f"| one shared check, one at a time ({r.checks.server}, 127.0.0.1): wall / CPU "
+            f"| {checks['shared'][0]:.0f} / {checks['shared'][1]:.0f} µs (PING alone "
+            f"{checks['PING'][0]:.0f} / {checks['PING'][1]:.0f} µs) "
+            f"| per process {checks['per-process'][1]:.1f} µs | — | — |"
+        )
+    off, on = r.traced["off"], r.traced["on"]
+    rows.append(
+        f"| tracing on (every call sampled, OTLP/gRPC export): CreateDownloadUrl, 8 in "
+        f"flight: RPS, p50 / p99 | on {fmt_int(on.rps)} RPS, {latency(on)} "
+        f"| off {fmt_int(off.rps)} RPS, {latency(off)} | {ratio_of(on.rps, off.rps):.0%} "
+        "| reported |"
+    )
+    return rows
+
+
+def summary_replicas(r: Replicas) -> list[str]:
+    """Server CPU per call for the many-replicas rows."""
+    local, shared = r.single["local"], r.single["shared"]
+    off, on = r.traced["off"], r.traced["on"]
+    return [
+        f"- shared rate limits, CreateDownloadUrl: {shared.server_us_per_call:.0f} µs of "
+        f"server CPU per call with the store, {local.server_us_per_call:.0f} µs per process "
+        f"(+{shared.server_us_per_call - local.server_us_per_call:.0f} µs; the store's own "
+        "CPU, on the same two cores, is not counted here but takes from them)",
+        f"- tracing, CreateDownloadUrl: {on.server_us_per_call:.0f} µs per call on, "
+        f"{off.server_us_per_call:.0f} µs off "
+        f"(+{on.server_us_per_call - off.server_us_per_call:.0f} µs: the span, its "
+        "attributes, the trace id on the audit line, and the export thread)",
+    ]
+
+
+@dataclass
 class Results:
     host: dict[str, str]
     signers: dict[str, signing.Timing]
@@ -524,35 +639,55 @@ class Results:
     workers_single: dict[str, Load] = field(default_factory=dict)
     workers_batch: dict[str, Load] = field(default_factory=dict)
     rss: dict[str, float] = field(default_factory=dict)
+    replicas: Replicas = field(default_factory=Replicas)
     logged: int = 0
     confirm: confirm.ConfirmFigures | None = None
     took: float = 0.0
     cloudfront: CloudFrontResults | None = None
 
 
-def only_cloudfront() -> int:
-    """`--only cloudfront`: step 5 alone, printed, BENCHMARKS.md untouched."""
+# What a step run alone gives: its table rows, its notes, and its loads (for the statuses).
+Alone = tuple[list[str], list[str], list[Load]]
+
+
+def cloudfront_alone(workdir: Path, clients: LoadClients) -> Alone:
+    figures = measure_cloudfront(workdir, clients)
+    return cloudfront_rows(figures), cloudfront_notes(figures), figures.loads()
+
+
+def replicas_alone(workdir: Path, clients: LoadClients) -> Alone:
+    replicas = measure_replicas(clients, workdir)
+    return render_replicas(replicas), summary_replicas(replicas), replicas.loads()
+
+
+ONLY: dict[str, tuple[str, Callable[[Path, LoadClients], Alone]]] = {
+    "cloudfront": ("CloudFront", cloudfront_alone),  # step 5
+    "replicas": ("many replicas", replicas_alone),  # step 6
+}
+
+
+def run_alone(step: str) -> int:
+    """`--only STEP`: that step alone, printed, BENCHMARKS.md untouched."""
+    title, measure = ONLY[step]
     host = machine()
-    print(f"avatar-signer bench (CloudFront only): {host['nproc']} cores, {host['cpu']}")
+    print(f"avatar-signer bench ({title} only): {host['nproc']} cores, {host['cpu']}")
     with tempfile.TemporaryDirectory(prefix="avatar-bench-") as tmp:
         clients = LoadClients(1)
         try:
-            figures = measure_cloudfront(Path(tmp), clients)
+            rows, notes, loads = measure(Path(tmp), clients)
         finally:
             clients.close()
-    rows = ["| measurement | ours | baseline | ratio | target |", "| --- | --- | --- | --- | --- |"]
-    loads = [*figures.batch.values(), *figures.cookies.values()]
-    print("\n".join(["", *rows, *cloudfront_rows(figures), "", *cloudfront_notes(figures)]))
+    print("\n".join(["", *TABLE_HEADER, *rows, "", *notes]))
     print(f"\nNon-OK gRPC statuses: {errors_note(*loads)}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if args == ["--only", "cloudfront"]:
-        return only_cloudfront()
+    if len(args) == 2 and args[0] == "--only" and args[1] in ONLY:
+        return run_alone(args[1])
     if args:
-        print("usage: bench/run.py [--only cloudfront]", file=sys.stderr)
+        print(f"usage: bench/run.py [--only {'|'.join(ONLY)}]", file=sys.stderr)
         return 2
     started = time.monotonic()
     host = machine()
@@ -591,6 +726,7 @@ def main(argv: list[str] | None = None) -> int:
                 # One audit line per signed URL, each with its expires_at (never the URL).
                 results.logged = servers["ours"].log.read_bytes().count(b'"expires_at"')
                 results.cloudfront = measure_cloudfront(workdir, clients, servers["empty"])
+            results.replicas = measure_replicas(clients, workdir)
         finally:
             clients.close()
         print("  ConfirmUpload on a real S3 ...", flush=True)
@@ -610,10 +746,7 @@ def ratio_of(numerator: float, denominator: float) -> float:
 
 
 def render(r: Results) -> str:
-    rows = [
-        "| measurement | ours | baseline | ratio | target |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    rows = list(TABLE_HEADER)
     for method in ("GET", "PUT"):
         own, sdk, direct = (r.signers[f"{who} {method}"] for who in ("ours", "boto3", "botocore"))
         ratio = ratio_of(sdk.microseconds, own.microseconds)
@@ -659,6 +792,7 @@ def render(r: Results) -> str:
             f"({one.server_cores:.2f} cores) | {ratio:.2f}x "
             f"| ≥ {TARGETS['workers']}x: {verdict(ratio >= TARGETS['workers'])} |"
         )
+    rows.extend(render_replicas(r.replicas))
     rows.append(
         f"| start-up, exec to SERVING (median of 3) | {r.startup_1 * 1000:.0f} ms "
         f"| `--workers 2`, all workers SERVING: {r.startup_2 * 1000:.0f} ms | — "
@@ -681,8 +815,9 @@ def render(r: Results) -> str:
 def summary(r: Results) -> list[str]:
     all_loads = [load for loads in r.single.values() for load in loads.values()]
     all_loads += [*r.batch.values(), *r.workers_single.values(), *r.workers_batch.values()]
+    all_loads += r.replicas.loads()
     if r.cloudfront is not None:
-        all_loads += [*r.cloudfront.batch.values(), *r.cloudfront.cookies.values()]
+        all_loads += r.cloudfront.loads()
     ours_urls = sum(loads["ours"].ok + loads["ours"].warmup for loads in r.single.values())
     ours_urls += r.workers_single["workers1"].ok + r.workers_single["workers1"].warmup
     for load in (r.batch["ours"], r.workers_batch["workers1"]):
@@ -711,6 +846,7 @@ def summary(r: Results) -> list[str]:
         f"{r.batch['ours'].server_us_per_call / BATCH:.1f} µs per URL, boto3-backed "
         f"{r.batch['boto3'].server_us_per_call / BATCH:.1f} µs per URL"
     )
+    lines.extend(summary_replicas(r.replicas))
     b = r.breakdown
     lines.append(
         f"- profile of that handler in process (no gRPC; pyinstrument, {b['handler']:.1f} µs "

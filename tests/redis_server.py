@@ -6,10 +6,9 @@ once it answers PING. `stop()` kills it (as a crash would), `start_again()` brin
 on the same port, `pause()`/`resume()` freeze it with SIGSTOP/SIGCONT: a store that
 accepts connections and never answers.
 
-The `redis_server` fixture gives each test its own server (`redis_server_with_password`
-one with `requirepass`, the password registered with `leaks.remember`). Tests use them
-with `pytest_plugins = ("redis_server",)`; once more than one module needs them, they
-belong in conftest.py.
+The `redis_server` fixture (conftest.py) gives each test its own server through
+`running()`; `redis_server_with_password` one with `requirepass`, the password registered
+with `leaks.remember`.
 """
 
 from __future__ import annotations
@@ -138,7 +137,8 @@ class RedisServer:
         return " | ".join(lines[-3:]) or "(no log)"
 
 
-def _running(workdir: Path, password: str | None = None) -> Iterator[RedisServer]:
+def running(workdir: Path, password: str | None = None) -> Iterator[RedisServer]:
+    """A server for the length of a fixture; the test fails (never skips) without the package."""
     try:
         server = RedisServer.start(workdir, password)
     except RuntimeError as error:
@@ -149,15 +149,8 @@ def _running(workdir: Path, password: str | None = None) -> Iterator[RedisServer
         server.stop()
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """This test's own redis-server; the test fails (never skips) without the package."""
-    yield from _running(tmp_path)
-
-
-@pytest.fixture
-def redis_server_with_password(tmp_path: Path) -> Iterator[RedisServer]:
-    """As redis_server, with `requirepass` (no log line may hold the password)."""
+def new_password() -> str:
+    """A random password, registered so that no log line may carry it."""
     password = secrets.token_urlsafe(24)
     leaks.remember(password)
-    yield from _running(tmp_path, password)
+    return password

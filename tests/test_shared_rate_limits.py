@@ -1,6 +1,6 @@
 """Rate limits shared through a real redis-server: one limit across processes, outages.
 
-Each test gets its own redis-server on 127.0.0.1 (tests/redis_server.py). Limiters run on
+Each test gets its own redis-server on 127.0.0.1 (the conftest.py fixture). Limiters run on
 uvloop, the service's event loop; two `SharedStore`s with their own connection pools stand
 for two processes, and one test uses two real OS processes.
 """
@@ -16,7 +16,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import leaks
 import pytest
@@ -28,15 +28,11 @@ from avatarsigner_server.access.shared_rate_limits import (
     Reason,
     SharedBuckets,
     SharedStore,
-    StoreAddress,
     StoreUnavailable,
 )
 from avatarsigner_server.settings.access import RateLimit
-
-if TYPE_CHECKING:
-    from redis_server import RedisServer
-
-pytest_plugins = ("redis_server",)
+from avatarsigner_server.settings.rate_limit_store import StoreAddress
+from redis_server import RedisServer
 
 T = TypeVar("T")
 SLOW = RateLimit(rate=0.001, burst=5)  # no refill within a test: counts are exact

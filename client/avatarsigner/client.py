@@ -19,6 +19,10 @@ Every failed call raises `AvatarSignerError` (the status code, the server's mess
 for INVALID_ARGUMENT, one `FieldViolation` per bad field). `upload_bytes` raises
 `UploadError`. Neither ever carries a presigned URL: the URL's query string is a bearer
 credential, so it is kept out of every message and every ``repr``.
+
+When the calling process uses OpenTelemetry (`opentelemetry-api` installed; not a
+dependency of this package), every call carries the current trace context (`traceparent`),
+so the server's span joins the caller's trace.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ._propagation import trace_metadata
 from .contract import AUTHORIZATION_METADATA, END_USER_TOKEN_METADATA
 from .images import detect_content_type, sha256_base64
 from .v1 import avatar_signer_pb2 as pb
@@ -626,7 +631,7 @@ class AvatarSignerClient:
         if self._closed:
             raise RuntimeError("AvatarSignerClient is closed")
         self._options.check_credentials(extra)
-        metadata = (*self._options.metadata, *extra)
+        metadata = (*self._options.metadata, *extra, *trace_metadata())
         try:
             return method(request, timeout=self._options.timeout, metadata=metadata)
         except grpc.RpcError as error:
@@ -781,7 +786,9 @@ class AsyncAvatarSignerClient:
         self._options.check_credentials(extra)
         try:
             return await method(
-                request, timeout=self._options.timeout, metadata=(*self._options.metadata, *extra)
+                request,
+                timeout=self._options.timeout,
+                metadata=(*self._options.metadata, *extra, *trace_metadata()),
             )
         except grpc.RpcError as error:
             raise AvatarSignerError.from_rpc_error(error) from error

@@ -132,9 +132,13 @@ class DeadlineExceeded(ServiceError):
 
 
 class Unavailable(ServiceError):
-    """UNAVAILABLE: a dependency (S3) did not answer as it must; a retry may succeed."""
+    """UNAVAILABLE: a dependency (S3, the rate-limit store) did not answer as it must; a
+    retry may succeed, after `retry_after_seconds` when that is known (a RetryInfo)."""
 
     code = "UNAVAILABLE"
 
-    def __init__(self, why: str, message: str) -> None:
+    def __init__(
+        self, why: str, message: str, retry_after_seconds: float | None = None
+    ) -> None:
         super().__init__(message, why.lower(), error_info=why)
+        self.retry_after_seconds = retry_after_seconds

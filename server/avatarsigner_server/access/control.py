@@ -3,28 +3,38 @@
     tls           server credentials (TLS, or mutual TLS with a client CA), or plaintext
     callers       the callers file (CALLERS_FILE), or None: every caller allowed
     end_users     the end-user token verifier for uploads, or None (off)
-    limiter       token buckets per caller and per user
+    limiter       token buckets per caller and per user: in this process, or in the shared
+                  store when one is given (RATE_LIMIT_REDIS_URL)
     guard         the interceptor that authenticates, authorizes and rate-limits each call
     upload_gates  what the servicer runs before signing an upload URL
     delete_gates  what the servicer runs before deleting an avatar
+                  (each gate a child span, `upload_check.*` or `delete_check.*`, when
+                  tracing is on)
     reloader      re-reads the callers, JWKS and TLS files on SIGHUP or when they change
 
-The audit log and the metrics are the server's, passed in.
+The audit log, the metrics, the shared store and the tracing are the server's, passed in.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import grpc
 
 from ..api.servicer import UserGate
 from ..settings.access import AccessSettings
 from ..telemetry.audit import Audit
+from ..telemetry.call_context import Call
 from ..telemetry.metrics import Metrics
+from ..telemetry.tracing import Tracing
 from .callers import CallersFile
 from .end_users import EndUserVerifier
 from .guard import CallGuard
-from .rate_limits import RateLimiter
+from .rate_limits import Limiter, RateLimiter
 from .reloading import FileReloader
+
+if TYPE_CHECKING:  # imported only with a store: the Redis client costs ~20 MB per process
+    from .shared_rate_limits import SharedStore
 from .tls import ServerTls
 
 
@@ -32,8 +42,15 @@ class AccessControl:
     """Who may call which RPC, how fast, and over what transport (see module docstring)."""
 
     def __init__(
-        self, settings: AccessSettings, audit: Audit, metrics: Metrics | None = None
+        self,
+        settings: AccessSettings,
+        audit: Audit,
+        metrics: Metrics | None = None,
+        *,
+        store: SharedStore | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        tracing = tracing or Tracing.off()
         watched = [
             path
             for path in (
@@ -66,20 +83,29 @@ class AccessControl:
         )
         if metrics is not None:
             metrics.watch_files(self.reloader.status)
-        self.limiter = RateLimiter(settings.rate_limits)
-        self.guard = CallGuard(self.callers, self.limiter, audit, metrics)
+        self.store = store
+        self.limiter: Limiter = RateLimiter(settings.rate_limits)
+        if store is not None:
+            from .shared_rate_limits import SharedRateLimiter
+
+            self.limiter = SharedRateLimiter(settings.rate_limits, store)
+        self.guard = CallGuard(self.callers, self.limiter, audit, metrics, tracing)
         gates: list[UserGate] = []
         if self.end_users is not None:
             # First: a call without the user's token must not use up the user's bucket.
-            gates.append(self.end_users.admit_upload)
-        gates.append(self.limiter.admit_upload_user)
+            gates.append(_step(tracing, "upload_check.end_user_token", self.end_users.admit_upload))
+        gates.append(_step(tracing, "upload_check.rate_limit_user", self.limiter.admit_upload_user))
         self.upload_gates: tuple[UserGate, ...] = tuple(gates)
         # The same for deletions, but a caller that runs account deletion needs no
         # end-user token; the user's bucket is the same one (an avatar change is one).
         deletion: list[UserGate] = []
         if self.end_users is not None:
-            deletion.append(self.end_users.admit_deletion)
-        deletion.append(self.limiter.admit_upload_user)
+            deletion.append(
+                _step(tracing, "delete_check.end_user_token", self.end_users.admit_deletion)
+            )
+        deletion.append(
+            _step(tracing, "delete_check.rate_limit_user", self.limiter.admit_upload_user)
+        )
         self.delete_gates: tuple[UserGate, ...] = tuple(deletion)
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
@@ -122,4 +148,21 @@ class AccessControl:
             if self.callers is None
             else [c.name for c in self.callers.table.callers],
             "end_user_tokens": "off" if self.end_users is None else self.end_users.mode,
+            "rate_limits": "per process"
+            if self.store is None
+            else f"shared: {self.store.address} (failure {self.store.failure})",
         }
+
+
+def _step(tracing: Tracing, name: str, gate: UserGate) -> UserGate:
+    """The gate inside a child span `name` when tracing is on; the gate itself when off."""
+    if not tracing.enabled:
+        return gate
+
+    async def traced(call: Call, user_id: str) -> None:
+        with tracing.step(name):
+            pending = gate(call, user_id)
+            if pending is not None:
+                await pending
+
+    return traced

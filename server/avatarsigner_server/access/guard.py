@@ -18,6 +18,8 @@ grpcurl work), in this order:
                     are not the RPC's message -> INVALID_ARGUMENT
     3. authorize    the RPC must be in the caller's `allow` -> else PERMISSION_DENIED
     4. rate limit   the caller's bucket for uploads or downloads -> RESOURCE_EXHAUSTED
+                    (with a shared store: one round trip, a `rate_limit.caller` step;
+                    closed mode and the store unreachable -> UNAVAILABLE)
     5. the handler runs with the `Call` current (call_context.current()); it adds the
        per-user gates (end-user token, per-user upload limit) and audits what it signs
 
@@ -31,6 +33,10 @@ is counted in the metrics, but past a small burst only about one a second per ad
 written, and that line says how many were left out;
 every call is counted by method and final status code, with its latency. Without a callers
 file every caller is allowed as "anonymous" (local development; start-up warns).
+
+Each call is one SERVER span (telemetry.tracing; a shared do-nothing span when tracing is
+off) continuing the caller's `traceparent`: its caller and how it proved itself once known,
+the URLs it asks for, and its final status code with the refusal's reason word.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from avatarsigner.contract import (
     END_USER_TOKEN_METADATA,
     METHOD_PREFIX,
     REQUEST_ID_METADATA,
+    SERVICE_NAME,
 )
 
 from ..api.status import abort_with
@@ -64,8 +71,9 @@ from ..telemetry import call_context
 from ..telemetry.audit import Audit
 from ..telemetry.call_context import ANONYMOUS, Call
 from ..telemetry.metrics import Metrics
+from ..telemetry.tracing import RpcSpan, Tracing
 from .callers import DNS, URI, Caller, CallersFile, CallerTable, TlsIdentity
-from .rate_limits import Buckets, Monotonic, RateLimiter
+from .rate_limits import Admission, Buckets, Limiter, Monotonic
 
 log = logging.getLogger("avatarsigner.guard")
 
@@ -195,14 +203,16 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
     def __init__(
         self,
         callers: CallersFile | None,
-        limiter: RateLimiter,
+        limiter: Limiter,
         audit: Audit,
         metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._callers = callers
         self._limiter = limiter
         self._audit = audit
         self._metrics = metrics
+        self._tracing = tracing or Tracing.off()
         self._unidentified = RefusalSampler()
         # method -> (the handler gRPC gave us, our wrapper of it)
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -237,40 +247,65 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
             code: grpc.StatusCode | None = None
             metadata, repeated = _metadata(context)
             request_id = call_context.request_id({} if repeated else metadata)
-            request: Any = None
-            try:
-                call = Call(request_id, rpc, metadata=metadata)
+            with self._tracing.rpc(SERVICE_NAME, rpc, metadata, request_id) as span:
                 try:
-                    _refuse_repeated(repeated)
-                    caller, how = self._identify(metadata, context)
-                    name = ANONYMOUS if caller is None else caller.name
-                    call = Call(
-                        request_id,
-                        rpc,
-                        name,
-                        how,
-                        metadata,
-                        account_deletion=caller is not None and caller.account_deletion,
+                    unknown = Call(request_id, rpc, metadata=metadata)
+                    call, request = await self._admitted(
+                        unknown, repeated, raw, parse, context, span
                     )
-                    request = _parsed(rpc, parse, raw)
-                    self._authorize(call, caller, request)
-                except ServiceError as error:
-                    self._refused(call, error, request, context)
-                    await abort_with(context, error)
-                token = call_context.enter(call)
-                try:
-                    return await inner(request, context)
+                    token = call_context.enter(call)
+                    try:
+                        return await inner(request, context)
+                    finally:
+                        call_context.leave(token)
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
                 finally:
-                    call_context.leave(token)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            finally:
-                if self._metrics is not None:
                     code = code or context.code() or grpc.StatusCode.OK
-                    self._metrics.call(rpc, code, time.perf_counter() - started)
+                    span.outcome(code.name)
+                    if self._metrics is not None:
+                        self._metrics.call(rpc, code, time.perf_counter() - started)
 
         return guarded
+
+    async def _admitted(
+        self,
+        call: Call,
+        repeated: str | None,
+        raw: bytes,
+        parse: Deserializer | None,
+        context: grpc.aio.ServicerContext,
+        span: RpcSpan,
+    ) -> tuple[Call, Any]:
+        """The call and its request once the caller is known, allowed this RPC and within
+        its rate limit (the request parsed only once the caller is known); otherwise the
+        refusal is audited, said on the span, and the call aborted (raises)."""
+        request: Any = None
+        try:
+            _refuse_repeated(repeated)
+            caller, how = self._identify(call.metadata, context)
+            name = ANONYMOUS if caller is None else caller.name
+            call = Call(
+                call.request_id,
+                call.rpc,
+                name,
+                how,
+                call.metadata,
+                account_deletion=caller is not None and caller.account_deletion,
+            )
+            span.caller(name, how)
+            request = _parsed(call.rpc, parse, raw)
+            self._authorize(call, caller)
+            pending = self._caller_limit(call, request, span)
+            if pending is not None:  # the shared store decides: one round trip
+                with self._tracing.step("rate_limit.caller"):
+                    await pending
+        except ServiceError as error:
+            span.outcome(error.code, error.reason)
+            self._refused(call, error, request, context)
+            await abort_with(context, error)
+        return call, request
 
     def _refused(
         self, call: Call, error: ServiceError, request: Any, context: grpc.aio.ServicerContext
@@ -294,13 +329,20 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
             return None, "open"
         return self._authenticate(self._callers.table, metadata, context)
 
-    def _authorize(self, call: Call, caller: Caller | None, request: Any) -> None:
-        """PermissionDenied unless the RPC is in the caller's allow; RateLimited when over."""
+    @staticmethod
+    def _authorize(call: Call, caller: Caller | None) -> None:
+        """PermissionDenied unless the RPC is in the caller's allow."""
         if caller is not None and call.rpc not in caller.allow:
             raise PermissionDenied(
                 f"caller {caller.name} may not call {call.rpc}", "rpc_not_allowed"
             )
-        self._limiter.admit_caller(call.caller or ANONYMOUS, call.rpc, _cost(call.rpc, request))
+
+    def _caller_limit(self, call: Call, request: Any, span: RpcSpan) -> Admission:
+        """The caller's rate limit for this kind of call: RateLimited when over, None when
+        decided at once, or the shared store's check to await."""
+        cost = _cost(call.rpc, request)
+        span.count(cost)
+        return self._limiter.admit_caller(call.caller or ANONYMOUS, call.rpc, cost)
 
     @staticmethod
     def _authenticate(

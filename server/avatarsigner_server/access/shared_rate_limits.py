@@ -18,6 +18,9 @@ call); meanwhile the failure mode decides:
     open    the check goes to the per-process buckets given as `fallback` (today's limits)
     closed  the check raises StoreUnavailable (the caller is answered UNAVAILABLE)
 
+`SharedRateLimiter` keeps the service's limits (RateLimiter's) in such buckets: each
+limit that is on costs one round trip per check, a limit that is off costs nothing.
+
 Every check the store did not decide is reported to `on_unreachable(reason)` (a metric
 counter), and logged as a WARNING at most once per `warn_every` seconds; one INFO line says
 when the store answers again. Nothing logged or raised carries the store's password.
@@ -29,10 +32,8 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Literal, NoReturn, Protocol
-from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -41,14 +42,23 @@ from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-FailureMode = Literal["open", "closed"]
-FAILURE_MODES: tuple[FailureMode, ...] = ("open", "closed")
+from ..errors import Unavailable
+from ..settings.access import RateLimits
+from ..settings.rate_limit_store import (
+    DEFAULT_TIMEOUT_SECONDS,
+    FAILURE_MODES,
+    FailureMode,
+    RateLimitStoreSettings,
+    StoreAddress,
+)
+from ..telemetry.call_context import Call
+from .rate_limits import UPLOAD_RPCS, Buckets, RateLimiter, check_caller, check_upload_user
+
 # Why a check was not decided by the store: the values of the metric's `reason` label.
 Reason = Literal["timeout", "connection", "error", "skipped"]
 OnUnreachable = Callable[[Reason], None]
 Monotonic = Callable[[], float]
 
-DEFAULT_TIMEOUT_SECONDS = 0.25
 DEFAULT_RETRY_AFTER_SECONDS = 1.0
 DEFAULT_MAX_CONNECTIONS = 32
 WARN_EVERY_SECONDS = 60.0
@@ -118,40 +128,6 @@ class StoreUnavailable(Exception):
         self.detail = detail
 
 
-@dataclass(frozen=True)
-class StoreAddress:
-    """A `redis://` or `rediss://` URL, checked; `str()` is it without user or password."""
-
-    url: str
-    tls: bool
-    host: str
-    port: int
-    db: int
-
-    @classmethod
-    def parse(cls, url: str) -> StoreAddress:
-        """The address, or ValueError saying what is wrong (never echoing the URL)."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss"):
-            raise ValueError("must be a redis:// or rediss:// URL")
-        try:
-            port = parts.port or 6379
-        except ValueError:
-            raise ValueError("has a port that is not a number from 1 to 65535") from None
-        if not parts.hostname:
-            raise ValueError("must name a host, as in redis://valkey:6379/0")
-        if parts.query or parts.fragment:
-            raise ValueError("must not have a query or fragment (timeouts are settings)")
-        path = unquote(parts.path).strip("/")
-        if path and not (path.isdigit() and int(path) < 16_384):
-            raise ValueError("may only have a database number as its path, as in /0")
-        return cls(url, parts.scheme == "rediss", parts.hostname, port, int(path or 0))
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'rediss' if self.tls else 'redis'}://{host}:{self.port}/{self.db}"
-
-
 class _Outage:
     """What the store's failures look like from outside: a hook, throttled WARNINGs."""
 
@@ -200,6 +176,20 @@ class SharedStore:
     so it is back in use at most `retry_after + timeout` seconds after it returns.
     """
 
+    @classmethod
+    def from_settings(
+        cls, settings: RateLimitStoreSettings, on_unreachable: OnUnreachable | None = None
+    ) -> SharedStore:
+        """The store RATE_LIMIT_REDIS_* describe (no connection is made until the first check)."""
+        return cls(
+            settings.url,
+            failure=settings.failure,
+            timeout=settings.timeout_seconds,
+            password=settings.password,
+            ca_file=settings.ca_file,
+            on_unreachable=on_unreachable,
+        )
+
     def __init__(
         self,
         url: str,
@@ -208,6 +198,7 @@ class SharedStore:
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         retry_after: float = DEFAULT_RETRY_AFTER_SECONDS,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        password: str | None = None,
         ca_file: str | None = None,
         on_unreachable: OnUnreachable | None = None,
         warn_every: float = WARN_EVERY_SECONDS,
@@ -225,12 +216,16 @@ class SharedStore:
         self.address = StoreAddress.parse(url)
         self.failure: FailureMode = failure
         self.timeout = timeout
-        self._retry_after = retry_after
+        self.retry_after = retry_after
         self._key_prefix = key_prefix
         self._clock = clock
         self._skip_until = float("-inf")
         self._outage = _Outage(self.address, on_unreachable, warn_every)
-        tls = {"ssl_ca_certs": ca_file} if self.address.tls and ca_file else {}
+        options: dict[str, object] = {}
+        if self.address.tls and ca_file:
+            options["ssl_ca_certs"] = ca_file
+        if password is not None:  # the URL's own password, when it has one, wins
+            options["password"] = password
         # One attempt per check (redis-py retries up to 10 times by default); waiting for a
         # free connection, connecting and reading each give up within the timeout.
         self._pool = BlockingConnectionPool.from_url(
@@ -241,7 +236,7 @@ class SharedStore:
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
-            **tls,
+            **options,
         )
         self._redis = Redis(connection_pool=self._pool)
         self._take = self._redis.register_script(TAKE_SCRIPT)
@@ -294,7 +289,7 @@ class SharedStore:
     def _failed(self, reason: Reason, detail: str, *, backoff: bool = False) -> NoReturn:
         now = self._clock()
         if backoff:
-            self._skip_until = now + self._retry_after
+            self._skip_until = now + self.retry_after
         self._outage.check_failed(reason, detail, now)
         raise StoreUnavailable(reason, detail) from None
 
@@ -335,3 +330,55 @@ class SharedBuckets:
             if self._store.failure == "closed":
                 raise
         return self._fallback.take(key, cost)
+
+
+class SharedRateLimiter:
+    """The service's limits (as RateLimiter) with their buckets in the store.
+
+    A limit that is off costs nothing (None: no round trip); each limit that is on is one
+    round trip per check. The per-process buckets are the fallback in open mode; in closed
+    mode a check the store did not decide is UNAVAILABLE (reason
+    `rate_limit_store_unavailable`, RetryInfo: when the store is asked again).
+    """
+
+    def __init__(
+        self, limits: RateLimits, store: SharedStore, clock: Monotonic = time.monotonic
+    ) -> None:
+        local = RateLimiter(limits, clock)
+
+        def shared(name: str, fallback: Buckets | None) -> SharedBuckets | None:
+            return None if fallback is None else store.buckets(name, fallback.limit, fallback)
+
+        self.store = store
+        self._upload_per_caller = shared("upload_per_caller", local.upload_per_caller)
+        self._upload_per_user = shared("upload_per_user", local.upload_per_user)
+        self._download_per_caller = shared("download_per_caller", local.download_per_caller)
+
+    def admit_caller(self, caller: str, rpc: str, cost: int) -> Awaitable[None] | None:
+        """None when this kind of call has no caller limit; else the check to await."""
+        buckets = self._upload_per_caller if rpc in UPLOAD_RPCS else self._download_per_caller
+        if buckets is None:
+            return None
+        return self._admit_caller(buckets, caller, rpc, cost)
+
+    def admit_upload_user(self, call: Call, user_id: str) -> Awaitable[None] | None:
+        """None without a per-user upload limit; else the check to await."""
+        if self._upload_per_user is None:
+            return None
+        return self._admit_upload_user(self._upload_per_user, user_id)
+
+    async def _admit_caller(
+        self, buckets: SharedBuckets, caller: str, rpc: str, cost: int
+    ) -> None:
+        check_caller(await self._take(buckets, caller, cost), caller, rpc)
+
+    async def _admit_upload_user(self, buckets: SharedBuckets, user_id: str) -> None:
+        check_upload_user(await self._take(buckets, user_id, 1))
+
+    async def _take(self, buckets: SharedBuckets, key: str, cost: float) -> float:
+        try:
+            return await buckets.take(key, cost)
+        except StoreUnavailable as error:  # closed mode
+            raise Unavailable(
+                "RATE_LIMIT_STORE_UNAVAILABLE", str(error), max(self.store.retry_after, 0.001)
+            ) from None

@@ -30,7 +30,7 @@ from ..signing.cloudfront_viewers import ViewerCookieSigner
 from ..signing.object_keys import ObjectKeys
 from ..signing.upload_ids import UploadTicket
 from ..signing.url_signers import DownloadUrls, UploadSigner
-from ..telemetry import call_context, logs
+from ..telemetry import call_context, logs, tracing
 from ..telemetry.audit import Audit
 from ..telemetry.call_context import Call
 from ..verification.confirm import Confirmer
@@ -43,8 +43,10 @@ Resp = TypeVar("Resp")
 Handler = Callable[["AvatarSignerService", Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 # Called with the current call and the validated user id before a user's avatar may change
 # (an upload URL is signed, the avatar deleted); raises a ServiceError to refuse it
-# (end-user binding, per-user rate limit).
-UserGate = Callable[[Call, str], None]
+# (end-user binding, per-user rate limit). A gate that decides at once returns None; one
+# that must ask elsewhere (the shared rate-limit store) returns an awaitable that decides,
+# so gates that need no I/O stay synchronous.
+UserGate = Callable[[Call, str], Awaitable[None] | None]
 
 
 def _handled(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
@@ -57,6 +59,7 @@ def _handled(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         except ServiceError as error:
             call = call_context.current(handler.__name__)
             self._audit.denied(call, error, getattr(request, "user_id", None))
+            tracing.rpc_outcome(error.code, error.reason)
             await abort_with(context, error)
             raise  # unreachable: abort raises
         except Exception:
@@ -122,7 +125,9 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
         upload = validation.upload(request, self._limits)
         call = call_context.current("CreateUploadUrl")
         for gate in self._upload_gates:
-            gate(call, upload.user_id)
+            pending = gate(call, upload.user_id)
+            if pending is not None:
+                await pending
         upload_id = ""
         if self._confirmer is None:
             key = self._keys.key_for(upload.user_id)
@@ -196,7 +201,9 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
             )
         call = call_context.current("DeleteAvatar")
         for gate in self._delete_gates:
-            gate(call, user_id)
+            pending = gate(call, user_id)
+            if pending is not None:
+                await pending
         removal = await self._remover.remove(user_id)
         self._audit.deleted(call, user_id, removal.removed_keys, removal.deleted)
         return pb.DeleteAvatarResponse(

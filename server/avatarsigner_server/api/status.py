@@ -3,7 +3,8 @@
 Each `ServiceError` becomes a status with its code, its message and the google.rpc details
 that say more to a program: an ErrorInfo with a fixed reason word (domain avatarsigner.v1)
 where the error has one, a BadRequest with the field violations, a RetryInfo with the time
-until a retry can succeed.
+until a retry can succeed (RESOURCE_EXHAUSTED from a rate limit, UNAVAILABLE while the
+rate-limit store cannot decide).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ..errors import ERROR_DOMAIN, InvalidArgument, RateLimited, ServiceError
+from ..errors import ERROR_DOMAIN, InvalidArgument, RateLimited, ServiceError, Unavailable
 
 
 def status_code(error: ServiceError) -> grpc.StatusCode:
@@ -55,10 +56,13 @@ def _specific(error: ServiceError) -> list[any_pb2.Any]:
                 )
             )
         ]
-    if isinstance(error, RateLimited):
+    retry_after = (
+        error.retry_after_seconds if isinstance(error, RateLimited | Unavailable) else None
+    )
+    if retry_after is not None:
         delay = duration_pb2.Duration()
         # Whole milliseconds, rounded up: retrying at the advertised moment must succeed.
-        delay.FromMilliseconds(max(1, math.ceil(error.retry_after_seconds * 1000)))
+        delay.FromMilliseconds(max(1, math.ceil(retry_after * 1000)))
         return [_packed(error_details_pb2.RetryInfo(retry_delay=delay))]
     return []
 

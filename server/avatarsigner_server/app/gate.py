@@ -42,8 +42,13 @@ PUSHBACK_METADATA = "grpc-retry-pushback-ms"
 
 
 def _shutting_down(pushback_ms: int) -> grpc.Status:
+    """UNAVAILABLE, reason SHUTTING_DOWN, with a RetryInfo and the pushback for gRPC's retry."""
     status = to_status(
-        Unavailable("SHUTTING_DOWN", "the server is shutting down: retry on another replica")
+        Unavailable(
+            "SHUTTING_DOWN",
+            "the server is shutting down: retry on another replica",
+            retry_after_seconds=pushback_ms / 1000,
+        )
     )
     # grpc.Status from grpc_status is a named tuple: add the pushback to its trailers.
     trailers = (*status.trailing_metadata, (PUSHBACK_METADATA, str(pushback_ms)))

@@ -12,13 +12,18 @@ sequence:
               pushback for REFUSE_SECONDS, which empties gRPC's queue of received calls
               (see app.gate); wait for the calls in handlers, then stop within what is left
               of SHUTDOWN_GRACE_SECONDS, return. A call the server received ends OK or
-              UNAVAILABLE, never CANCELLED (docs/operating.md, "Deploys").
+              UNAVAILABLE, never CANCELLED (docs/operating.md, "Shutdown: the drain"). Last,
+              close the shared rate-limit store's connections and export the spans still
+              buffered.
 
 Connections are closed after GRPC_MAX_CONNECTION_AGE_SECONDS (a GOAWAY, so clients
 reconnect and spread over replicas; calls on it get the age grace) and pinged when quiet
 for GRPC_KEEPALIVE_SECONDS (a dead peer is dropped); clients may ping every
 CLIENT_PING_SECONDS. gRPC holds up to GRPC_MAX_PENDING_CALLS received calls before any
 handler takes them (see settings.serving).
+
+Health follows the credentials only: the shared rate-limit store being down never makes
+the server NOT_SERVING (its failure mode decides what calls get; a metric says it).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from ..settings.file_modes import world_readable_secrets
 from ..settings.identities import describe
 from ..signing.clock import Clock, utc_now
 from ..telemetry import logs
+from ..telemetry.tracing import Tracing
 from . import wiring
 from .gate import CallGate
 
@@ -91,14 +97,17 @@ class AvatarSignerServer:
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         clock: Clock = utc_now,
         credentials: CredentialWatcher | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.health = health.aio.HealthServicer()
         # Credentials, metrics, audit, access control, the servicer (reads their files now).
-        parts = wiring.build(settings, clock, credentials)
+        parts = wiring.build(settings, clock, credentials, tracing)
         self.credentials = parts.credentials
         self.metrics = parts.metrics
         self.access = parts.access
+        self.tracing = parts.tracing
+        self._store = parts.store
         self._service = parts.servicer
         self._watch: asyncio.Task[None] | None = None
         self._reload_watch: asyncio.Task[None] | None = None
@@ -212,7 +221,16 @@ class AvatarSignerServer:
         self._service.close()
         if self._health_server is not None:  # probes saw NOT_SERVING throughout the drain
             await self._health_server.stop(0)
+        await self._close_shared_parts()
         await self.metrics.stop()
+
+    async def _close_shared_parts(self) -> None:
+        """Once no call is left: the store's connections closed, buffered spans exported
+        (the exporter blocks, so in a thread, within its own timeout)."""
+        if self._store is not None:
+            await self._store.aclose()
+        if self.tracing.enabled:
+            await asyncio.to_thread(self.tracing.shutdown)
 
     def reload(self) -> None:
         """SIGHUP: re-read the callers, JWKS and TLS files; calls in flight are unaffected."""
@@ -222,12 +240,16 @@ class AvatarSignerServer:
         await self._server.wait_for_termination()
 
 
-async def serve(settings: Settings, on_serving: Callable[[int], None] | None = None) -> None:
+async def serve(
+    settings: Settings,
+    on_serving: Callable[[int], None] | None = None,
+    tracing: Tracing | None = None,
+) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully.
 
     on_serving(port) is called once the server is SERVING (a worker tells its supervisor).
     """
-    server = AvatarSignerServer(settings)
+    server = AvatarSignerServer(settings, tracing=tracing)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -261,6 +283,7 @@ async def serve(settings: Settings, on_serving: Callable[[int], None] | None = N
                 host_port(settings.grpc_host, server.health_port) if server.health_port else None
             ),
             **server.access.describe(),
+            "tracing": "on" if server.tracing.enabled else "off",
         },
     )
     if on_serving is not None:

@@ -2,7 +2,9 @@
 
     Settings -> credential sources (watched) -> the two URL signers, each holding one
     identity -> the servicer; in verified mode the confirmer, reading and writing as the
-    verifier; metrics and the audit log; access control around it.
+    verifier; metrics and the audit log; access control around it, with the shared
+    rate-limit store (RATE_LIMIT_REDIS_URL: one per process, on its event loop) and the
+    tracing (OTEL_*, built by the caller from the environment) it uses.
 
 Download URLs are S3 presigned GETs signed with the reader's credentials, or, when
 CLOUDFRONT_URL is set, CloudFront signed URLs signed with the CloudFront key (which also
@@ -16,6 +18,7 @@ the server (server.py) only runs it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..access.control import AccessControl
 from ..api.servicer import AvatarSignerService, UserGate
@@ -32,8 +35,12 @@ from ..storage import probes
 from ..storage.objects import ObjectStore
 from ..telemetry.audit import Audit
 from ..telemetry.metrics import Metrics
+from ..telemetry.tracing import Tracing
 from ..verification.confirm import Confirmer, limits_from, require_verifiable
 from ..verification.removal import Remover
+
+if TYPE_CHECKING:  # imported only with a store: the Redis client costs ~20 MB per process
+    from ..access.shared_rate_limits import SharedStore
 
 
 def check(settings: Settings) -> None:
@@ -60,7 +67,10 @@ def _store(
 
 
 def build_confirmer(
-    settings: Settings, credentials: CredentialWatcher, clock: Clock = utc_now
+    settings: Settings,
+    credentials: CredentialWatcher,
+    clock: Clock = utc_now,
+    tracing: Tracing | None = None,
 ) -> Confirmer | None:
     """Verified mode: ConfirmUpload reads and writes as the verifier, looks for its markers
     and tombstones as the reader. Direct mode: None."""
@@ -75,6 +85,7 @@ def build_confirmer(
         max_upload_bytes=settings.max_upload_bytes,
         concurrency=uploads.confirm_concurrency,
         timeout_seconds=uploads.confirm_timeout_seconds,
+        tracing=tracing,
     )
 
 
@@ -118,8 +129,10 @@ def build_servicer(
     audit: Audit | None = None,
     upload_gates: tuple[UserGate, ...] = (),
     delete_gates: tuple[UserGate, ...] = (),
+    tracing: Tracing | None = None,
 ) -> AvatarSignerService:
-    """The servicer with its signers, each holding only its own identity or key."""
+    """The servicer with its signers, each holding only its own identity or key (and, in
+    verified mode, the confirmer, its S3 calls traced as steps)."""
     endpoint = BucketEndpoint(settings.bucket, settings.region, settings.endpoint_url)
     # The real clock, read to the second (and cheaply) for signing; a test's clock as given.
     signing_clock = utc_now_to_the_second if clock is utc_now else clock
@@ -158,7 +171,7 @@ def build_servicer(
         downloads=downloads,
         audit=audit,
         upload_gates=upload_gates,
-        confirmer=build_confirmer(settings, credentials, clock),
+        confirmer=build_confirmer(settings, credentials, clock, tracing),
         remover=build_remover(settings, credentials, clock),
         delete_gates=delete_gates,
         cached_copies_seconds=cached_copies_seconds(settings),
@@ -176,10 +189,34 @@ class Parts:
     audit: Audit
     access: AccessControl
     servicer: AvatarSignerService
+    # The shared rate-limit store (None: buckets per process); the server closes it.
+    store: SharedStore | None
+    # Spans of every AvatarSigner call (off unless OTEL_* says otherwise); flushed on drain.
+    tracing: Tracing
+
+
+def rate_limit_store(settings: Settings, metrics: Metrics) -> SharedStore | None:
+    """The store of RATE_LIMIT_REDIS_URL, its outages counted and its reachability a gauge.
+
+    No connection is made here: the first check connects, on the event loop that runs it,
+    so each worker process has its own pool. Health never depends on it.
+    """
+    if settings.rate_limit_store is None:
+        return None
+    from ..access.shared_rate_limits import SharedStore
+
+    store = SharedStore.from_settings(
+        settings.rate_limit_store, on_unreachable=metrics.store_unreachable
+    )
+    metrics.watch_store(lambda: store.reachable)
+    return store
 
 
 def build(
-    settings: Settings, clock: Clock = utc_now, credentials: CredentialWatcher | None = None
+    settings: Settings,
+    clock: Clock = utc_now,
+    credentials: CredentialWatcher | None = None,
+    tracing: Tracing | None = None,
 ) -> Parts:
     """Every part, checked (files are read now; a bad one is a one-line SettingsError)."""
     check(settings)
@@ -189,10 +226,12 @@ def build(
         credentials = build_watcher(
             settings, clock, probes.prover(endpoint, settings.region, probe_key)
         )
+    tracing = tracing or Tracing.off()
     metrics = Metrics()
     metrics.watch_credentials(credentials.seconds_left, lambda: dict(credentials.valid))
     audit = Audit(metrics)
-    access = AccessControl(settings.access, audit, metrics)
+    store = rate_limit_store(settings, metrics)
+    access = AccessControl(settings.access, audit, metrics, store=store, tracing=tracing)
     servicer = build_servicer(
         settings,
         credentials,
@@ -200,5 +239,6 @@ def build(
         audit=audit,
         upload_gates=access.upload_gates,
         delete_gates=access.delete_gates,
+        tracing=tracing,
     )
-    return Parts(settings, credentials, metrics, audit, access, servicer)
+    return Parts(settings, credentials, metrics, audit, access, servicer, store, tracing)

@@ -27,6 +27,7 @@ from ..settings import (
 from ..settings.env import Env
 from ..settings.uploads import UploadMode
 from ..telemetry import logs
+from ..telemetry.tracing import Tracing, TracingSettingsError, check_environ, current_trace_id
 from . import check, policies
 
 EXIT_CONFIG = 2
@@ -47,10 +48,19 @@ def _serve(args: argparse.Namespace) -> int:
         environ["WORKERS"] = str(args.workers)
     settings = load(environ)
     wiring.check(settings)  # a bad key file stops start-up here, once, not in each worker
-    logs.configure_logging(settings.log_level)
     if settings.workers > 1 and not workers.is_worker(environ):
+        check_environ(environ)  # OTEL_* checked once here; each worker starts its own tracing
+        logs.configure_logging(settings.log_level)
         return workers.supervise(settings, environ)
-    _run(server.serve(settings, on_serving=workers.worker_ready_notifier(environ)))
+    tracing = Tracing.from_environ(environ)
+    logs.configure_logging(
+        settings.log_level, trace_ids=current_trace_id if tracing.enabled else None
+    )
+    _run(
+        server.serve(
+            settings, on_serving=workers.worker_ready_notifier(environ), tracing=tracing
+        )
+    )
     return 0
 
 
@@ -231,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except SettingsError as error:
+    except (SettingsError, TracingSettingsError) as error:
         print(f"avatar-signer: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except server.StartupError as error:

@@ -1,14 +1,15 @@
 """Settings: the environment, validated once at start-up into a frozen `Settings`.
 
-    env          typed readers; SettingsError (one line naming the variable)
-    identities   each S3 identity's one credential source, and the key-pair rules
-    bucket       region, bucket, endpoint, key prefix
-    limits       URL lifetimes, allowed types, largest upload, reuse window
-    network      host, ports, workers
-    serving      the drain at shutdown, connection age, keepalive, shedding late calls
-    access       TLS, callers file, end-user tokens, rate limits (shapes only)
-    cloudfront   the distribution, its signing key's file and id, viewer cookies
-    load         composes them into Settings
+    env               typed readers; SettingsError (one line naming the variable)
+    identities        each S3 identity's one credential source, and the key-pair rules
+    bucket            region, bucket, endpoint, key prefix
+    limits            URL lifetimes, allowed types, largest upload, reuse window
+    network           host, ports, workers
+    serving           the drain at shutdown, connection age, keepalive, shedding late calls
+    access            TLS, callers file, end-user tokens, rate limits (shapes only)
+    rate_limit_store  the Redis/Valkey server the rate limits share (RATE_LIMIT_REDIS_*)
+    cloudfront        the distribution, its signing key's file and id, viewer cookies
+    load              composes them into Settings
 """
 
 from __future__ import annotations

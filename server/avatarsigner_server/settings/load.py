@@ -2,8 +2,8 @@
 
 Every problem is a `SettingsError` whose message is one line naming the variable and the
 rule; it never echoes a secret. `avatar-signer serve` prints it and exits with status 2.
-Each concern reads its own variables (identities, bucket, limits, network, access); this
-module composes them.
+Each concern reads its own variables (identities, bucket, limits, network, access, the
+rate-limit store); this module composes them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .cloudfront import CloudFrontSettings, cloudfront
 from .env import Env, SettingsError
 from .identities import IdentitySetting
 from .limits import TtlRule
+from .rate_limit_store import RateLimitStoreSettings, rate_limit_store
 from .serving import Serving, serving
 from .uploads import UploadSettings
 
@@ -60,6 +61,9 @@ class Settings:
     download_url_reuse_seconds: int = 0
     # Callers, TLS, end-user tokens and rate limits (settings.access).
     access: AccessSettings = field(default_factory=AccessSettings)
+    # The Redis/Valkey server holding the rate-limit buckets of every process and replica
+    # (settings.rate_limit_store); None: each process keeps its own buckets.
+    rate_limit_store: RateLimitStoreSettings | None = None
     # Verified or direct uploads (settings.uploads); the verifier exists in verified mode.
     uploads: UploadSettings = field(default_factory=UploadSettings)
     verifier: IdentitySetting | None = field(default=None, repr=False)
@@ -137,6 +141,7 @@ def load(environ: Mapping[str, str]) -> Settings:
         ),
         log_level=log_level,
         access=access(env),
+        rate_limit_store=rate_limit_store(env),
         workers=listen.workers,
         worker_heartbeat_timeout_seconds=listen.worker_heartbeat_timeout_seconds,
         download_url_reuse_seconds=reuse,

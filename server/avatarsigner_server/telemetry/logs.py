@@ -2,7 +2,8 @@
 
 The audit lines (one per decision, including the one line per signed URL) are written by
 `telemetry.audit` on the `avatarsigner.audit` logger, through this formatter. Never the URL (its
-query string is a bearer credential), a signature, a secret or a token.
+query string is a bearer credential), a signature, a secret or a token. With tracing on,
+every line written while a call is traced carries its `trace_id` (32 hex digits).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import logging
 import select
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 LOGGER_NAME = "avatarsigner"
@@ -101,10 +103,36 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.stream.flush()
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Send every avatarsigner log line to stderr as JSON."""
+class TraceIds(logging.Filter):
+    """Adds `trace_id` to each record logged inside a traced call.
+
+    A filter, so it runs in the thread (and the context) that logs the record, wherever
+    the record is formatted and written later.
+    """
+
+    def __init__(self, current: Callable[[], str | None]) -> None:
+        super().__init__()
+        self._current = current
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        trace_id = self._current()
+        if trace_id is not None:
+            record.trace_id = trace_id
+        return True
+
+
+def configure_logging(
+    level: str = "INFO", trace_ids: Callable[[], str | None] | None = None
+) -> None:
+    """Send every avatarsigner log line to stderr as JSON.
+
+    `trace_ids` (tracing.current_trace_id, when tracing is on) puts the current trace id
+    on each line; without it, no line pays for looking one up.
+    """
     handler = JsonLinesHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    if trace_ids is not None:
+        handler.addFilter(TraceIds(trace_ids))
     root = logging.getLogger(LOGGER_NAME)
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -22,6 +22,13 @@ server's event loop (see metrics_http for the endpoint's bounds).
                                                           +Inf for static keys (never)
     avatarsigner_credentials_valid{identity}              1 while S3 accepts the pair in
                                                           force, 0 once it refuses it
+    avatarsigner_rate_limit_store_unreachable_total{reason}
+                                                          checks the shared store did not
+                                                          decide: timeout | connection |
+                                                          error | skipped
+    avatarsigner_rate_limit_store_reachable               1 while it decides, 0 from a
+                                                          failed check to the next good one
+                                                          (only with RATE_LIMIT_REDIS_URL)
     avatarsigner_config_reload_failures_total{file}       reloads of the callers, end-user
                                                           key or TLS files that failed (the
                                                           old version stayed in force)
@@ -63,6 +70,8 @@ from .metrics_http import MetricsEndpoint
 CredentialExpiry = Callable[[], Mapping[str, float]]
 # identity name -> whether S3 last accepted its key pair in force
 CredentialValidity = Callable[[], Mapping[str, bool]]
+# Whether the shared rate-limit store decided the last check.
+StoreReachable = Callable[[], bool]
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,24 @@ class _CredentialExpiryCollector(Collector):
             for identity, accepted in sorted(self.validity().items()):
                 valid.add_metric([identity], 1.0 if accepted else 0.0)
             yield valid
+
+
+class _StoreReachableCollector(Collector):
+    """The shared store's reachability, asked at scrape time; nothing without a store."""
+
+    def __init__(self) -> None:
+        self.source: StoreReachable | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.source is None:
+            return
+        gauge = GaugeMetricFamily(
+            "avatarsigner_rate_limit_store_reachable",
+            "1 while the shared rate-limit store decides checks; 0 from a check it did not "
+            "decide until the next one it does.",
+        )
+        gauge.add_metric([], 1.0 if self.source() else 0.0)
+        yield gauge
 
 
 class _LoadedFilesCollector(Collector):
@@ -228,6 +255,15 @@ class Metrics:
         self._per_time_left: dict[str, Any] = {}
         self._expiry = _CredentialExpiryCollector()
         self.registry.register(self._expiry)
+        self._store_unreachable = Counter(
+            "avatarsigner_rate_limit_store_unreachable",
+            "Rate-limit checks the shared store did not decide, by reason (timeout, "
+            "connection, error, skipped: waiting to retry after a failure).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._store_reachable = _StoreReachableCollector()
+        self.registry.register(self._store_reachable)
         self._files = _LoadedFilesCollector()
         self.registry.register(self._files)
         self._http = MetricsEndpoint(lambda: generate_latest(self.registry), CONTENT_TYPE_LATEST)
@@ -243,6 +279,14 @@ class Metrics:
         asked at every scrape."""
         self._expiry.source = source
         self._expiry.validity = validity
+
+    def watch_store(self, reachable: StoreReachable) -> None:
+        """Feed the store reachability gauge from `reachable`, asked at every scrape."""
+        self._store_reachable.source = reachable
+
+    def store_unreachable(self, reason: str) -> None:
+        """One check the shared store did not decide (called on the event loop; cheap)."""
+        self._store_unreachable.labels(reason).inc()
 
     def watch_files(self, source: LoadedFilesSource) -> None:
         """Report the reloadable files' versions and failures from `source`, at every scrape."""

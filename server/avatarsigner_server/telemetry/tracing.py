@@ -14,10 +14,11 @@ The interceptor calls, per AvatarSigner RPC:
 
     with tracing.rpc(service, rpc, metadata) as span:   # continues metadata's traceparent
         span.caller(name, auth)                         # once the caller is known
-        span.count(urls)                                # the URLs asked for
+        span.count(urls)                                # the URLs asked for (viewer cookies: 1)
         ...                                             # handler; child steps:
         with tracing.step("upload_check.rate_limit"): ...
         span.outcome(code, reason)                      # final status code NAME, reason word
+    rpc_outcome(code, reason)                           # the same, from a handler deeper down
 
 What a span can hold is fixed here: the RPC, the caller's name, how it proved itself, the
 count, the status code and a fixed reason word, the request id. Never a URL, signature,
@@ -31,7 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from contextvars import Token
+from contextvars import ContextVar, Token
 from importlib import metadata as distribution
 from types import TracebackType
 from typing import Protocol
@@ -105,6 +106,15 @@ def wanted(environ: Mapping[str, str]) -> bool:
         "OTEL_EXPORTER_OTLP_ENDPOINT"
     )
     return bool(exporter) or bool(endpoint)
+
+
+def check_environ(environ: Mapping[str, str]) -> bool:
+    """Whether tracing is on, with every OTEL_* setting it depends on checked, starting
+    nothing (a supervisor checks before its workers start); TracingSettingsError if not."""
+    if not wanted(environ):
+        return False
+    _extract_function()  # OTEL_PROPAGATORS: every propagator named is installed
+    return True
 
 
 class RpcSpan(Protocol):
@@ -186,11 +196,21 @@ class _Current:
 class _ServerSpan(_Current):
     """The SERVER span of one RPC: what the interceptor may say about it."""
 
-    __slots__ = ()
+    __slots__ = ("_rpc_token",)
 
     def __enter__(self) -> _ServerSpan:
         super().__enter__()
+        self._rpc_token = _RPC.set(self)
         return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        _RPC.reset(self._rpc_token)
+        super().__exit__(kind, error, traceback)
 
     def caller(self, name: str, auth: str) -> None:
         if self._attributes is not None:
@@ -213,6 +233,18 @@ class _ServerSpan(_Current):
             self._span.set_status(Status(StatusCode.ERROR))
         else:
             attributes.pop(ERROR_TYPE, None)
+
+
+# The SERVER span of the RPC being served (tracing on only), for `rpc_outcome`.
+_RPC: ContextVar[_ServerSpan | None] = ContextVar("avatarsigner_rpc_span", default=None)
+
+
+def rpc_outcome(code: str, reason: str | None = None) -> None:
+    """Say the current RPC's outcome on its span, from deeper than the interceptor (the
+    handler that refuses a call knows its reason word); nothing outside a traced RPC."""
+    span = _RPC.get()
+    if span is not None:
+        span.outcome(code, reason)
 
 
 def _word(value: str) -> str:
@@ -239,9 +271,8 @@ class Tracing:
         The SDK reads the details (endpoint, sampler, batching, resource) from the process
         environment itself, so `environ` should be os.environ.
         """
-        if not wanted(environ):
+        if not check_environ(environ):
             return cls.off()
-        _extract_function()  # OTEL_PROPAGATORS checked before anything is started
         exporter: SpanExporter
         if (environ.get("OTEL_TRACES_EXPORTER") or "").strip().lower() == "console":
             exporter = ConsoleSpanExporter()

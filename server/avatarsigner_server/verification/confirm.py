@@ -31,12 +31,17 @@ WebP), so memory is bounded by concurrency x (2 x MAX_UPLOAD_BYTES + 16 x
 MAX_IMAGE_PIXELS). A confirmation waits for a slot at most until its deadline
 (RESOURCE_EXHAUSTED, reason BUSY); a running one that outlives its deadline keeps its slot
 until its thread finishes, so a slow decode never lets more run than the limit.
+
+Traced, each step is a child span of the RPC's (`confirm.read_tombstone`,
+`confirm.read_marker`, `confirm.read_staged`, `confirm.verify_image`, `confirm.write_avatar`,
+`confirm.write_marker`): the worker thread runs in a copy of the call's context.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import hashlib
 import json
 import logging
@@ -51,6 +56,7 @@ from ..signing.object_keys import ObjectKeys
 from ..signing.upload_ids import UploadTicket
 from ..signing.url_signers import OBJECT_HEADERS
 from ..storage.objects import ObjectStore, unavailable
+from ..telemetry.tracing import Tracing
 from .images import SUPPORTED_CONTENT_TYPES, Limits, Metadata, Reason, Refusal, verify_image
 from .removal import read_tombstone
 
@@ -140,7 +146,9 @@ class Confirmer:
         max_upload_bytes: int,
         concurrency: int,
         timeout_seconds: float,
+        tracing: Tracing | None = None,
     ) -> None:
+        self._tracing = tracing or Tracing.off()
         self._keys = keys
         self._verifier = verifier
         self._reader = reader
@@ -167,7 +175,11 @@ class Confirmer:
                 "BUSY", "too many uploads are being verified right now; retry shortly"
             ) from None
         try:
-            work = loop.run_in_executor(self._executor, self._confirm, user_id, ticket)
+            # In a copy of this call's context: the steps' spans are children of the RPC's.
+            context = contextvars.copy_context()
+            work = loop.run_in_executor(
+                self._executor, context.run, self._confirm, user_id, ticket
+            )
         except BaseException:
             self._slots.release()
             raise
@@ -188,19 +200,23 @@ class Confirmer:
 
     def _confirm(self, user_id: str, ticket: UploadTicket) -> Confirmation:
         upload_id = ticket.upload_id
-        deleted_at = read_tombstone(self._reader, self._keys, user_id)
+        step = self._tracing.step
+        with step("confirm.read_tombstone"):
+            deleted_at = read_tombstone(self._reader, self._keys, user_id)
         if deleted_at is not None and ticket.minted_at_ms <= deleted_at:
             raise UploadRefused(
                 "DELETED",
                 "the user's avatar was deleted after this upload was made; upload again",
             )
         marker_key = self._keys.confirmed_key(user_id, upload_id)
-        earlier = self._earlier(marker_key)
+        with step("confirm.read_marker"):
+            earlier = self._earlier(marker_key)
         if earlier is not None:
             return earlier
-        staged = self._verifier.get(
-            self._keys.staging_key(user_id, upload_id), max_bytes=self._max_upload_bytes
-        )
+        with step("confirm.read_staged"):
+            staged = self._verifier.get(
+                self._keys.staging_key(user_id, upload_id), max_bytes=self._max_upload_bytes
+            )
         if staged.status in (403, 404):
             raise UploadRefused(
                 "NOT_UPLOADED",
@@ -222,9 +238,10 @@ class Confirmer:
             raise UploadRefused(
                 "CHECKSUM_MISMATCH", "the staged bytes do not have the signed SHA-256"
             )
-        result = verify_image(data, staged.headers.get("content-type", ""), self._limits)
-        if isinstance(result, Refusal):
-            raise _refused(result)
+        with step("confirm.verify_image"):
+            result = verify_image(data, staged.headers.get("content-type", ""), self._limits)
+            if isinstance(result, Refusal):
+                raise _refused(result)
         key = self._keys.key_for(user_id)
         width, height = result.displayed_size
         confirmation = Confirmation(
@@ -239,20 +256,22 @@ class Confirmer:
             icc_profile_kept=result.icc_profile_kept,
             version=version_of(upload_id),
         )
-        published = self._verifier.put(
-            key,
-            result.data,
-            {
-                "Content-Type": result.content_type,
-                **OBJECT_HEADERS,
-                "x-amz-checksum-sha256": result.sha256,
-            },
-        )
+        with step("confirm.write_avatar"):
+            published = self._verifier.put(
+                key,
+                result.data,
+                {
+                    "Content-Type": result.content_type,
+                    **OBJECT_HEADERS,
+                    "x-amz-checksum-sha256": result.sha256,
+                },
+            )
         if not 200 <= published.status < 300:
             raise unavailable("write of the avatar", published)
-        marked = self._verifier.put(
-            marker_key, confirmation.to_json(), {"Content-Type": "application/json"}
-        )
+        with step("confirm.write_marker"):
+            marked = self._verifier.put(
+                marker_key, confirmation.to_json(), {"Content-Type": "application/json"}
+            )
         if not 200 <= marked.status < 300:
             # The avatar is published; only the answer to a repeated confirmation is lost.
             log.warning(

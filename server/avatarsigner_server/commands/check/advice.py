@@ -84,3 +84,20 @@ SWAPPED = (
     "the uploader's key reads but cannot write and the reader's writes but "
     "cannot read: the S3_UPLOAD_* and S3_READ_* credentials look swapped"
 )
+
+
+def store_unreachable(address: object, reason: str, detail: str) -> str:
+    """The rate-limit store did not run a check (`reason`: timeout, connection, error)."""
+    if reason == "timeout":
+        fix = (
+            "is it reachable from here, and does it answer within "
+            "RATE_LIMIT_REDIS_TIMEOUT_SECONDS?"
+        )
+    elif reason == "connection":
+        fix = "is RATE_LIMIT_REDIS_URL's host and port right, and reachable from here?"
+    else:
+        fix = (
+            "check the password (RATE_LIMIT_REDIS_PASSWORD_FILE or the URL's), the user's "
+            "ACL (EVALSHA, SCRIPT LOAD, INFO) and that the server is Redis >= 5 or Valkey"
+        )
+    return f"{address} did not run a rate-limit check ({reason}: {detail}): {fix}"

@@ -73,6 +73,8 @@ Each identity must do its one job and nothing else:
                   so is an unsigned PUT of a canary (not publicly writable); no
                   identity can DELETE or LIST; URLs are SigV4 for AWS_REGION on the
                   regional virtual-hosted endpoint; the bucket answers from AWS_REGION
+  rate limits:    with RATE_LIMIT_REDIS_URL set, the store runs a check (server, version
+                  and address shown, never the password)
 
 With CLOUDFRONT_URL set, also: the CloudFront key file holds a key CloudFront accepts,
 and a download URL and viewer cookies signed with it verify with its public half. It
