@@ -182,7 +182,10 @@ def test_the_store_down_in_closed_mode_is_an_error_of_the_server_on_the_span(
     running = ServerThread(settings, tracing=Tracing.exporting_to(exporter))
     try:
         redis_server.stop()
-        with AvatarSignerClient(running.target, metadata=PROFILE.metadata()) as client:
+        # One attempt, one span: without the default service config nothing retries.
+        with AvatarSignerClient(
+            running.target, metadata=PROFILE.metadata(), service_config=None
+        ) as client:
             with pytest.raises(AvatarSignerError) as caught:
                 client.create_upload_url(USER, "image/png", 9)
     finally:
