@@ -213,3 +213,4 @@ async def serve(settings: Settings, on_serving: Callable[[int], None] | None = N
     )
     await server.shutdown()
     logs.log.info("stopped")
+    await asyncio.to_thread(logs.flush_logs)  # every line out (bounded: a stalled reader)

@@ -13,6 +13,9 @@ This is the only place that decides what is logged about a signed URL. Never a U
 query string is a bearer credential), a signature, a secret, a bearer token or an end-user
 token; `reason` is a fixed snake_case word, never text from the request. Each decision also
 moves the matching counter in `Metrics` (URLs signed by kind and caller, denials by reason).
+
+Should stderr's reader fall behind, the lines about uploads (upload URLs, confirmations)
+are the last the log drops; the others go first (see `telemetry.logs`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from datetime import datetime
 from ..errors import ServiceError
 from ..signing.object_keys import is_valid_user_id
 from .call_context import ANONYMOUS, Call
-from .logs import EACH
+from .logs import AUDIT, CLASS, EACH, UPLOAD
 from .metrics import Metrics
 
 SignedEntry = tuple[str, str, datetime]  # user_id, key, expires_at
@@ -33,9 +36,13 @@ LOGGER_NAME = "avatarsigner.audit"
 log = logging.getLogger(LOGGER_NAME)
 
 
-def _line(call: Call, decision: str, reason: str, **fields: object) -> dict[str, object]:
-    """The fields every audit line has, then the decision's own."""
+def _line(
+    call: Call, decision: str, reason: str, line_class: str = AUDIT, **fields: object
+) -> dict[str, object]:
+    """The fields every audit line has, then the decision's own (line_class: how late the
+    log may drop it, see telemetry.logs; never printed)."""
     return {
+        CLASS: line_class,
         "decision": decision,
         "request_id": call.request_id,
         "caller": call.caller,
@@ -71,13 +78,16 @@ class Audit:
             }
             for user_id, key, expires_at in urls
         ]
-        log.info("allowed", extra=_line(call, "allowed", "signed", **{EACH: each}))
+        line_class = UPLOAD if kind == "upload" else AUDIT
+        log.info("allowed", extra=_line(call, "allowed", "signed", line_class, **{EACH: each}))
 
     def confirmed(self, call: Call, user_id: str, key: str, version: str) -> None:
         """The line for an upload published by ConfirmUpload (or confirmed again)."""
         if self._metrics is not None:
             self._metrics.upload_confirmed(call.caller or ANONYMOUS)
-        extra = _line(call, "allowed", "confirmed", user_id=user_id, key=key, version=version)
+        extra = _line(
+            call, "allowed", "confirmed", UPLOAD, user_id=user_id, key=key, version=version
+        )
         log.info("allowed", extra=extra)
 
     def deleted(self, call: Call, user_id: str, keys: Sequence[str], had_avatar: bool) -> None:
