@@ -121,7 +121,7 @@ def build_servicer(
             signing_clock,
             reuse_seconds=settings.download_url_reuse_seconds,
         ),
-        audit=audit,
+        audit=audit or Audit(download_ids=settings.audit_download_ids),
         upload_gates=upload_gates,
         confirmer=build_confirmer(settings, credentials, clock),
         remover=build_remover(settings, credentials, clock),
@@ -155,7 +155,7 @@ def build(
         )
     metrics = Metrics()
     metrics.watch_credentials(credentials.seconds_left, lambda: dict(credentials.valid))
-    audit = Audit(metrics)
+    audit = Audit(metrics, settings.audit_download_ids)
     access = AccessControl(settings.access, audit, metrics)
     servicer = build_servicer(
         settings,

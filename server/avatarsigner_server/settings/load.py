@@ -49,6 +49,8 @@ class Settings:
     allowed_content_types: tuple[str, ...] = limits.DEFAULT_CONTENT_TYPES
     shutdown_grace_seconds: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
     log_level: str = "INFO"
+    # Audit one line per download URL (user id, key) rather than one per download call.
+    audit_download_ids: bool = False
     # Server processes sharing GRPC_PORT (SO_REUSEPORT) under one supervisor; 1 = no supervisor.
     workers: int = 1
     # Download URLs signed at the time rounded down to this window, so callers share one URL
@@ -127,6 +129,7 @@ def load(environ: Mapping[str, str]) -> Settings:
             "SHUTDOWN_GRACE_SECONDS", DEFAULT_SHUTDOWN_GRACE_SECONDS, 0.0, 3600.0
         ),
         log_level=log_level,
+        audit_download_ids=env.boolean("AUDIT_DOWNLOAD_IDS", False),
         access=access(env),
         workers=listen.workers,
         download_url_reuse_seconds=reuse,

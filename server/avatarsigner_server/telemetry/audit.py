@@ -1,9 +1,14 @@
 """The audit log: one JSON line per decision, on the `avatarsigner.audit` logger.
 
-    allowed  one line per signed URL (a batch of n gives n lines, written together): request_id,
-             caller, auth, rpc, reason "signed", user_id, key, expires_at; one line per
-             confirmed upload: reason "confirmed", user_id, key, version; one line per
-             deletion: reason "deleted" or "nothing_to_delete", user_id, keys
+    allowed  uploads: one line per signed upload URL: request_id, caller, auth, rpc, reason
+             "signed", user_id, key, expires_at; one line per confirmed upload: reason
+             "confirmed", user_id, key, version
+             downloads: one line per call (CreateDownloadUrl, BatchCreateDownloadUrls):
+             reason "signed", count (URLs signed), ttl_seconds, expires_at (the latest of
+             them); with AUDIT_DOWNLOAD_IDS=true instead one line per URL, as for uploads
+             (user_id, key, expires_at; a batch of n gives n lines, queued together)
+             deletions: one line per DeleteAvatar that ran: reason "deleted" or
+             "nothing_to_delete", user_id, keys
     denied   one line per refused call: request_id, caller (null when unknown), auth, rpc,
              user_id (when the request names one valid id), code, reason; where the
              caller's refusals are sampled (unidentified callers, per address: see
@@ -56,17 +61,33 @@ def _line(
 class Audit:
     """Writes decision lines and counts them."""
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None, download_ids: bool = False) -> None:
+        """download_ids (AUDIT_DOWNLOAD_IDS): one line per download URL, not per call."""
         self._metrics = metrics
+        self._download_ids = download_ids
 
-    def signed(self, call: Call, kind: str, urls: Sequence[SignedEntry]) -> None:
-        """The lines for the URLs one call signed (kind: upload or download), one per URL.
+    def signed(self, call: Call, kind: str, urls: Sequence[SignedEntry], ttl_seconds: int) -> None:
+        """The line(s) for the URLs one call signed (kind: upload or download).
 
-        urls: (user_id, key, expires_at) each. A batch's lines share one log record.
+        urls: (user_id, key, expires_at) each; ttl_seconds: the life the call asked for (or
+        the default). Uploads, and downloads with download_ids: one line per URL (a batch's
+        lines share one log record). Other downloads: one line for the call.
         """
         if self._metrics is not None:
             self._metrics.url_signed(kind, call.caller or ANONYMOUS, len(urls))
         if not log.isEnabledFor(logging.INFO):
+            return
+        if kind == "download" and not self._download_ids:
+            latest = max(expires_at for _, _, expires_at in urls)
+            extra = _line(
+                call,
+                "allowed",
+                "signed",
+                count=len(urls),
+                ttl_seconds=ttl_seconds,
+                expires_at=latest.isoformat(),
+            )
+            log.info("allowed", extra=extra)
             return
         iso: dict[datetime, str] = {}  # a batch's URLs share their expiry: format it once
         each = [
