@@ -3,7 +3,7 @@
 It runs in its own process (so it never shares a GIL with a server) and serves the
 benchmark over pipes: one JSON command per stdin line, one JSON result per stdout line.
 
-    {"target": "127.0.0.1:PORT", "rpc": "download" | "batch", "in_flight": 8,
+    {"target": "127.0.0.1:PORT", "rpc": "download" | "batch" | "cookies", "in_flight": 8,
      "duration": 2.0, "max_calls": 100000, "channels": 1, "batch_size": 100}
 
 `in_flight` coroutines each send one call, await it, send the next (closed loop), spread
@@ -39,6 +39,8 @@ def _requests(rpc: str, batch_size: int) -> list[Any]:
             pb.BatchCreateDownloadUrlsRequest(user_ids=USER_POOL[start : start + batch_size])
             for start in range(0, len(USER_POOL) - batch_size, batch_size)
         ]
+    if rpc == "cookies":
+        return [pb.CreateViewerCookiesRequest()]
     raise ValueError(f"unknown rpc {rpc!r}")
 
 
@@ -58,10 +60,12 @@ async def run(command: dict[str, Any]) -> dict[str, Any]:
     ]
     try:
         stubs = [pb_grpc.AvatarSignerStub(channel) for channel in channels]
-        methods = [
-            stub.CreateDownloadUrl if rpc == "download" else stub.BatchCreateDownloadUrls
-            for stub in stubs
-        ]
+        method_names = {
+            "download": "CreateDownloadUrl",
+            "batch": "BatchCreateDownloadUrls",
+            "cookies": "CreateViewerCookies",
+        }
+        methods = [getattr(stub, method_names[rpc]) for stub in stubs]
         # Connect and warm up every connection; these calls are not timed (a failure raises).
         warmup = 0
         for method in methods:

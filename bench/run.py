@@ -15,6 +15,13 @@ What runs (about two minutes, all on 127.0.0.1):
 5. ConfirmUpload against a real S3 (SeaweedFS): p50 for a 200 KB and a 5 MiB JPEG vs the
    bare GET + PUT of the same bytes, and peak RSS with 16 confirmations of 5 MiB in flight
    (bench/confirm.py).
+6. CloudFront (bench/cloudfront.py in process, and servers with CLOUDFRONT_* set): µs per
+   signed URL vs botocore's CloudFrontSigner, BatchCreateDownloadUrls(100) URLs/s with and
+   without a reuse window, CreateViewerCookies vs the empty handler, and signatures per
+   feed page of 100 avatars in each mode.
+
+`bench/run.py --only cloudfront` runs just step 6 and prints its rows (BENCHMARKS.md is
+written only by the whole run).
 
 Every gRPC status is counted; a non-OK status is shown in the table, never dropped.
 """
@@ -40,9 +47,11 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+import cloudfront
 import confirm
 import grpc
 import signing
+from cryptography.hazmat.primitives.asymmetric import rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -391,6 +400,118 @@ def servers_running(workdir: Path) -> Iterator[dict[str, Server]]:
             server.stop()
 
 
+# --------------------------------------------------------------------------- CloudFront
+
+CLOUDFRONT_WINDOW = 60  # DOWNLOAD_URL_REUSE_SECONDS of the windowed CloudFront server
+COOKIES_IN_FLIGHT = 8
+
+
+@dataclass
+class CloudFrontResults:
+    url_us: dict[str, float]  # µs per signed URL, in process (bench/cloudfront.py)
+    per_page: dict[str, float]  # signatures per feed page of 100 avatars, per mode
+    batch: dict[str, Load] = field(default_factory=dict)  # "window", "no window"
+    cookies: dict[str, Load] = field(default_factory=dict)  # "ours", "empty"
+
+
+def cloudfront_env(workdir: Path) -> dict[str, str]:
+    """CLOUDFRONT_* for a server: an RSA-2048 key (the common choice), SHA-1."""
+    key = workdir / "cloudfront.pem"
+    key.write_bytes(cloudfront.pem(rsa.generate_private_key(65537, 2048)))
+    return {
+        "CLOUDFRONT_URL": cloudfront.ORIGIN,
+        "CLOUDFRONT_KEY_PAIR_ID": cloudfront.KEY_PAIR_ID,
+        "CLOUDFRONT_PRIVATE_KEY_FILE": str(key),
+    }
+
+
+def measure_cloudfront(
+    workdir: Path, clients: LoadClients, empty: Server | None = None
+) -> CloudFrontResults:
+    """Step 5: in process, then the CloudFront servers under load (`empty`: reused if given)."""
+    print("  CloudFront signers (in process) ...", flush=True)
+    results = CloudFrontResults(cloudfront.measure(), cloudfront.signatures_per_page())
+    env = cloudfront_env(workdir)
+    started: dict[str, Server] = {}
+    try:
+        started["no window"] = start_server(
+            "cloudfront", variant_command("real"), workdir, **env
+        )
+        started["window"] = start_server(
+            "cloudfront-window",
+            variant_command("real"),
+            workdir,
+            DOWNLOAD_URL_REUSE_SECONDS=str(CLOUDFRONT_WINDOW),
+            **env,
+        )
+        if empty is None:
+            empty = started["empty"] = start_server("empty", variant_command("empty"), workdir)
+        print(f"  BatchCreateDownloadUrls({BATCH}), CloudFront URLs ...", flush=True)
+        pair = {"window": started["window"], "no window": started["no window"]}
+        results.batch = compare(clients, pair, "batch", 2)
+        print("  CreateViewerCookies ...", flush=True)
+        pair = {"ours": started["no window"], "empty": empty}
+        results.cookies = compare(clients, pair, "cookies", COOKIES_IN_FLIGHT)
+    finally:
+        for server in started.values():
+            server.stop()
+    return results
+
+
+def cloudfront_notes(c: CloudFrontResults) -> list[str]:
+    """What the CloudFront rows mean, from this run's figures."""
+    windowed, no_window = c.batch["window"], c.batch["no window"]
+    return [
+        f"- CloudFront: an RSA-2048 signature is the cost ({c.url_us['ours RSA-2048 SHA-1']:.0f}"
+        " µs; botocore pays the same RSA operation, hence a ratio near 1). Without a window a "
+        f"batch of {BATCH} costs the server {no_window.server_us_per_call / BATCH:.0f} µs per "
+        f"URL; with a {CLOUDFRONT_WINDOW} s window, {windowed.server_us_per_call / BATCH:.1f} "
+        "µs, including the first pass of each window over the load client's 9,900 users, "
+        "which signs each once (they fit the 10,000 URLs the signer keeps per window). "
+        "CreateViewerCookies signs at most once per second (calls in the same second share "
+        "the cookies): what it costs beyond the empty handler is the call's own work and "
+        "its answer (the cookies twice, as values and as Set-Cookie lines, about 1.6 KB "
+        "with an RSA key).",
+    ]
+
+
+def cloudfront_rows(c: CloudFrontResults) -> list[str]:
+    """The CloudFront rows of the table."""
+    url = c.url_us
+    botocore, ours = url["botocore RSA-2048 SHA-1"], url["ours RSA-2048 SHA-1"]
+    window_name = next(name for name in url if "window" in name)
+    windowed, no_window = c.batch["window"], c.batch["no window"]
+    cookies, empty = c.cookies["ours"], c.cookies["empty"]
+    page = c.per_page
+    windowed_page = page[f"CloudFront URLs, {cloudfront.REUSE_SECONDS} s window"]
+    return [
+        f"| CloudFront signed URL (RSA-2048, SHA-1): µs per URL | {ours:.0f} µs "
+        f"| botocore CloudFrontSigner {botocore:.0f} µs | {ratio_of(botocore, ours):.2f}x | — |",
+        f"| CloudFront signed URL, other keys and the window: µs per URL "
+        f"| ECDSA P-256 {url['ours ECDSA P-256 SHA-1']:.1f} µs, RSA SHA-256 "
+        f"{url['ours RSA-2048 SHA-256']:.0f} µs, RSA within a {cloudfront.REUSE_SECONDS} s "
+        f"window (URL asked again) {url[window_name]:.1f} µs "
+        f"| botocore RSA {botocore:.0f} µs | {ratio_of(botocore, url[window_name]):.0f}x "
+        "(window) | — |",
+        f"| BatchCreateDownloadUrls({BATCH}), CloudFront URLs (RSA-2048), 2 in flight: URLs/s "
+        f"(p50 / p99 per call) | {CLOUDFRONT_WINDOW} s window: "
+        f"{fmt_int(windowed.rps * BATCH)} URLs/s ({latency(windowed)}) "
+        f"| no window: {fmt_int(no_window.rps * BATCH)} URLs/s ({latency(no_window)}) "
+        f"| {ratio_of(windowed.rps, no_window.rps):.0f}x | — |",
+        f"| CreateViewerCookies, {COOKIES_IN_FLIGHT} in flight: RPS, p50 / p99 "
+        f"| {fmt_int(cookies.rps)} RPS, {latency(cookies)} "
+        f"| empty handler {fmt_int(empty.rps)} RPS, {latency(empty)} "
+        f"| {ratio_of(cookies.rps, empty.rps):.0%} | — |",
+        f"| signatures per feed page of 100 avatars ({cloudfront.FEED_PAGES_PER_SECOND} pages/s "
+        f"from {fmt_int(cloudfront.ACTIVE_USERS)} users) "
+        f"| CloudFront URLs, {cloudfront.REUSE_SECONDS} s window: {windowed_page:.2f}; "
+        f"cookies: {page['CloudFront cookies']:.0f} "
+        f"| S3 URLs: {page['S3 URLs']:.0f} (with a window too: "
+        f"{page[f'S3 URLs, {cloudfront.REUSE_SECONDS} s window']:.0f}); CloudFront URLs "
+        f"without a window: {page['CloudFront URLs']:.0f} | — | — |",
+    ]
+
+
 @dataclass
 class Results:
     host: dict[str, str]
@@ -406,9 +527,33 @@ class Results:
     logged: int = 0
     confirm: confirm.ConfirmFigures | None = None
     took: float = 0.0
+    cloudfront: CloudFrontResults | None = None
 
 
-def main() -> int:
+def only_cloudfront() -> int:
+    """`--only cloudfront`: step 5 alone, printed, BENCHMARKS.md untouched."""
+    host = machine()
+    print(f"avatar-signer bench (CloudFront only): {host['nproc']} cores, {host['cpu']}")
+    with tempfile.TemporaryDirectory(prefix="avatar-bench-") as tmp:
+        clients = LoadClients(1)
+        try:
+            figures = measure_cloudfront(Path(tmp), clients)
+        finally:
+            clients.close()
+    rows = ["| measurement | ours | baseline | ratio | target |", "| --- | --- | --- | --- | --- |"]
+    loads = [*figures.batch.values(), *figures.cookies.values()]
+    print("\n".join(["", *rows, *cloudfront_rows(figures), "", *cloudfront_notes(figures)]))
+    print(f"\nNon-OK gRPC statuses: {errors_note(*loads)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--only", "cloudfront"]:
+        return only_cloudfront()
+    if args:
+        print("usage: bench/run.py [--only cloudfront]", file=sys.stderr)
+        return 2
     started = time.monotonic()
     host = machine()
     print(f"avatar-signer bench: {host['nproc']} cores, {host['cpu']}, {host['python']}")
@@ -446,6 +591,7 @@ def main() -> int:
                 # One audit line per download call (per upload URL), each with its
                 # expires_at (never the URL).
                 results.logged = servers["ours"].log.read_bytes().count(b'"expires_at"')
+                results.cloudfront = measure_cloudfront(workdir, clients, servers["empty"])
         finally:
             clients.close()
         print("  ConfirmUpload on a real S3 ...", flush=True)
@@ -528,12 +674,16 @@ def render(r: Results) -> str:
     )
     if r.confirm is not None:
         rows += confirm.rows(r.confirm)
+    if r.cloudfront is not None:
+        rows += cloudfront_rows(r.cloudfront)
     return "\n".join([*rows, "", *summary(r), "", *analysis(r)])
 
 
 def summary(r: Results) -> list[str]:
     all_loads = [load for loads in r.single.values() for load in loads.values()]
     all_loads += [*r.batch.values(), *r.workers_single.values(), *r.workers_batch.values()]
+    if r.cloudfront is not None:
+        all_loads += [*r.cloudfront.batch.values(), *r.cloudfront.cookies.values()]
     ours_urls = sum(loads["ours"].ok + loads["ours"].warmup for loads in r.single.values())
     ours_urls += r.workers_single["workers1"].ok + r.workers_single["workers1"].warmup
     for load in (r.batch["ours"], r.workers_batch["workers1"]):
@@ -630,6 +780,8 @@ def analysis(r: Results) -> list[str]:
         "measures the machine. The batch row (client nearly idle) shows the workers "
         f"themselves scale {batch_scaling:.2f}x."
     )
+    if r.cloudfront is not None:
+        lines += cloudfront_notes(r.cloudfront)
     return lines
 
 

@@ -60,6 +60,11 @@ class EmptyAvatarSigner(pb_grpc.AvatarSignerServicer):
     ) -> pb.BatchCreateDownloadUrlsResponse:
         return pb.BatchCreateDownloadUrlsResponse()
 
+    async def CreateViewerCookies(
+        self, request: pb.CreateViewerCookiesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateViewerCookiesResponse:
+        return pb.CreateViewerCookiesResponse()
+
 
 def boto3_download_signer(bucket: str) -> Any:
     """A DownloadSigner look-alike whose URLs come from boto3's generate_presigned_url."""

@@ -7,7 +7,8 @@ line is produced) and, after each test, fails it if a line produced during the t
   JWTs, HS256 secrets (the helpers that make them register them);
 - anything shaped like a credential, whoever made it: a presigned URL's query parameters
   (X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token), a 64-hex-digit run (a SigV4
-  signature or a token's SHA-256), a JWT (two base64url JSON segments), a bearer token.
+  signature or a token's SHA-256), a JWT (two base64url JSON segments), a bearer token, a
+  CloudFront signature or policy (signed URLs, viewer cookies), a PEM private key.
 
 Lines are formatted with the service's own JsonFormatter, so `extra` fields are checked as
 they would be printed. Subprocess tests pass their stderr to `find()` themselves.
@@ -30,6 +31,11 @@ SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ),
     ("JWT", re.compile(r"eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]*\.")),
     ("bearer token", re.compile(r"bearer\s+[A-Za-z0-9._~+/-]{8,}", re.I)),
+    (
+        "CloudFront signature or policy (a signed URL or viewer cookie)",
+        re.compile(r"(?:[?&]Signature=|CloudFront-(?:Signature|Policy)\W+)[A-Za-z0-9~_-]{40,}"),
+    ),
+    ("PEM private key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")),
 )
 
 _known: set[str] = set()

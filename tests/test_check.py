@@ -12,14 +12,18 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
+import leaks
 import pytest
 import seaweed_s3
 from avatarsigner_server.commands import check
 from avatarsigner_server.settings import load as load_settings
 from avatarsigner_server.signing.object_keys import ObjectKeys
 from conftest import s3_env
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 LocalS3 = tuple[seaweed_s3.LocalS3, seaweed_s3.Identity, seaweed_s3.Identity]
 
@@ -71,6 +75,43 @@ def test_check_passes_with_the_least_privilege_policies(local_s3: LocalS3) -> No
     }
     assert "endpoint is not AWS" in rows["URLs use the regional endpoint"].detail
     assert "endpoint is not AWS" in rows["bucket answers from AWS_REGION"].detail
+
+
+@pytest.mark.slow  # the whole command, as an operator runs it
+def test_check_adds_cloudfront_rows_and_says_it_cannot_reach_cloudfront(
+    local_s3: LocalS3, tmp_path: Path
+) -> None:
+    key = tmp_path / "cloudfront.pem"
+    key.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    env = {
+        **s3_env(*local_s3),
+        "CLOUDFRONT_URL": "https://avatars.example.com",
+        "CLOUDFRONT_KEY_PAIR_ID": "K2JCJMDEHXQW5F",
+        "CLOUDFRONT_PRIVATE_KEY_FILE": str(key),
+    }
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "AWS_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "avatarsigner_server.commands.cli", "check"],
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line[8:].split("  ")[0]: line[:6].strip() for line in result.stdout.splitlines()}
+    assert rows["CloudFront key file"] == "PASS"
+    assert rows["CloudFront URL verifies with the public key"] == "PASS"
+    assert rows["CloudFront cookies verify with the public key"] == "PASS"
+    assert rows["CloudFront serves them"] == "SKIP"
+    assert "cannot reach CloudFront" in result.stdout
+    assert "ok: " in result.stdout and " 0 failed" in result.stdout
+    assert leaks.find(result.stdout.splitlines()) == []
 
 
 def test_unsigned_put_is_tried_on_the_canary_and_refused(local_s3: LocalS3) -> None:

@@ -5,7 +5,7 @@ Three kinds of proof, none of which trusts the signer under test:
 * differential: URLs byte-identical to botocore's CloudFrontSigner (RSA, SHA-1), and
   URLs and cookies identical to AWS's JavaScript signer (@aws-sdk/cloudfront-signer, run
   with Node) for RSA, whose PKCS#1 v1.5 signatures are deterministic;
-* an edge model written from AWS's documented rules (`_edge_*` below) that verifies with
+* an edge model written from AWS's documented rules (tests/cloudfront_edge.py) that verifies with
   the PUBLIC key only: the canned policy's exact bytes rebuilt from the URL, the custom
   policy's JSON, expiry, key id, the hash named by Hash-Algorithm and the resource pattern;
   it must reject every tampered variant, so it is shown able to fail;
@@ -20,15 +20,13 @@ import base64
 import json
 import random
 import re
-import shutil
 import string
-import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import cloudfront_edge as edge
 import pytest
 from avatarsigner_server.signing import cloudfront
 from avatarsigner_server.signing.cloudfront import (
@@ -38,19 +36,16 @@ from avatarsigner_server.signing.cloudfront import (
 )
 from botocore.signers import CloudFrontSigner as BotocoreCloudFrontSigner
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-NODE_DIR = Path(__file__).resolve().parent / "node_cloudfront"
-KEY_ID = "K2JCJMDEHXQW5F"
+KEY_ID = edge.KEY_ID
 ORIGIN = "https://avatars.example.com"
 PROFILES = f"{ORIGIN}/profiles/*"
 EXPIRES = datetime(2031, 5, 17, 8, 30, 12, tzinfo=UTC)
 BEFORE = EXPIRES - timedelta(seconds=1)
-SHA = {HashAlgorithm.SHA1: hashes.SHA1(), HashAlgorithm.SHA256: hashes.SHA256()}  # noqa: S303
 
 
 # --------------------------------------------------------------------------- keys
@@ -88,108 +83,6 @@ def _botocore(key: rsa.RSAPrivateKey) -> BotocoreCloudFrontSigner:
     return BotocoreCloudFrontSigner(
         KEY_ID, lambda message: key.sign(message, padding.PKCS1v15(), sha1)
     )
-
-
-# --------------------------------------------------------------------------- the edge model
-
-# From AWS's CloudFront Developer Guide: the canned policy CloudFront rebuilds from a signed
-# URL ("Create a signed URL using a canned policy"), written out here, not borrowed.
-CANNED = '{"Statement":[{"Resource":"%s","Condition":{"DateLessThan":{"AWS:EpochTime":%d}}}]}'
-FROM_CLOUDFRONT_B64 = str.maketrans("-_~", "+=/")
-
-
-def _from_cloudfront_b64(text: str) -> bytes:
-    assert re.fullmatch(r"[A-Za-z0-9~_-]+", text), "not CloudFront's URL-safe base64"
-    return base64.b64decode(text.translate(FROM_CLOUDFRONT_B64), validate=True)
-
-
-def _signature_ok(public: Any, message: bytes, signature: bytes, algorithm: str) -> bool:
-    digest = SHA[HashAlgorithm(algorithm)]
-    try:
-        if isinstance(public, rsa.RSAPublicKey):
-            public.verify(signature, message, padding.PKCS1v15(), digest)
-        else:
-            decode_dss_signature(signature)  # ECDSA signatures travel as ASN.1 DER
-            public.verify(signature, message, ec.ECDSA(digest))
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
-def _edge_accepts_url(signed: str, public: Any, now: datetime) -> bool:
-    """Would CloudFront (key group holding `public` as KEY_ID) serve this signed URL now?"""
-    base, _, query = signed.partition("?")
-    raw = query.split("&")  # compared as sent: no decoding
-    names = [item.partition("=")[0] for item in raw]
-    tail = ["Expires", "Signature", "Key-Pair-Id"]
-    if names[-1] == "Hash-Algorithm":
-        tail.append("Hash-Algorithm")
-    if names[-len(tail) :] != tail:
-        return False
-    params = dict(item.partition("=")[::2] for item in raw[-len(tail) :])
-    own = "&".join(raw[: -len(tail)])
-    resource = f"{base}?{own}" if own else base
-    expires = int(params["Expires"])
-    statement = (CANNED % (resource, expires)).encode()
-    return (
-        params["Key-Pair-Id"] == KEY_ID
-        and int(now.timestamp()) < expires
-        and _signature_ok(
-            public,
-            statement,
-            _from_cloudfront_b64(params["Signature"]),
-            params.get("Hash-Algorithm", "SHA1"),
-        )
-    )
-
-
-def _matches(pattern: str, url: str) -> bool:
-    """AWS's wildcards in a policy's Resource: '*' any run of characters, '?' exactly one."""
-    regex = "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern)
-    return re.fullmatch(regex, url, flags=re.DOTALL) is not None
-
-
-def _edge_accepts_cookies(cookies: Mapping[str, str], url: str, public: Any, now: datetime) -> bool:
-    """Would CloudFront serve `url` to a viewer sending these signed cookies now?"""
-    statement = _from_cloudfront_b64(cookies["CloudFront-Policy"])
-    if re.search(rb"\s", statement):  # AWS: the policy statement has no whitespace
-        return False
-    (only,) = json.loads(statement)["Statement"]
-    condition = only["Condition"]
-    if set(only) != {"Resource", "Condition"} or set(condition) != {"DateLessThan"}:
-        return False
-    return (
-        cookies["CloudFront-Key-Pair-Id"] == KEY_ID
-        and _matches(only["Resource"], url)
-        and int(now.timestamp()) < condition["DateLessThan"]["AWS:EpochTime"]
-        and _signature_ok(
-            public,
-            statement,
-            _from_cloudfront_b64(cookies["CloudFront-Signature"]),
-            cookies.get("CloudFront-Hash-Algorithm", "SHA1"),
-        )
-    )
-
-
-# --------------------------------------------------------------------------- Node
-
-
-def _node(request: Mapping[str, Any]) -> dict[str, Any]:
-    node = shutil.which("node")
-    assert node, "Node.js is required (Node 20)"
-    signer_package = NODE_DIR / "node_modules" / "@aws-sdk" / "cloudfront-signer"
-    assert signer_package.is_dir(), "run make install (npm ci in tests/node_cloudfront)"
-    result = subprocess.run(
-        [node, str(NODE_DIR / "crosscheck.js")],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    answer: dict[str, Any] = json.loads(result.stdout)
-    return answer
 
 
 # --------------------------------------------------------------------------- cases
@@ -238,7 +131,7 @@ def test_policy_bytes_match_botocore(rsa_keys: list[rsa.RSAPrivateKey]) -> None:
 
 def test_canned_policy_is_the_documented_template() -> None:
     url = f"{ORIGIN}/profiles/u1/avatar?size=large"
-    assert cloudfront.policy(url, 1767290400) == (CANNED % (url, 1767290400)).encode()
+    assert cloudfront.policy(url, 1767290400) == (edge.CANNED % (url, 1767290400)).encode()
 
 
 def test_url_safe_base64_uses_cloudfront_alphabet() -> None:
@@ -247,7 +140,7 @@ def test_url_safe_base64_uses_cloudfront_alphabet() -> None:
     assert cloudfront.url_safe_b64(b"\xfb\xff\xbf\xfb") == "-~-~-w__"
     data = bytes(range(256)) * 3
     assert cloudfront.url_safe_b64(data) == _botocore_b64(data)
-    assert _from_cloudfront_b64(cloudfront.url_safe_b64(data)) == data
+    assert edge.from_cloudfront_b64(cloudfront.url_safe_b64(data)) == data
 
 
 def _botocore_b64(data: bytes) -> str:
@@ -267,7 +160,7 @@ def test_cookies_match_aws_javascript_signer(
     ]
     expiries = [EXPIRES, datetime(2026, 7, 1, 12, 0, 0, 999_000, tzinfo=UTC)]
     cases = [(key, r, e) for key in rsa_keys for r in resources for e in expiries]
-    answer = _node(
+    answer = edge.aws_javascript_signer(
         {
             "cookies": [
                 {
@@ -291,7 +184,7 @@ def test_cookies_match_aws_javascript_signer(
             "CloudFront-Key-Pair-Id",
             *(["CloudFront-Hash-Algorithm"] if algorithm is HashAlgorithm.SHA256 else []),
         ]
-        assert _from_cloudfront_b64(ours["CloudFront-Policy"]) == theirs["policy"].encode()
+        assert edge.from_cloudfront_b64(ours["CloudFront-Policy"]) == theirs["policy"].encode()
 
 
 @pytest.mark.slow
@@ -303,7 +196,7 @@ def test_urls_match_aws_javascript_signer(
     cases = [
         (f"{ORIGIN}/profiles/u{n}/avatar", EXPIRES + timedelta(seconds=n)) for n in range(5)
     ] + [(f"{ORIGIN}/profiles/u9/avatar?size=large", EXPIRES)]
-    answer = _node(
+    answer = edge.aws_javascript_signer(
         {
             "urls": [
                 {
@@ -346,7 +239,7 @@ def test_ecdsa_signatures_verify_in_node_and_nodes_verify_here(
         "algorithm": str(algorithm),
     }
     tampered = {**check, "message": base64.b64encode(statement.replace(b"2", b"3")).decode()}
-    answer = _node(
+    answer = edge.aws_javascript_signer(
         {
             "verify": [check, tampered],
             "cookies": [
@@ -363,7 +256,7 @@ def test_ecdsa_signatures_verify_in_node_and_nodes_verify_here(
     assert answer["verify"] == [True, False]
     theirs = answer["cookies"][0]["cookies"]
     assert theirs["CloudFront-Policy"] == ours["CloudFront-Policy"]
-    assert _edge_accepts_cookies(
+    assert edge.accepts_cookies(
         theirs, f"{ORIGIN}/profiles/u1/avatar", ec_key.public_key(), BEFORE
     )
 
@@ -387,7 +280,7 @@ def test_signed_urls_verify_with_the_public_key(
     for signer, public in _all_signers(rsa_keys, ec_key):
         for url, expires in _url_cases(5, seed=3):
             signed = signer.signed_url(url, expires)
-            assert _edge_accepts_url(signed, public, expires - timedelta(seconds=1))
+            assert edge.accepts_url(signed, public, expires - timedelta(seconds=1))
 
 
 def _tampered_urls(signed: str) -> dict[str, str]:
@@ -409,12 +302,12 @@ def test_edge_model_rejects_tampered_and_expired_urls(
     url = f"{ORIGIN}/profiles/u1/avatar"
     for signer, public in _all_signers(rsa_keys, ec_key):
         signed = signer.signed_url(url, EXPIRES)
-        assert _edge_accepts_url(signed, public, BEFORE)
-        assert not _edge_accepts_url(signed, public, EXPIRES)  # DateLessThan is exclusive
-        assert not _edge_accepts_url(signed, rsa_keys[1].public_key(), BEFORE)
+        assert edge.accepts_url(signed, public, BEFORE)
+        assert not edge.accepts_url(signed, public, EXPIRES)  # DateLessThan is exclusive
+        assert not edge.accepts_url(signed, rsa_keys[1].public_key(), BEFORE)
         for name, bad in _tampered_urls(signed).items():
             if bad != signed:
-                assert not _edge_accepts_url(bad, public, BEFORE), name
+                assert not edge.accepts_url(bad, public, BEFORE), name
 
 
 def test_cookies_grant_the_profiles_pattern_until_expiry(
@@ -423,20 +316,20 @@ def test_cookies_grant_the_profiles_pattern_until_expiry(
     for signer, public in _all_signers(rsa_keys, ec_key):
         cookies = signer.signed_cookies(PROFILES, EXPIRES)
         for allowed in ("profiles/u1/avatar", "profiles/a-b_c/avatar", "profiles/"):
-            assert _edge_accepts_cookies(cookies, f"{ORIGIN}/{allowed}", public, BEFORE)
+            assert edge.accepts_cookies(cookies, f"{ORIGIN}/{allowed}", public, BEFORE)
         for denied in (
             f"{ORIGIN}/uploads/u1/avatar",
             f"{ORIGIN}/profile/u1/avatar",
             "http://avatars.example.com/profiles/u1/avatar",
             "https://evil.example.com/profiles/u1/avatar",
         ):
-            assert not _edge_accepts_cookies(cookies, denied, public, BEFORE), denied
-        assert not _edge_accepts_cookies(cookies, f"{ORIGIN}/profiles/u1/avatar", public, EXPIRES)
+            assert not edge.accepts_cookies(cookies, denied, public, BEFORE), denied
+        assert not edge.accepts_cookies(cookies, f"{ORIGIN}/profiles/u1/avatar", public, EXPIRES)
 
 
 def test_cookie_policy_json_is_exactly_the_grant(rsa_signer: CloudFrontSigner) -> None:
     cookies = rsa_signer.signed_cookies(PROFILES, EXPIRES + timedelta(microseconds=999_999))
-    statement = _from_cloudfront_b64(cookies["CloudFront-Policy"])
+    statement = edge.from_cloudfront_b64(cookies["CloudFront-Policy"])
     assert json.loads(statement) == {
         "Statement": [
             {
@@ -454,13 +347,13 @@ def test_tampered_cookies_are_rejected(rsa_signer: CloudFrontSigner, rsa_keys: A
     public = rsa_keys[0].public_key()
     url = f"{ORIGIN}/profiles/u1/avatar"
     cookies = rsa_signer.signed_cookies(PROFILES, EXPIRES)
-    assert _edge_accepts_cookies(cookies, url, public, BEFORE)
+    assert edge.accepts_cookies(cookies, url, public, BEFORE)
     wider = rsa_signer.signed_cookies(f"{ORIGIN}/*", EXPIRES)
     swapped_policy = {**cookies, "CloudFront-Policy": wider["CloudFront-Policy"]}
     sha256_claimed = {**cookies, "CloudFront-Hash-Algorithm": "SHA256"}
     for bad in (swapped_policy, sha256_claimed):
-        assert not _edge_accepts_cookies(bad, f"{ORIGIN}/other", public, BEFORE)
-        assert not _edge_accepts_cookies(bad, url, public, BEFORE)
+        assert not edge.accepts_cookies(bad, f"{ORIGIN}/other", public, BEFORE)
+        assert not edge.accepts_cookies(bad, url, public, BEFORE)
 
 
 # --------------------------------------------------------------------------- shape of a URL
@@ -494,30 +387,82 @@ def test_ecdsa_urls_are_shorter_than_rsa(
 # --------------------------------------------------------------------------- caching
 
 
+def _counting(signer: CloudFrontSigner) -> list[bytes]:
+    """Every policy the signer really signs from now on (a cache hit signs nothing)."""
+    signed: list[bytes] = []
+    sign = signer._sign
+
+    def counted(message: bytes) -> bytes:
+        signed.append(message)
+        return sign(message)
+
+    signer._sign = counted  # type: ignore[method-assign]
+    return signed
+
+
 def test_cache_hands_out_the_same_url_within_an_expiry_second(
     ec_key: ec.EllipticCurvePrivateKey,
 ) -> None:
-    # ECDSA signatures are randomised: equal URLs can only come from the cache.
     url = f"{ORIGIN}/profiles/u1/avatar"
-    uncached, cached = _signer(ec_key), _signer(ec_key, cache_size=16)
-    assert uncached.signed_url(url, EXPIRES) != uncached.signed_url(url, EXPIRES)
+    cached = _signer(ec_key, cache_size=16)
+    signed = _counting(cached)
     first = cached.signed_url(url, EXPIRES)
     assert cached.signed_url(url, EXPIRES + timedelta(microseconds=500)) == first
     assert cached.signed_url(url, EXPIRES.astimezone(timezone(timedelta(hours=2)))) == first
+    assert len(signed) == 1
     assert cached.signed_url(url, EXPIRES + timedelta(seconds=1)) != first
     assert cached.signed_url(f"{ORIGIN}/profiles/u2/avatar", EXPIRES) != first
+    assert len(signed) == 3
     cookies = cached.signed_cookies(PROFILES, EXPIRES)
     assert cached.signed_cookies(PROFILES, EXPIRES) == cookies
+    assert len(signed) == 4
     cookies["CloudFront-Policy"] = "changed by a caller"
     assert cached.signed_cookies(PROFILES, EXPIRES)["CloudFront-Policy"] != "changed by a caller"
 
 
 def test_cache_is_bounded(ec_key: ec.EllipticCurvePrivateKey) -> None:
     cached = _signer(ec_key, cache_size=2)
-    first = cached.signed_url(f"{ORIGIN}/profiles/u0/avatar", EXPIRES)
-    for n in (1, 2):
+    signed = _counting(cached)
+    for n in (0, 1, 2, 0):
         cached.signed_url(f"{ORIGIN}/profiles/u{n}/avatar", EXPIRES)
-    assert cached.signed_url(f"{ORIGIN}/profiles/u0/avatar", EXPIRES) != first
+    assert len(signed) == 4  # u0 was evicted by u2, so it is signed again
+
+
+# --------------------------------------------------------------------------- deterministic
+
+
+def test_every_signer_with_the_key_hands_out_the_same_url(
+    rsa_keys: list[rsa.RSAPrivateKey], ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    """Two processes (two signers, no shared cache) give one URL: browsers cache by URL."""
+    url = f"{ORIGIN}/profiles/u1/avatar"
+    for key in (rsa_keys[0], ec_key):
+        for algorithm in HashAlgorithm:
+            assert _signer(key, algorithm).signed_url(url, EXPIRES) == _signer(
+                key, algorithm
+            ).signed_url(url, EXPIRES)
+
+
+# RFC 6979, A.2.5: ECDSA on P-256, message "sample": the signature deterministic ECDSA gives.
+RFC6979_KEY = 0xC9AFA9D845BA75166B5C215767B1D6934E50C3DB36E89B127B8A622B120F6721
+RFC6979_SIGNATURES = {
+    HashAlgorithm.SHA1: (
+        0x61340C88C3AAEBEB4F6D667F672CA9759A6CCAA9FA8811313039EE4A35471D32,
+        0x6D7F147DAC089441BB2E2FE8F7A3FA264B9C475098FDCF6E00D7C996E1B8B7EB,
+    ),
+    HashAlgorithm.SHA256: (
+        0xEFD48B2AACB6A8FD1140DD9CD45E81D69D2C877B56AAF991C34D0EA84EAF3716,
+        0xF7CB1C942D657C41D436C7A1B6E29F65F3E900DBB9AFF4064DC4AB2F843ACDA8,
+    ),
+}
+
+
+@pytest.mark.parametrize("algorithm", list(HashAlgorithm), ids=str)
+def test_ecdsa_signatures_are_rfc6979_deterministic(algorithm: HashAlgorithm) -> None:
+    key = ec.derive_private_key(RFC6979_KEY, ec.SECP256R1())
+    signature = _signer(key, algorithm).signature(b"sample")
+    signature_bytes = edge.from_cloudfront_b64(signature)
+    assert decode_dss_signature(signature_bytes) == RFC6979_SIGNATURES[algorithm]
 
 
 # --------------------------------------------------------------------------- keys accepted

@@ -73,6 +73,13 @@ PLANTED = [
     ("bearer-token-alone", PROFILE.token or ""),
     ("jwt", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln"),
     ("unsigned-jwt", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhIn0."),
+    (
+        "cloudfront-url",
+        "https://avatars.example.com/profiles/a/avatar?Expires=1&Signature=" + "Ab~-_" * 10,
+    ),
+    ("cloudfront-cookie", "Set-Cookie: CloudFront-Signature=" + "Ab~-_" * 10),
+    ("cloudfront-policy", '{"CloudFront-Policy": "' + "eyJTdGF0ZW1lbnQiOlt7IlJlc29" * 2 + '"}'),
+    ("private-key", "-----BEGIN RSA PRIVATE KEY-----"),
 ]
 
 
@@ -89,5 +96,9 @@ def test_ordinary_audit_lines_pass() -> None:
         '"expires_at": "2030-01-01T00:00:00+00:00", "reason": "signed"}',
         '{"msg": "denied", "reason": "unknown_token", "code": "UNAUTHENTICATED"}',
         '{"msg": "serving", "uploader_credentials": "environment (UPLOADERKEYID0001)"}',
+        '{"msg": "allowed", "rpc": "CreateViewerCookies", "reason": "signed", '
+        '"grant": "https://avatars.example.com/profiles/*", '
+        '"expires_at": "2030-01-01T00:00:00+00:00"}',
+        '{"msg": "CloudFront key rotated from the key files", "old_key_pair_id": "K2JCJMDEHXQW5F"}',
     ]
     assert leaks.find(lines) == []

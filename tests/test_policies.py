@@ -16,6 +16,9 @@ import sys
 from typing import Any
 
 import pytest
+from avatarsigner_server.commands import policies
+from avatarsigner_server.settings.uploads import UploadMode
+from avatarsigner_server.signing.url_signers import OBJECT_HEADERS
 
 ORIGINAL_BUCKET = "myapp-profile-images"
 ORIGINAL_UPLOAD_STATEMENT = """
@@ -96,16 +99,19 @@ DOCUMENTS = [
     "ownership_controls",
     "lifecycle",
     "cors",
+    "cloudfront",
 ]
 
 
-def test_prints_exactly_the_eight_documents(
+def test_prints_exactly_the_nine_documents(
     printed: dict[str, Any], verified: dict[str, Any]
 ) -> None:
     assert list(printed) == DOCUMENTS
     assert list(verified) == DOCUMENTS
     # Direct mode has no verifier and leaves nothing behind to expire.
     assert printed["verifier_policy"] is None and printed["lifecycle"] is None
+    # No --distribution-arn: no CloudFront.
+    assert printed["cloudfront"] is None and verified["cloudfront"] is None
 
 
 def test_verified_identities_each_have_one_prefix_scoped_job(verified: dict[str, Any]) -> None:
@@ -311,10 +317,86 @@ def test_several_origins_and_none() -> None:
     assert json.loads(_policies("--bucket", "avatars").stdout)["cors"] is None
 
 
+DISTRIBUTION = "arn:aws:cloudfront::123456789012:distribution/EDFDVBD6EXAMPLE"
+
+
+@pytest.mark.parametrize("mode", list(UploadMode), ids=str)
+def test_with_a_distribution_only_it_may_read_the_avatars(mode: UploadMode) -> None:
+    layout = policies.Layout("avatars", mode, "media/avatars/")
+    printed = policies.documents(layout, (), None, DISTRIBUTION, "eu-west-1")
+    deny_tls, allow_cloudfront = printed["bucket_policy"]["Statement"]
+    assert deny_tls["Sid"] == "DenyRequestsWithoutTLS"
+    assert allow_cloudfront == {
+        "Sid": "AllowCloudFrontToReadAvatars",
+        "Effect": "Allow",
+        "Principal": {"Service": "cloudfront.amazonaws.com"},
+        "Action": "s3:GetObject",
+        # The avatars only: not staged uploads, confirmation markers or the check's canary.
+        "Resource": "arn:aws:s3:::avatars/media/avatars/*/avatar",
+        "Condition": {"StringEquals": {"AWS:SourceArn": DISTRIBUTION}},
+    }
+    # Block Public Access stays on: a service principal bound to one ARN is not public.
+    assert all(printed["public_access_block"].values())
+
+
+def test_the_distribution_parts_for_avatars() -> None:
+    layout = policies.Layout("avatars")
+    parts = policies.documents(layout, (), None, DISTRIBUTION, "eu-west-1")["cloudfront"]
+    assert parts["origin_access_control"]["SigningBehavior"] == "always"
+    assert parts["origin_access_control"]["OriginAccessControlOriginType"] == "s3"
+    assert parts["origin"]["DomainName"] == "avatars.s3.eu-west-1.amazonaws.com"
+    key = parts["cache_policy"]["ParametersInCacheKeyAndForwardedToOrigin"]
+    # The signature parameters and the signed cookies stay out of the cache key.
+    assert key["QueryStringsConfig"] == {"QueryStringBehavior": "none"}
+    assert key["CookiesConfig"] == {"CookieBehavior": "none"}
+    assert key["HeadersConfig"] == {"HeaderBehavior": "none"}
+    assert parts["cache_policy"]["MaxTTL"] <= 3600
+    # What S3 URLs' viewers are told (`private, max-age=0`) must not keep edges from caching.
+    assert "private" in OBJECT_HEADERS["Cache-Control"]
+    assert 0 < parts["cache_policy"]["MinTTL"] == parts["cache_policy"]["DefaultTTL"]
+    security = parts["response_headers_policy"]["SecurityHeadersConfig"]
+    assert security["ContentTypeOptions"] == {"Override": True}  # X-Content-Type-Options: nosniff
+    custom = {
+        item["Header"]: item
+        for item in parts["response_headers_policy"]["CustomHeadersConfig"]["Items"]
+    }
+    assert custom["Content-Disposition"]["Override"] is True
+    assert custom["Cache-Control"]["Override"] is True
+    behavior = parts["cache_behavior"]
+    assert behavior["PathPattern"] == "profiles/*"
+    assert behavior["TargetOriginId"] == parts["origin"]["Id"]
+    assert behavior["ViewerProtocolPolicy"] == "https-only"
+    assert behavior["AllowedMethods"]["Items"] == ["GET", "HEAD"]
+    assert behavior["TrustedKeyGroups"]["Enabled"] is True
+
+
+@pytest.mark.slow
+def test_the_key_prefix_defaults_to_s3_key_prefix() -> None:
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "avatarsigner_server.commands.cli", "policies",
+            "--bucket", "avatars", "--distribution-arn", DISTRIBUTION,
+        ],
+        env={**os.environ, "S3_KEY_PREFIX": "users/", "AWS_REGION": "us-east-2"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    resource = printed["bucket_policy"]["Statement"][1]["Resource"]
+    assert resource == "arn:aws:s3:::avatars/users/*/avatar"
+    assert printed["cloudfront"]["cache_behavior"]["PathPattern"] == "users/*"
+    assert printed["cloudfront"]["origin"]["DomainName"] == "avatars.s3.us-east-2.amazonaws.com"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "named"),
     [
+        (["--bucket", "avatars", "--distribution-arn", "EDFDVBD6EXAMPLE"], "--distribution-arn"),
+        (["--bucket", "avatars", "--key-prefix", "../"], "--key-prefix"),
+        (["--bucket", "avatars", "--region", "Europe"], "--region"),
         (["--bucket", "Bad_Bucket"], "--bucket"),
         (["--bucket", "avatars", "--allowed-origin", "*"], "--allowed-origin"),
         (["--bucket", "avatars", "--allowed-origin", "https://a.example/"], "--allowed-origin"),
@@ -328,6 +410,9 @@ def test_several_origins_and_none() -> None:
         ),
     ],
     ids=[
+        "distribution-arn",
+        "key-prefix",
+        "region",
         "bucket-name",
         "wildcard",
         "trailing-slash",
@@ -360,5 +445,32 @@ def test_help_explains_how_to_apply_each_document() -> None:
         "aws s3api put-bucket-ownership-controls",
         "aws s3api put-bucket-cors",
         "avatar-signer check",
+        "aws cloudfront create-public-key",
+        "aws cloudfront create-key-group",
+        "jq -c .cloudfront.origin_access_control",
+        "jq -c .cloudfront.cache_policy",
+        "jq -c .cloudfront.response_headers_policy",
     ):
         assert command in result.stdout, command
+
+
+def test_denying_other_readers_still_lets_the_distribution_read() -> None:
+    """CloudFront's requests carry no principal ARN, only the distribution's SourceArn: the
+    denial of every reader but the reader identity must except it, or OAC reads fail."""
+    layout = policies.Layout("avatars")
+    principals = policies.Principals(UPLOADER_ARN, READER_ARN, VERIFIER_ARN)
+    statements = {
+        statement["Sid"]: statement
+        for statement in policies.bucket_policy(layout, principals, DISTRIBUTION)["Statement"]
+    }
+    deny = statements["OnlyTheReaderReadsAvatars"]
+    assert deny["Effect"] == "Deny" and deny["Action"] == "s3:GetObject"
+    assert deny["Condition"] == {
+        "ArnNotEquals": {"aws:PrincipalArn": READER_ARN},
+        "StringNotEquals": {"AWS:SourceArn": DISTRIBUTION},
+    }
+    assert statements["AllowCloudFrontToReadAvatars"]["Effect"] == "Allow"
+    # Without a distribution the denial stays as it was.
+    plain = policies.bucket_policy(layout, principals)["Statement"]
+    (reads,) = [s for s in plain if s["Sid"] == "OnlyTheReaderReadsAvatars"]
+    assert reads["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": READER_ARN}}

@@ -14,6 +14,7 @@ from webapp.settings import SettingsError, load
         ({"FEED_USERS": "alice,../bob"}, "FEED_USERS"),
         ({"ALLOWED_CONTENT_TYPES": "image/png,image/svg+xml"}, "ALLOWED_CONTENT_TYPES"),
         ({"AVATAR_SIGNER_TOKEN_FILE": "/nonexistent/token"}, "AVATAR_SIGNER_TOKEN_FILE"),
+        ({"FEED_AVATARS": "signed"}, "FEED_AVATARS"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_it(env: dict[str, str], named: str) -> None:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         UploadError,
         UploadResult,
         UploadUrl,
+        ViewerCookies,
         upload_bytes,
     )
     from .images import detect_content_type, sha256_base64
@@ -52,6 +53,7 @@ __all__ = [
     "UploadError",
     "UploadResult",
     "UploadUrl",
+    "ViewerCookies",
     "detect_content_type",
     "sha256_base64",
     "upload_bytes",

@@ -3,14 +3,15 @@
     avatar-signer-client upload-url --user u123 --content-type image/png --content-length 812
     avatar-signer-client download-url --user u123 --ttl 120
     avatar-signer-client batch-download-url --user u1 --user u2
+    avatar-signer-client viewer-cookies --ttl 3600
     avatar-signer-client health [--service avatarsigner.v1.AvatarSigner]
     avatar-signer-client upload me.png --user u123
     avatar-signer-client confirm --user u123 --upload-id ID
     avatar-signer-client delete --user u123
 
 Results go to stdout as JSON (health: the status name; upload: the avatar's key and, where
-the server verifies uploads, what it verified). Presigned
-URLs appear only there. Every failure is one line on stderr, without a URL or traceback:
+the server verifies uploads, what it verified). Presigned URLs and viewer cookies appear
+only there. Every failure is one line on stderr, without a URL or traceback:
 
     exit 0  success (health: SERVING)
     exit 1  the service or S3 refused, could not be reached, or health is not SERVING
@@ -44,6 +45,7 @@ from .client import (
     PlaintextCredentialsError,
     UploadError,
     UploadUrl,
+    ViewerCookies,
 )
 from .contract import AUTHORIZATION_METADATA
 from .images import detect_content_type
@@ -164,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ttl(batch)
     batch.set_defaults(run=_batch_download_url)
 
+    cookies = commands.add_parser(
+        "viewer-cookies",
+        help="CloudFront signed cookies for every avatar, and the URL template (JSON)",
+    )
+    cookies.add_argument(
+        "--ttl",
+        type=float,
+        metavar="SECONDS",
+        help="how long the cookies grant access (default: the server's)",
+    )
+    cookies.set_defaults(run=_viewer_cookies)
+
     health = commands.add_parser("health", help="print the health status; exit 0 only when SERVING")
     health.add_argument(
         "--service", default="", metavar="NAME", help="service name (default: the server)"
@@ -281,6 +295,21 @@ def _download_url(client: AvatarSignerClient, args: argparse.Namespace) -> int:
 def _batch_download_url(client: AvatarSignerClient, args: argparse.Namespace) -> int:
     downloads = client.batch_create_download_urls(args.users, args.ttl)
     _print_json([_download_json(d) for d in downloads])
+    return EXIT_OK
+
+
+def _cookies_json(cookies: ViewerCookies) -> dict[str, Any]:
+    return {
+        "cookies": cookies.cookies,
+        "set_cookie": list(cookies.set_cookie),
+        "resource": cookies.resource,
+        "expires_at": _iso(cookies.expires_at),
+        "url_template": cookies.url_template,
+    }
+
+
+def _viewer_cookies(client: AvatarSignerClient, args: argparse.Namespace) -> int:
+    _print_json(_cookies_json(client.create_viewer_cookies(args.ttl)))
     return EXIT_OK
 
 

@@ -4,6 +4,7 @@
         upload = c.create_upload_url("u123", "image/png", len(data), sha256_base64(data))
         upload_bytes(upload, data)
         url = c.create_download_url("u123").url
+        cookies = c.create_viewer_cookies()   # with CloudFront: one grant for every avatar
 
 `AvatarSignerClient` (blocking, thread-safe, one channel) and `AsyncAvatarSignerClient`
 (grpc.aio; its channel is opened on first use, inside the running event loop) share the
@@ -130,6 +131,29 @@ class DownloadUrl:
     expires_at: datetime
     """When the URL stops working (timezone-aware, UTC)."""
     key: str
+
+
+@dataclass(frozen=True)
+class ViewerCookies:
+    """CloudFront signed cookies that let a browser fetch every avatar until `expires_at`.
+
+    Send `set_cookie` (one ``Set-Cookie`` header value each) to the viewer's browser, then
+    build avatar URLs from `url_template` (``{user_id}`` replaced). `cookies` (name -> value)
+    and `set_cookie` are bearer credentials for every avatar: left out of ``repr``.
+    """
+
+    cookies: dict[str, str] = field(repr=False)
+    set_cookie: tuple[str, ...] = field(repr=False)
+    resource: str
+    """The URL pattern granted, e.g. ``https://avatars.example.com/profiles/*/avatar``."""
+    expires_at: datetime
+    """When CloudFront stops accepting the cookies (timezone-aware, UTC)."""
+    url_template: str
+    """An avatar's URL with ``{user_id}`` in place of the user id."""
+
+    def url_for(self, user_id: str) -> str:
+        """The plain avatar URL of `user_id` (valid ids need no escaping)."""
+        return self.url_template.replace("{user_id}", user_id)
 
 
 # --- errors --------------------------------------------------------------------------
@@ -360,6 +384,20 @@ def _batch_urls(response: pb.BatchCreateDownloadUrlsResponse) -> list[DownloadUr
     ]
 
 
+def _cookies_request(ttl: Ttl) -> pb.CreateViewerCookiesRequest:
+    return pb.CreateViewerCookiesRequest(ttl=_ttl_field(ttl))
+
+
+def _viewer_cookies(response: pb.CreateViewerCookiesResponse) -> ViewerCookies:
+    return ViewerCookies(
+        cookies=dict(response.cookies),
+        set_cookie=tuple(response.set_cookie),
+        resource=response.resource,
+        expires_at=_expires_at(response.expires_at),
+        url_template=response.url_template,
+    )
+
+
 def _health_name(response: Any) -> str:
     name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     return name
@@ -548,6 +586,14 @@ class AvatarSignerClient:
         )
         return _batch_urls(response)
 
+    def create_viewer_cookies(self, ttl: Ttl = None) -> ViewerCookies:
+        """CloudFront signed cookies for every avatar (servers with CloudFront configured;
+        others answer FAILED_PRECONDITION)."""
+        response: pb.CreateViewerCookiesResponse = self._call(
+            self._stub.CreateViewerCookies, _cookies_request(ttl)
+        )
+        return _viewer_cookies(response)
+
     def health(self, service: str = "") -> str:
         """The grpc.health.v1 status name of `service` ("" is the whole server): "SERVING"..."""
         request = health_pb2.HealthCheckRequest(service=service)
@@ -672,6 +718,12 @@ class AsyncAvatarSignerClient:
             self._signer().BatchCreateDownloadUrls, request
         )
         return _batch_urls(response)
+
+    async def create_viewer_cookies(self, ttl: Ttl = None) -> ViewerCookies:
+        response: pb.CreateViewerCookiesResponse = await self._call(
+            self._signer().CreateViewerCookies, _cookies_request(ttl)
+        )
+        return _viewer_cookies(response)
 
     async def health(self, service: str = "") -> str:
         self._signer()

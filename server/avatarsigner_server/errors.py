@@ -74,6 +74,12 @@ class CredentialsUnavailable(ServiceError):
     code = "FAILED_PRECONDITION"
 
 
+class NotConfigured(ServiceError):
+    """FAILED_PRECONDITION: the RPC needs a feature this server is not configured for."""
+
+    code = "FAILED_PRECONDITION"
+
+
 class Unauthenticated(ServiceError):
     code = "UNAUTHENTICATED"
 

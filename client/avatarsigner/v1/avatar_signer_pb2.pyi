@@ -29,7 +29,8 @@ Errors (google.rpc.Status codes):
                        lives as long as asked (for example, they expire sooner); or
                        ConfirmUpload refused the upload: a google.rpc.ErrorInfo says
                        why in `reason` (NOT_UPLOADED, SIZE_MISMATCH, NOT_AN_IMAGE, ...;
-                       see ConfirmUpload), domain `avatarsigner.v1`.
+                       see ConfirmUpload), domain `avatarsigner.v1`; or
+                       CreateViewerCookies was called on a server without CloudFront.
   UNAVAILABLE          the server is shutting down; retry on another replica.
 """
 
@@ -498,3 +499,111 @@ class DownloadUrl(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DownloadUrl: _TypeAlias = DownloadUrl  # noqa: Y015
+
+@_typing.final
+class CreateViewerCookiesRequest(_message.Message):
+    """Request for CreateViewerCookies."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TTL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """Optional. How long the cookies grant access: at least 1 second and at most the
+        server's CLOUDFRONT_COOKIE_MAX_TTL_SECONDS (default 43200 s). Absent means
+        CLOUDFRONT_COOKIE_TTL_SECONDS (default 3600 s). Whole seconds only; never clamped.
+        """
+
+    def __init__(
+        self,
+        *,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateViewerCookiesRequest: _TypeAlias = CreateViewerCookiesRequest  # noqa: Y015
+
+@_typing.final
+class CreateViewerCookiesResponse(_message.Message):
+    """Response for CreateViewerCookies. Every value here is a bearer credential for every
+    avatar until `expires_at`: send it to the viewer's browser only, never log it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CookiesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    COOKIES_FIELD_NUMBER: _builtins.int
+    SET_COOKIE_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    URL_TEMPLATE_FIELD_NUMBER: _builtins.int
+    resource: _builtins.str
+    """The URL pattern the policy grants: every avatar and nothing else,
+    `<CLOUDFRONT_URL>/<prefix>*/avatar`, for example
+    `https://avatars.example.com/profiles/*/avatar` (`*` matches any run of characters).
+    """
+    url_template: _builtins.str
+    """A plain avatar URL with `{user_id}` in place of the user id, for example
+    `https://avatars.example.com/profiles/{user_id}/avatar`. Replace `{user_id}` with an
+    id following the CreateDownloadUrlRequest.user_id rule (it needs no escaping). The
+    object may not exist yet: then CloudFront answers 404 (or 403).
+    """
+    @_builtins.property
+    def cookies(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The signed cookies, name -> value: `CloudFront-Policy` (the custom policy, in
+        CloudFront's URL-safe base64), `CloudFront-Signature` and `CloudFront-Key-Pair-Id`;
+        also `CloudFront-Hash-Algorithm` = "SHA256" when the server signs with SHA-256. For
+        clients that set cookies themselves; web apps can send `set_cookie` as it is.
+        """
+
+    @_builtins.property
+    def set_cookie(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """One ready-to-send `Set-Cookie` header value per cookie, each with the same attributes:
+        `Path=/<prefix>` (by default /profiles/: sent with avatar requests only), `Expires`
+        (= expires_at), `Secure`, `HttpOnly` and `SameSite=Strict`, and `Domain` when the
+        server sets CLOUDFRONT_COOKIE_DOMAIN (otherwise the cookies are host-only).
+        """
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When CloudFront stops accepting the cookies (the policy's DateLessThan, exclusive)."""
+
+    def __init__(
+        self,
+        *,
+        cookies: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        set_cookie: _abc.Iterable[_builtins.str] | None = ...,
+        resource: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        url_template: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cookies", b"cookies", "expires_at", b"expires_at", "resource", b"resource", "set_cookie", b"set_cookie", "url_template", b"url_template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateViewerCookiesResponse: _TypeAlias = CreateViewerCookiesResponse  # noqa: Y015

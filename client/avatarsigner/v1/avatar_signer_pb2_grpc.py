@@ -27,7 +27,9 @@ if _version_not_supported:
 
 class AvatarSignerStub:
     """Mints presigned S3 URLs for user avatars: one PUT URL for a user to upload their
-    own avatar, GET URLs for anyone's avatar to be shown.
+    own avatar, GET URLs for anyone's avatar to be shown. When the server is configured
+    with a CloudFront distribution in front of the bucket (CLOUDFRONT_URL), download URLs
+    are CloudFront signed URLs instead, and viewer cookies are available.
     """
 
     def __init__(self, channel):
@@ -61,11 +63,18 @@ class AvatarSignerStub:
                 request_serializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.BatchCreateDownloadUrlsRequest.SerializeToString,
                 response_deserializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.BatchCreateDownloadUrlsResponse.FromString,
                 _registered_method=True)
+        self.CreateViewerCookies = channel.unary_unary(
+                '/avatarsigner.v1.AvatarSigner/CreateViewerCookies',
+                request_serializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.CreateViewerCookiesRequest.SerializeToString,
+                response_deserializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.CreateViewerCookiesResponse.FromString,
+                _registered_method=True)
 
 
 class AvatarSignerServicer:
     """Mints presigned S3 URLs for user avatars: one PUT URL for a user to upload their
-    own avatar, GET URLs for anyone's avatar to be shown.
+    own avatar, GET URLs for anyone's avatar to be shown. When the server is configured
+    with a CloudFront distribution in front of the bucket (CLOUDFRONT_URL), download URLs
+    are CloudFront signed URLs instead, and viewer cookies are available.
     """
 
     def CreateUploadUrl(self, request, context):
@@ -111,7 +120,8 @@ class AvatarSignerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateDownloadUrl(self, request, context):
-        """Returns a presigned GET URL for one user's avatar.
+        """Returns a presigned GET URL for one user's avatar: an S3 presigned URL, or, when the
+        server is configured with CloudFront, a CloudFront signed URL (canned policy).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,6 +131,17 @@ class AvatarSignerServicer:
         """Returns presigned GET URLs for many users' avatars (feeds, member lists), in
         request order. Either every id is valid and every URL is returned, or the call
         fails with INVALID_ARGUMENT naming each bad index.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateViewerCookies(self, request, context):
+        """Returns CloudFront signed cookies that let a browser fetch every avatar through the
+        CloudFront distribution for a while, so feed pages can use plain, cacheable avatar
+        URLs without a signature each. FAILED_PRECONDITION when the server has no CloudFront
+        distribution configured (CLOUDFRONT_URL, CLOUDFRONT_KEY_PAIR_ID and
+        CLOUDFRONT_PRIVATE_KEY_FILE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,6 +175,11 @@ def add_AvatarSignerServicer_to_server(servicer, server):
                     request_deserializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.BatchCreateDownloadUrlsRequest.FromString,
                     response_serializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.BatchCreateDownloadUrlsResponse.SerializeToString,
             ),
+            'CreateViewerCookies': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateViewerCookies,
+                    request_deserializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.CreateViewerCookiesRequest.FromString,
+                    response_serializer=avatarsigner_dot_v1_dot_avatar__signer__pb2.CreateViewerCookiesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'avatarsigner.v1.AvatarSigner', rpc_method_handlers)
@@ -164,7 +190,9 @@ def add_AvatarSignerServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AvatarSigner:
     """Mints presigned S3 URLs for user avatars: one PUT URL for a user to upload their
-    own avatar, GET URLs for anyone's avatar to be shown.
+    own avatar, GET URLs for anyone's avatar to be shown. When the server is configured
+    with a CloudFront distribution in front of the bucket (CLOUDFRONT_URL), download URLs
+    are CloudFront signed URLs instead, and viewer cookies are available.
     """
 
     @staticmethod
@@ -292,6 +320,33 @@ class AvatarSigner:
             '/avatarsigner.v1.AvatarSigner/BatchCreateDownloadUrls',
             avatarsigner_dot_v1_dot_avatar__signer__pb2.BatchCreateDownloadUrlsRequest.SerializeToString,
             avatarsigner_dot_v1_dot_avatar__signer__pb2.BatchCreateDownloadUrlsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateViewerCookies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/avatarsigner.v1.AvatarSigner/CreateViewerCookies',
+            avatarsigner_dot_v1_dot_avatar__signer__pb2.CreateViewerCookiesRequest.SerializeToString,
+            avatarsigner_dot_v1_dot_avatar__signer__pb2.CreateViewerCookiesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,7 +29,8 @@ Errors (google.rpc.Status codes):
                        lives as long as asked (for example, they expire sooner); or
                        ConfirmUpload refused the upload: a google.rpc.ErrorInfo says
                        why in `reason` (NOT_UPLOADED, SIZE_MISMATCH, NOT_AN_IMAGE, ...;
-                       see ConfirmUpload), domain `avatarsigner.v1`.
+                       see ConfirmUpload), domain `avatarsigner.v1`; or
+                       CreateViewerCookies was called on a server without CloudFront.
   UNAVAILABLE          the server is shutting down; retry on another replica.
 """
 
@@ -58,7 +59,9 @@ GRPC_VERSION: str
 
 class AvatarSignerStub:
     """Mints presigned S3 URLs for user avatars: one PUT URL for a user to upload their
-    own avatar, GET URLs for anyone's avatar to be shown.
+    own avatar, GET URLs for anyone's avatar to be shown. When the server is configured
+    with a CloudFront distribution in front of the bucket (CLOUDFRONT_URL), download URLs
+    are CloudFront signed URLs instead, and viewer cookies are available.
     """
 
     @_typing.overload
@@ -96,17 +99,28 @@ class AvatarSignerStub:
     (reason DIRECT_MODE): the original design has no identity that may delete.
     """
     CreateDownloadUrl: _grpc.UnaryUnaryMultiCallable[_avatar_signer_pb2.CreateDownloadUrlRequest, _avatar_signer_pb2.CreateDownloadUrlResponse]
-    """Returns a presigned GET URL for one user's avatar."""
+    """Returns a presigned GET URL for one user's avatar: an S3 presigned URL, or, when the
+    server is configured with CloudFront, a CloudFront signed URL (canned policy).
+    """
     BatchCreateDownloadUrls: _grpc.UnaryUnaryMultiCallable[_avatar_signer_pb2.BatchCreateDownloadUrlsRequest, _avatar_signer_pb2.BatchCreateDownloadUrlsResponse]
     """Returns presigned GET URLs for many users' avatars (feeds, member lists), in
     request order. Either every id is valid and every URL is returned, or the call
     fails with INVALID_ARGUMENT naming each bad index.
     """
+    CreateViewerCookies: _grpc.UnaryUnaryMultiCallable[_avatar_signer_pb2.CreateViewerCookiesRequest, _avatar_signer_pb2.CreateViewerCookiesResponse]
+    """Returns CloudFront signed cookies that let a browser fetch every avatar through the
+    CloudFront distribution for a while, so feed pages can use plain, cacheable avatar
+    URLs without a signature each. FAILED_PRECONDITION when the server has no CloudFront
+    distribution configured (CLOUDFRONT_URL, CLOUDFRONT_KEY_PAIR_ID and
+    CLOUDFRONT_PRIVATE_KEY_FILE).
+    """
 
 @_typing.type_check_only
 class AvatarSignerAsyncStub(AvatarSignerStub):
     """Mints presigned S3 URLs for user avatars: one PUT URL for a user to upload their
-    own avatar, GET URLs for anyone's avatar to be shown.
+    own avatar, GET URLs for anyone's avatar to be shown. When the server is configured
+    with a CloudFront distribution in front of the bucket (CLOUDFRONT_URL), download URLs
+    are CloudFront signed URLs instead, and viewer cookies are available.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -141,16 +155,27 @@ class AvatarSignerAsyncStub(AvatarSignerStub):
     (reason DIRECT_MODE): the original design has no identity that may delete.
     """
     CreateDownloadUrl: _aio.UnaryUnaryMultiCallable[_avatar_signer_pb2.CreateDownloadUrlRequest, _avatar_signer_pb2.CreateDownloadUrlResponse]  # type: ignore[assignment]
-    """Returns a presigned GET URL for one user's avatar."""
+    """Returns a presigned GET URL for one user's avatar: an S3 presigned URL, or, when the
+    server is configured with CloudFront, a CloudFront signed URL (canned policy).
+    """
     BatchCreateDownloadUrls: _aio.UnaryUnaryMultiCallable[_avatar_signer_pb2.BatchCreateDownloadUrlsRequest, _avatar_signer_pb2.BatchCreateDownloadUrlsResponse]  # type: ignore[assignment]
     """Returns presigned GET URLs for many users' avatars (feeds, member lists), in
     request order. Either every id is valid and every URL is returned, or the call
     fails with INVALID_ARGUMENT naming each bad index.
     """
+    CreateViewerCookies: _aio.UnaryUnaryMultiCallable[_avatar_signer_pb2.CreateViewerCookiesRequest, _avatar_signer_pb2.CreateViewerCookiesResponse]  # type: ignore[assignment]
+    """Returns CloudFront signed cookies that let a browser fetch every avatar through the
+    CloudFront distribution for a while, so feed pages can use plain, cacheable avatar
+    URLs without a signature each. FAILED_PRECONDITION when the server has no CloudFront
+    distribution configured (CLOUDFRONT_URL, CLOUDFRONT_KEY_PAIR_ID and
+    CLOUDFRONT_PRIVATE_KEY_FILE).
+    """
 
 class AvatarSignerServicer(metaclass=_abc_1.ABCMeta):
     """Mints presigned S3 URLs for user avatars: one PUT URL for a user to upload their
-    own avatar, GET URLs for anyone's avatar to be shown.
+    own avatar, GET URLs for anyone's avatar to be shown. When the server is configured
+    with a CloudFront distribution in front of the bucket (CLOUDFRONT_URL), download URLs
+    are CloudFront signed URLs instead, and viewer cookies are available.
     """
 
     @_abc_1.abstractmethod
@@ -207,7 +232,9 @@ class AvatarSignerServicer(metaclass=_abc_1.ABCMeta):
         request: _avatar_signer_pb2.CreateDownloadUrlRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_avatar_signer_pb2.CreateDownloadUrlResponse, _abc.Awaitable[_avatar_signer_pb2.CreateDownloadUrlResponse]]:
-        """Returns a presigned GET URL for one user's avatar."""
+        """Returns a presigned GET URL for one user's avatar: an S3 presigned URL, or, when the
+        server is configured with CloudFront, a CloudFront signed URL (canned policy).
+        """
 
     @_abc_1.abstractmethod
     def BatchCreateDownloadUrls(
@@ -218,6 +245,19 @@ class AvatarSignerServicer(metaclass=_abc_1.ABCMeta):
         """Returns presigned GET URLs for many users' avatars (feeds, member lists), in
         request order. Either every id is valid and every URL is returned, or the call
         fails with INVALID_ARGUMENT naming each bad index.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateViewerCookies(
+        self,
+        request: _avatar_signer_pb2.CreateViewerCookiesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_avatar_signer_pb2.CreateViewerCookiesResponse, _abc.Awaitable[_avatar_signer_pb2.CreateViewerCookiesResponse]]:
+        """Returns CloudFront signed cookies that let a browser fetch every avatar through the
+        CloudFront distribution for a while, so feed pages can use plain, cacheable avatar
+        URLs without a signature each. FAILED_PRECONDITION when the server has no CloudFront
+        distribution configured (CLOUDFRONT_URL, CLOUDFRONT_KEY_PAIR_ID and
+        CLOUDFRONT_PRIVATE_KEY_FILE).
         """
 
 def add_AvatarSignerServicer_to_server(servicer: AvatarSignerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

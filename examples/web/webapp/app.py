@@ -13,7 +13,9 @@ browser straight to S3.
     POST /api/upload-url {"content_type", "content_length", "checksum_sha256"}
     POST /api/confirm {"upload_id"}      verified uploads: ConfirmUpload, after the PUT
     GET  /api/avatar-url                 a download URL for the signed-in user
-    GET  /api/feed                       download URLs for the feed, one batch call
+    GET  /api/feed                       download URLs for the feed, one batch call; with
+                                         FEED_AVATARS=cookies, plain CloudFront URLs and
+                                         the viewer cookies (Set-Cookie) that grant them
 """
 
 from __future__ import annotations
@@ -256,6 +258,8 @@ def create_app(settings: WebSettings, signer: AsyncAvatarSignerClient | None = N
         users = directory.feed()
         if not users:
             return JSONResponse({"avatars": []}, headers=NO_STORE)
+        if settings.feed_avatars == "cookies":
+            return await feed_under_cookies(request, users)
         downloads = await _call(the_signer(request).batch_create_download_urls(users))
         return JSONResponse(
             {
@@ -270,6 +274,24 @@ def create_app(settings: WebSettings, signer: AsyncAvatarSignerClient | None = N
             },
             headers=NO_STORE,
         )
+
+    async def feed_under_cookies(request: Request, users: list[str]) -> Response:
+        """Plain avatar URLs, and the cookies that let this browser fetch them through
+        CloudFront: one signature for the whole feed (HttpOnly: the page never sees them)."""
+        granted = await _call(the_signer(request).create_viewer_cookies())
+        expires_at = granted.expires_at.isoformat()
+        response = JSONResponse(
+            {
+                "avatars": [
+                    {"user_id": user, "url": granted.url_for(user), "expires_at": expires_at}
+                    for user in users
+                ]
+            },
+            headers=NO_STORE,
+        )
+        for header in granted.set_cookie:
+            response.headers.append("set-cookie", header)
+        return response
 
     routes = [
         Route("/", home),

@@ -18,6 +18,9 @@ from pathlib import Path
 DEFAULT_TYPES = ("image/jpeg", "image/png", "image/webp")
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024
 DEFAULT_FEED_USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
+# How the feed shows avatars: a signed URL each (one BatchCreateDownloadUrls call), or,
+# where the service has CloudFront configured, plain URLs under CloudFront viewer cookies.
+FEED_AVATARS = ("urls", "cookies")
 # The service's rule for user ids; checking it at sign-in gives a clear message early.
 USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -48,6 +51,7 @@ class WebSettings:
     allowed_types: tuple[str, ...] = DEFAULT_TYPES
     identity_provider: DemoIdentityProvider | None = None
     feed_users: tuple[str, ...] = DEFAULT_FEED_USERS
+    feed_avatars: str = "urls"
 
     @property
     def end_user_binding(self) -> bool:
@@ -88,6 +92,10 @@ def load(env: Mapping[str, str] | None = None) -> WebSettings:
         if bad:
             raise SettingsError(f"FEED_USERS: {bad[0]!r} is not a valid user id")
         values["feed_users"] = users
+    if env.get("FEED_AVATARS"):
+        if env["FEED_AVATARS"] not in FEED_AVATARS:
+            raise SettingsError("FEED_AVATARS: must be urls (the default) or cookies")
+        values["feed_avatars"] = env["FEED_AVATARS"]
     return WebSettings(**values)  # type: ignore[arg-type]
 
 

@@ -24,10 +24,12 @@ from avatarsigner.v1 import avatar_signer_pb2 as pb
 from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from ..errors import DeletionRefused, ServiceError, UploadRefused
+from ..errors import DeletionRefused, NotConfigured, ServiceError, UploadRefused
+from ..settings.cloudfront import REQUIRED as CLOUDFRONT_SETTINGS
+from ..signing.cloudfront_viewers import ViewerCookieSigner
 from ..signing.object_keys import ObjectKeys
 from ..signing.upload_ids import UploadTicket
-from ..signing.url_signers import DownloadSigner, UploadSigner
+from ..signing.url_signers import DownloadUrls, UploadSigner
 from ..telemetry import call_context, logs
 from ..telemetry.audit import Audit
 from ..telemetry.call_context import Call
@@ -82,22 +84,25 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
         limits: validation.Limits,
         keys: ObjectKeys,
         uploads: UploadSigner,
-        downloads: DownloadSigner,
+        downloads: DownloadUrls,
         audit: Audit | None = None,
         upload_gates: Sequence[UserGate] = (),
         confirmer: Confirmer | None = None,
         remover: Remover | None = None,
         delete_gates: Sequence[UserGate] = (),
         cached_copies_seconds: int = 0,
+        viewer_cookies: ViewerCookieSigner | None = None,
     ) -> None:
         """confirmer: verified uploads (upload URLs write staging keys once, ConfirmUpload
         publishes them); None: direct uploads (upload URLs write the avatar itself).
         remover: DeleteAvatar (verified mode); cached_copies_seconds: how long a copy
-        fetched before a deletion may still be shown (see DeleteAvatarResponse)."""
+        fetched before a deletion may still be shown (see DeleteAvatarResponse).
+        viewer_cookies: CloudFront's cookie signer; None: CreateViewerCookies is refused."""
         self._limits = limits
         self._keys = keys
         self._uploads = uploads
         self._downloads = downloads
+        self._viewer_cookies = viewer_cookies
         self._audit = audit or Audit()
         self._upload_gates = tuple(upload_gates)
         self._confirmer = confirmer
@@ -219,6 +224,29 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
         download = validation.batch_download(request, self._limits)
         return pb.BatchCreateDownloadUrlsResponse(
             urls=self._sign_downloads("BatchCreateDownloadUrls", download)
+        )
+
+    @_handled
+    async def CreateViewerCookies(
+        self, request: pb.CreateViewerCookiesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateViewerCookiesResponse:
+        cookies, rule = self._viewer_cookies, self._limits.cookie_ttl
+        if cookies is None or rule is None:
+            raise NotConfigured(
+                "CreateViewerCookies needs CloudFront, which this server is not configured "
+                f"for: set {CLOUDFRONT_SETTINGS}",
+                "cloudfront_not_configured",
+            )
+        ttl_seconds = validation.viewer_cookies(request, rule)
+        call = call_context.current("CreateViewerCookies")
+        granted = cookies.sign(ttl_seconds=ttl_seconds)
+        self._audit.cookies_signed(call, granted.resource, granted.expires_at)
+        return pb.CreateViewerCookiesResponse(
+            cookies=granted.cookies,
+            set_cookie=granted.set_cookie,
+            resource=granted.resource,
+            expires_at=_timestamp(granted.expires_at),
+            url_template=granted.url_template,
         )
 
     def _sign_downloads(

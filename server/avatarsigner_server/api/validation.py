@@ -32,6 +32,8 @@ class Limits:
     upload_ttl: TtlRule
     download_ttl: TtlRule
     max_batch: int = MAX_BATCH
+    # Viewer cookies' lifetimes; None without CloudFront (the RPC is refused before this).
+    cookie_ttl: TtlRule | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -40,6 +42,7 @@ class Limits:
             max_upload_bytes=settings.max_upload_bytes,
             upload_ttl=settings.upload_ttl,
             download_ttl=settings.download_ttl,
+            cookie_ttl=settings.cloudfront.cookie_ttl if settings.cloudfront else None,
         )
 
 
@@ -155,3 +158,11 @@ def delete(request: pb.DeleteAvatarRequest) -> str:
     _user_id(v, "user_id", request.user_id)
     v.raise_any()
     return request.user_id
+
+
+def viewer_cookies(request: pb.CreateViewerCookiesRequest, rule: TtlRule) -> int:
+    """The cookies' ttl in seconds (the rule's default when absent)."""
+    v = _Violations()
+    ttl = _ttl(v, request.HasField("ttl"), request.ttl, rule)
+    v.raise_any()
+    return ttl

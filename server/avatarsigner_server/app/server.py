@@ -196,6 +196,8 @@ async def serve(settings: Settings, on_serving: Callable[[int], None] | None = N
             "endpoint": settings.endpoint_url or "aws",
             "uploader_credentials": describe(settings.uploader),
             "reader_credentials": describe(settings.reader),
+            # Where download URLs point: S3, or the CloudFront distribution (no key material).
+            "downloads": settings.cloudfront.url if settings.cloudfront else "s3",
             "metrics_address": host_port(
                 settings.metrics_host or settings.grpc_host, server.metrics_port
             ),

@@ -4,6 +4,11 @@
     identity -> the servicer; in verified mode the confirmer, reading and writing as the
     verifier; metrics and the audit log; access control around it.
 
+Download URLs are S3 presigned GETs signed with the reader's credentials, or, when
+CLOUDFRONT_URL is set, CloudFront signed URLs signed with the CloudFront key (which also
+signs viewer cookies). That choice is made here and nowhere else: the servicer sees one
+`DownloadUrls`.
+
 Nothing else constructs these parts, so what runs in production is what `build()` returns;
 the server (server.py) only runs it.
 """
@@ -17,10 +22,12 @@ from ..api.servicer import AvatarSignerService, UserGate
 from ..api.validation import Limits
 from ..credentials.watcher import CredentialWatcher, build_watcher, check_sources
 from ..settings import Settings
+from ..settings import cloudfront as cloudfront_settings
 from ..settings.load import SERVER_REQUEST_SECONDS
 from ..signing.clock import Clock, utc_now, utc_now_to_the_second
+from ..signing.cloudfront_viewers import CloudFrontDownloadSigner, ViewerCookieSigner
 from ..signing.object_keys import ObjectKeys
-from ..signing.url_signers import BucketEndpoint, DownloadSigner, UploadSigner
+from ..signing.url_signers import BucketEndpoint, DownloadSigner, DownloadUrls, UploadSigner
 from ..storage import probes
 from ..storage.objects import ObjectStore
 from ..telemetry.audit import Audit
@@ -92,8 +99,14 @@ def cached_copies_seconds(settings: Settings) -> int:
     S3 checks every request, so a download URL stops working at once; but a browser or
     proxy may keep what it fetched. Every URL signed before the deletion has expired
     DOWNLOAD_MAX_TTL_SECONDS later, and a stable URL's signed max-age (ttl - window) is
-    shorter than that.
+    shorter than that. Through CloudFront an edge may go on serving a copy it cached
+    before the deletion, to holders of a valid URL or cookies, for up to the cache
+    policy's maximum TTL (unless invalidated), and a browser then keeps it for the max-age
+    the response headers policy gives (both as `avatar-signer policies` sets them up).
     """
+    if settings.cloudfront is not None:
+        edge = cloudfront_settings.EDGE_MAX_TTL_SECONDS
+        return max(settings.download_ttl.maximum, edge + cloudfront_settings.VIEWER_MAX_AGE_SECONDS)
     return settings.download_ttl.maximum
 
 
@@ -106,27 +119,50 @@ def build_servicer(
     upload_gates: tuple[UserGate, ...] = (),
     delete_gates: tuple[UserGate, ...] = (),
 ) -> AvatarSignerService:
-    """The servicer with its two signers, each holding only its own identity."""
+    """The servicer with its signers, each holding only its own identity or key."""
     endpoint = BucketEndpoint(settings.bucket, settings.region, settings.endpoint_url)
     # The real clock, read to the second (and cheaply) for signing; a test's clock as given.
     signing_clock = utc_now_to_the_second if clock is utc_now else clock
-    return AvatarSignerService(
-        limits=Limits.from_settings(settings),
-        keys=ObjectKeys(settings.key_prefix, settings.uploads.staging_prefix),
-        uploads=UploadSigner(credentials["uploader"], endpoint, settings.region, signing_clock),
-        downloads=DownloadSigner(
+    keys = ObjectKeys(settings.key_prefix, settings.uploads.staging_prefix)
+    cloudfront, key = settings.cloudfront, credentials.cloudfront
+    downloads: DownloadUrls
+    viewer_cookies = None
+    if cloudfront is None or key is None:
+        downloads = DownloadSigner(
             credentials["reader"],
             endpoint,
             settings.region,
             signing_clock,
             reuse_seconds=settings.download_url_reuse_seconds,
-        ),
+        )
+    else:
+        downloads = CloudFrontDownloadSigner(
+            key,
+            cloudfront.url,
+            cloudfront.hash_algorithm,
+            signing_clock,
+            reuse_seconds=settings.download_url_reuse_seconds,
+        )
+        viewer_cookies = ViewerCookieSigner(
+            key,
+            cloudfront.url,
+            keys,
+            cloudfront.hash_algorithm,
+            signing_clock,
+            domain=cloudfront.cookie_domain,
+        )
+    return AvatarSignerService(
+        limits=Limits.from_settings(settings),
+        keys=keys,
+        uploads=UploadSigner(credentials["uploader"], endpoint, settings.region, signing_clock),
+        downloads=downloads,
         audit=audit or Audit(download_ids=settings.audit_download_ids),
         upload_gates=upload_gates,
         confirmer=build_confirmer(settings, credentials, clock),
         remover=build_remover(settings, credentials, clock),
         delete_gates=delete_gates,
         cached_copies_seconds=cached_copies_seconds(settings),
+        viewer_cookies=viewer_cookies,
     )
 
 

@@ -15,7 +15,15 @@ import sys
 from collections.abc import Sequence
 
 from ..app import server, wiring, workers
-from ..settings import SettingsError, bucket, is_valid_bucket, limits, load, uploads
+from ..settings import (
+    SettingsError,
+    bucket,
+    is_valid_bucket,
+    is_valid_region,
+    limits,
+    load,
+    uploads,
+)
 from ..settings.env import Env
 from ..settings.uploads import UploadMode
 from ..telemetry import logs
@@ -113,8 +121,16 @@ def _policies(args: argparse.Namespace) -> int:
         raise SettingsError("--bucket", "must be a valid S3 bucket name")
     layout = _policy_layout(args)
     principals = _principals(args, layout)
+    arn = args.distribution_arn
+    problem = None if arn is None else policies.distribution_arn_problem(arn)
+    if problem:
+        raise SettingsError("--distribution-arn", problem)
+    if args.region is not None and not is_valid_region(args.region):
+        raise SettingsError("--region", "must be an AWS region name such as eu-west-1")
     try:
-        documents = policies.documents(layout, args.allowed_origin, principals)
+        documents = policies.documents(
+            layout, args.allowed_origin, principals, arn, args.region
+        )
     except ValueError as error:
         raise SettingsError("--allowed-origin", str(error)) from None
     if principals is None:
@@ -153,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.set_defaults(func=_check)
     documents = commands.add_parser(
         "policies",
-        help="print the IAM policies and bucket settings as one JSON object",
-        description="Print the IAM policies and the bucket settings as one JSON object.",
+        help="print the IAM policies, bucket settings and CloudFront parts as one JSON object",
+        description="Print the IAM policies, the bucket settings and (with "
+        "--distribution-arn) the CloudFront distribution's parts as one JSON object.",
         epilog=policies.APPLY_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -195,6 +212,17 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"the {identity}'s IAM user or role: the bucket policy denies {job} to "
             "anyone else",
         )
+    documents.add_argument(
+        "--distribution-arn",
+        metavar="ARN",
+        help="a CloudFront distribution serving the avatars: the bucket policy lets it read "
+        "them (Origin Access Control), and its parts are printed under 'cloudfront'",
+    )
+    documents.add_argument(
+        "--region",
+        default=os.environ.get("AWS_REGION") or None,
+        help="the bucket's region, for the CloudFront origin's domain (default: AWS_REGION)",
+    )
     documents.set_defaults(func=_policies)
     return parser
 

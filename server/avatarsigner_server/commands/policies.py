@@ -1,12 +1,12 @@
 """The IAM and bucket documents the security model rests on, ready for the AWS CLI.
 
 `avatar-signer policies --bucket B [--mode verified|direct] [--allowed-origin URL ...]
-[--uploader-arn ARN --reader-arn ARN [--verifier-arn ARN]]` prints `documents()` as one
-JSON object. Every grant is on one prefix and only for SigV4 presigned requests
-(s3:authType REST-QUERY-STRING) signed at most the longest life of such a request ago
-(UPLOAD_MAX_TTL_SECONDS, DOWNLOAD_MAX_TTL_SECONDS, the verifier's own requests; plus a
-minute of clock skew, s3:signatureAge): a leaked key cannot sign a week-long URL, nor call
-S3 with a header-signed request.
+[--uploader-arn ARN --reader-arn ARN [--verifier-arn ARN]] [--distribution-arn ARN]`
+prints `documents()` as one JSON object. Every grant is on one prefix and only for SigV4
+presigned requests (s3:authType REST-QUERY-STRING) signed at most the longest life of
+such a request ago (UPLOAD_MAX_TTL_SECONDS, DOWNLOAD_MAX_TTL_SECONDS, the verifier's own
+requests; plus a minute of clock skew, s3:signatureAge): a leaked key cannot sign a
+week-long URL, nor call S3 with a header-signed request.
 
     uploader_policy      IAM policy of the uploader: s3:PutObject and
                          s3:AbortMultipartUpload on the staging prefix (verified mode:
@@ -22,7 +22,9 @@ S3 with a header-signed request.
                          ARNs, denies each prefix's s3:PutObject and s3:GetObject to every
                          principal but the one identity whose job it is (so a broad grant
                          elsewhere in the account cannot write or read avatars; deleting,
-                         e.g. for erasure, stays with the verifier and the account's admins)
+                         e.g. for erasure, stays with the verifier and the account's admins);
+                         with --distribution-arn also lets that distribution (Origin Access
+                         Control) read the avatars, <prefix>*/avatar, and nothing else
     public_access_block  all four Block Public Access settings on
     ownership_controls   BucketOwnerEnforced (ACLs off)
     lifecycle            verified mode only (else null): staged uploads and unfinished
@@ -33,6 +35,11 @@ S3 with a header-signed request.
                          sets allowed (not Content-Length: the browser sets it), ETag
                          exposed; null without --allowed-origin (then no browser talks
                          to the bucket, and it needs no CORS)
+
+    cloudfront           with --distribution-arn, the distribution's parts for avatars:
+                         the Origin Access Control, the S3 origin, a cache policy, a
+                         response headers policy and the cache behavior for <prefix>*
+                         that ties them to the trusted key group; null without it
 
 Each value has the shape its `aws iam` / `aws s3api` command takes (see APPLY_HELP).
 `avatar-signer check` then proves, against the real bucket, that the policies hold.
@@ -46,8 +53,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..settings.cloudfront import (
+    EDGE_MAX_TTL_SECONDS,
+    EDGE_TTL_SECONDS,
+    VIEWER_MAX_AGE_SECONDS,
+)
 from ..settings.limits import DOWNLOAD_TTL, UPLOAD_TTL
 from ..settings.uploads import UploadMode
+from ..signing.cloudfront import SIGNING_PARAMETERS
 from ..signing.object_keys import DEFAULT_PREFIX, DEFAULT_STAGING_PREFIX, ObjectKeys
 from ..signing.url_signers import UploadSigner
 from ..storage.objects import DEFAULT_EXPIRES_IN
@@ -60,6 +73,11 @@ STAGED_UPLOAD_DAYS = 1
 MARKER_DAYS = 2
 # A presigned request's signature may look this much older to S3 than its life: clocks differ.
 CLOCK_SKEW_SECONDS = 60
+# What viewers' browsers are told: private (access-controlled), fresh for a few minutes.
+VIEWER_CACHE_CONTROL = f"private, max-age={VIEWER_MAX_AGE_SECONDS}"
+# An image never runs script or loads anything, even opened directly as a page.
+IMAGE_CSP = "default-src 'none'; sandbox"
+_DISTRIBUTION_ARN = re.compile(r"arn:aws:cloudfront::\d{12}:distribution/[A-Z0-9]{1,64}")
 _PRINCIPAL_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:(?:user|role)/[\w+=,.@/-]{1,512}")
 
 
@@ -93,6 +111,10 @@ class Layout:
     def avatars(self) -> str:
         """The ARN of what readers read: the avatars."""
         return objects_arn(self.bucket, self.key_prefix)
+
+    @property
+    def keys(self) -> ObjectKeys:
+        return ObjectKeys(self.key_prefix, self.staging_prefix)
 
     @property
     def staged(self) -> str:
@@ -178,7 +200,7 @@ def lifecycle(layout: Layout) -> dict[str, Any] | None:
     """Expiry of what the service leaves behind (verified mode; None in direct mode)."""
     if not layout.verified:
         return None
-    state = ObjectKeys(layout.key_prefix, layout.staging_prefix).state_prefix()
+    state = layout.keys.state_prefix()
     return {
         "Rules": [
             {
@@ -210,9 +232,12 @@ def _only(sid: str, action: str, resource: str, arn: str) -> dict[str, Any]:
     }
 
 
-def bucket_policy(layout: Layout, principals: Principals | None = None) -> dict[str, Any]:
+def bucket_policy(
+    layout: Layout, principals: Principals | None = None, distribution_arn: str | None = None
+) -> dict[str, Any]:
     """Deny any request without TLS; given the ARNs, each prefix's reads and writes to all
-    but the identity whose job they are."""
+    but the identity whose job they are; given a distribution, let it (and only it,
+    through Origin Access Control) read the avatars."""
     statements = [
         {
             "Sid": "DenyRequestsWithoutTLS",
@@ -240,8 +265,24 @@ def bucket_policy(layout: Layout, principals: Principals | None = None) -> dict[
                 _only("OnlyTheUploaderWritesAvatars", "s3:PutObject", layout.avatars,
                       principals.uploader)
             )  # fmt: skip
+        reader = principals.reader
+        reads = _only("OnlyTheReaderReadsAvatars", "s3:GetObject", layout.avatars, reader)
+        if distribution_arn is not None:
+            # CloudFront's requests carry no principal ARN but the distribution's SourceArn.
+            reads["Condition"]["StringNotEquals"] = {"AWS:SourceArn": distribution_arn}
+        statements.append(reads)
+    if distribution_arn is not None:
         statements.append(
-            _only("OnlyTheReaderReadsAvatars", "s3:GetObject", layout.avatars, principals.reader)
+            {
+                "Sid": "AllowCloudFrontToReadAvatars",
+                "Effect": "Allow",
+                "Principal": {"Service": "cloudfront.amazonaws.com"},
+                "Action": "s3:GetObject",
+                # The avatars only, in either mode: not staged uploads, markers or the
+                # check's canary.
+                "Resource": f"{bucket_arn(layout.bucket)}/{layout.keys.avatar_pattern()}",
+                "Condition": {"StringEquals": {"AWS:SourceArn": distribution_arn}},
+            }
         )
     return _policy(*statements)
 
@@ -296,19 +337,107 @@ def cors(origins: Sequence[str]) -> dict[str, Any] | None:
     }
 
 
+def distribution_arn_problem(arn: str) -> str | None:
+    """Why `arn` is not a CloudFront distribution's ARN, or None."""
+    if not _DISTRIBUTION_ARN.fullmatch(arn):
+        return (
+            "must be a distribution ARN such as "
+            "arn:aws:cloudfront::123456789012:distribution/EDFDVBD6EXAMPLE"
+        )
+    return None
+
+
+def cloudfront(layout: Layout, region: str | None) -> dict[str, Any]:
+    """The distribution's parts for avatars, each in the shape its `aws cloudfront` command
+    takes; `<...-id>` marks an id AWS assigns when the part before it is created."""
+    bucket, key_prefix = layout.bucket, layout.key_prefix
+    name = f"avatar-signer-{bucket}"
+    origin_id = f"{bucket}-s3"
+    return {
+        # aws cloudfront create-origin-access-control --origin-access-control-config
+        "origin_access_control": {
+            "Name": name,
+            "Description": "avatar-signer: CloudFront signs every request to the bucket",
+            "SigningProtocol": "sigv4",
+            "SigningBehavior": "always",
+            "OriginAccessControlOriginType": "s3",
+        },
+        # DistributionConfig.Origins.Items[]: the bucket, reached only through the OAC.
+        "origin": {
+            "Id": origin_id,
+            "DomainName": f"{bucket}.s3.{region or '<region>'}.amazonaws.com",
+            "OriginAccessControlId": "<origin-access-control-id>",
+            "S3OriginConfig": {"OriginAccessIdentity": ""},
+        },
+        # aws cloudfront create-cache-policy --cache-policy-config
+        "cache_policy": {
+            "Name": name,
+            "Comment": "avatar-signer: the path alone is the cache key; the signature "
+            "parameters (" + ", ".join(SIGNING_PARAMETERS) + ") and cookies are not in it",
+            # Stored avatars say `private, max-age=0`; the minimum TTL is what caches them.
+            "DefaultTTL": EDGE_TTL_SECONDS,
+            "MaxTTL": EDGE_MAX_TTL_SECONDS,
+            "MinTTL": EDGE_TTL_SECONDS,
+            "ParametersInCacheKeyAndForwardedToOrigin": {
+                "EnableAcceptEncodingGzip": False,
+                "EnableAcceptEncodingBrotli": False,
+                "HeadersConfig": {"HeaderBehavior": "none"},
+                "CookiesConfig": {"CookieBehavior": "none"},
+                "QueryStringsConfig": {"QueryStringBehavior": "none"},
+            },
+        },
+        # aws cloudfront create-response-headers-policy --response-headers-policy-config
+        "response_headers_policy": {
+            "Name": name,
+            "Comment": "avatar-signer: images only, whatever headers were stored with them",
+            "SecurityHeadersConfig": {
+                "ContentTypeOptions": {"Override": True},
+                "ContentSecurityPolicy": {"ContentSecurityPolicy": IMAGE_CSP, "Override": True},
+            },
+            "CustomHeadersConfig": {
+                "Quantity": 2,
+                "Items": [
+                    {"Header": "Cache-Control", "Value": VIEWER_CACHE_CONTROL, "Override": True},
+                    {"Header": "Content-Disposition", "Value": "inline", "Override": True},
+                ],
+            },
+        },
+        # DistributionConfig.CacheBehaviors.Items[] (or its DefaultCacheBehavior).
+        "cache_behavior": {
+            "PathPattern": f"{key_prefix}*",
+            "TargetOriginId": origin_id,
+            "ViewerProtocolPolicy": "https-only",
+            "AllowedMethods": {
+                "Quantity": 2,
+                "Items": ["GET", "HEAD"],
+                "CachedMethods": {"Quantity": 2, "Items": ["GET", "HEAD"]},
+            },
+            "TrustedKeyGroups": {"Enabled": True, "Quantity": 1, "Items": ["<key-group-id>"]},
+            "CachePolicyId": "<cache-policy-id>",
+            "ResponseHeadersPolicyId": "<response-headers-policy-id>",
+            "Compress": False,
+        },
+    }
+
+
 def documents(
-    layout: Layout, origins: Sequence[str] = (), principals: Principals | None = None
+    layout: Layout,
+    origins: Sequence[str] = (),
+    principals: Principals | None = None,
+    distribution_arn: str | None = None,
+    region: str | None = None,
 ) -> dict[str, Any]:
     """Everything `avatar-signer policies` prints (ValueError for a bad origin)."""
     return {
         "uploader_policy": uploader_policy(layout),
         "reader_policy": reader_policy(layout),
         "verifier_policy": verifier_policy(layout),
-        "bucket_policy": bucket_policy(layout, principals),
+        "bucket_policy": bucket_policy(layout, principals, distribution_arn),
         "public_access_block": public_access_block(),
         "ownership_controls": ownership_controls(),
         "lifecycle": lifecycle(layout),
         "cors": cors(origins),
+        "cloudfront": None if distribution_arn is None else cloudfront(layout, region),
     }
 
 
@@ -362,4 +491,35 @@ DOWNLOAD_MAX_TTL_SECONDS bound s3:signatureAge as they bound the URLs. Then run
 each identity can do its one job and nothing else: the uploader cannot read, the reader
 cannot write, the verifier cannot read avatars or write staged uploads, and none can
 delete or list.
+
+CloudFront in front of the bucket (--distribution-arn; see docs/cloudfront.md). The
+bucket policy above then also lets that distribution, and only it, read the avatars:
+apply it after the distribution exists (its ARN is in the condition). The parts:
+
+  # The key CloudFront checks signatures with: its public half, in a key group.
+  openssl pkey -in cloudfront-private.pem -pubout -out cloudfront-public.pem
+  aws cloudfront create-public-key --public-key-config "$(jq -n \\
+      --arg key "$(cat cloudfront-public.pem)" \\
+      '{CallerReference: "avatar-signer-1", Name: "avatar-signer-1", EncodedKey: $key}')"
+  aws cloudfront create-key-group --key-group-config \\
+      '{"Name": "avatar-signer", "Items": ["<public-key-id>"]}'
+  #   -> CLOUDFRONT_KEY_PAIR_ID is <public-key-id>; the key group id goes in the behavior.
+
+  aws cloudfront create-origin-access-control --origin-access-control-config \\
+      "$(jq -c .cloudfront.origin_access_control policies.json)"
+  aws cloudfront create-cache-policy --cache-policy-config \\
+      "$(jq -c .cloudfront.cache_policy policies.json)"
+  aws cloudfront create-response-headers-policy --response-headers-policy-config \\
+      "$(jq -c .cloudfront.response_headers_policy policies.json)"
+
+  # Into the distribution's config (aws cloudfront get-distribution-config, edit,
+  # update-distribution): .cloudfront.origin under Origins, .cloudfront.cache_behavior
+  # under CacheBehaviors (or as the DefaultCacheBehavior), each <...-id> replaced by the
+  # id its create command printed.
+
+The cache policy keeps the signature parameters and cookies out of the cache key (one
+cached copy per avatar, however it was signed); CloudFront still checks every signature.
+The response headers policy adds X-Content-Type-Options: nosniff and a sandboxing CSP,
+and replaces whatever Cache-Control and Content-Disposition an uploader stored on the
+object. `avatar-signer check` verifies the CloudFront key; it cannot reach CloudFront.
 """

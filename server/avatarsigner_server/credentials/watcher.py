@@ -1,7 +1,8 @@
 """Every identity's credential source, built from the settings and kept fresh.
 
-`build_watcher(settings)` makes one source per identity (key files are read now: a missing
-or bad file stops start-up with a one-line SettingsError naming its variable) and refuses
+`build_watcher(settings)` makes one source per identity (key files, and the CloudFront key
+file when configured, are read now: a missing or bad file stops start-up with a one-line
+SettingsError naming its variable) and refuses
 two identities that are one (the same key id or the same role): the least-privilege model
 needs them apart. `CredentialWatcher.refresh_all()` refreshes every source and says whether
 each identity can sign a URL of its default ttl; the server runs it every
@@ -36,6 +37,7 @@ from ..settings.identities import (
 )
 from ..signing.clock import Clock, utc_now
 from ..signing.key_pairs import Credentials, covers
+from .cloudfront_key import CloudFrontKeyFile, check_key_file
 from .key_files import FileCredentials, KeyFileError, read_key_pair
 from .proofs import Proof, Prover, Verdict, Vet
 from .roles import RoleCredentials, StsClientFactory, default_sts_client
@@ -108,15 +110,20 @@ def require_distinct(settings: Mapping[str, IdentitySetting]) -> None:
 
 
 def check_sources(settings: Settings) -> None:
-    """What start-up needs before anything runs: every key file readable and valid, and
-    every identity distinct (SettingsError, one line naming the variable)."""
+    """What start-up needs before anything runs: every key file readable and valid (the
+    CloudFront key too), and every identity distinct (SettingsError, one line naming the
+    variable)."""
     require_distinct(settings.identities())
+    if settings.cloudfront is not None:
+        check_key_file(settings.cloudfront)
 
 
 class CredentialWatcher:
     """Keeps every identity's source fresh and says whether all of them can sign.
 
     An identity is usable when it holds credentials that outlive a URL of its default ttl.
+    The CloudFront key, when configured, is re-checked with them (it never expires, and a
+    bad new file never replaces a good key, so it has no say in health).
     """
 
     def __init__(
@@ -128,8 +135,10 @@ class CredentialWatcher:
         period: float = REFRESH_PERIOD_SECONDS,
         prover: Prover | None = None,
         probe_seconds: float = PROBE_PERIOD_SECONDS,
+        cloudfront: CloudFrontKeyFile | None = None,
     ) -> None:
         self.sources = dict(sources)
+        self.cloudfront = cloudfront
         self._needed = dict(needed)
         self._clock = clock
         self.period = period
@@ -190,6 +199,8 @@ class CredentialWatcher:
         """Blocking: refresh every source, then True when every identity is usable."""
         for source in self.sources.values():
             source.refresh()
+        if self.cloudfront is not None:
+            self.cloudfront.refresh()
         if (
             self._prover is not None
             and self._probe_seconds > 0
@@ -255,7 +266,7 @@ def build_watcher(
     identities are one.
     """
     identities = settings.identities()
-    require_distinct(identities)
+    check_sources(settings)
     rules = settings.ttl_rules()
     return CredentialWatcher(
         {
@@ -272,4 +283,5 @@ def build_watcher(
         clock=clock,
         prover=prover,
         probe_seconds=settings.credentials_probe_seconds,
+        cloudfront=CloudFrontKeyFile(settings.cloudfront) if settings.cloudfront else None,
     )

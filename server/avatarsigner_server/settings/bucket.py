@@ -14,6 +14,11 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _OTHER_PARTITION = re.compile(r"cn-|us-gov-|[a-z]{2}-iso[a-z]*-")
 
 
+def is_valid_region(name: str) -> bool:
+    """An AWS region name such as eu-west-1."""
+    return _REGION.fullmatch(name) is not None
+
+
 def is_valid_bucket(name: str) -> bool:
     """An S3 bucket name: 3-63 of a-z 0-9 . -, alphanumeric at both ends, no '..'."""
     return _BUCKET.fullmatch(name) is not None and ".." not in name
@@ -41,7 +46,7 @@ def endpoint_url(env: Env) -> str | None:
 
 def region(env: Env, endpoint: str | None) -> str:
     value = env.required("AWS_REGION")
-    if not _REGION.fullmatch(value):
+    if not is_valid_region(value):
         raise SettingsError("AWS_REGION", "must be an AWS region name such as eu-west-1")
     if endpoint is None and _OTHER_PARTITION.match(value):
         raise SettingsError(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ..signing.object_keys import DEFAULT_PREFIX
 from . import bucket, identities, limits, network, uploads
 from .access import AccessSettings, access
+from .cloudfront import CloudFrontSettings, cloudfront
 from .env import Env, SettingsError
 from .identities import IdentitySetting
 from .limits import TtlRule
@@ -63,6 +64,9 @@ class Settings:
     verifier: IdentitySetting | None = field(default=None, repr=False)
     # How often each identity's pair in force is put to S3, to notice a revoked key (0: never).
     credentials_probe_seconds: float = identities.DEFAULT_PROBE_SECONDS
+    # A CloudFront distribution in front of the bucket (settings.cloudfront); None: off, and
+    # download URLs are S3 presigned GETs.
+    cloudfront: CloudFrontSettings | None = None
 
     def identities(self) -> dict[str, IdentitySetting]:
         """identity name -> its credential setting (the verifier only in verified mode)."""
@@ -136,4 +140,5 @@ def load(environ: Mapping[str, str]) -> Settings:
         uploads=upload_settings,
         verifier=verifier,
         credentials_probe_seconds=identities.probe_seconds(env),
+        cloudfront=cloudfront(env),
     )

@@ -19,7 +19,10 @@ What CloudFront accepts, and so what this module accepts:
 * Signature over the policy bytes: RSA PKCS#1 v1.5; ECDSA as ASN.1 DER
   (SEQUENCE {r, s}), what OpenSSL, Java's ``SHA1withECDSA``, Node's ``crypto.sign`` and the
   AWS SDKs for Ruby and Java produce. Then base64 with ``+``->``-``, ``=``->``_``,
-  ``/``->``~``.
+  ``/``->``~``. ECDSA nonces are derived from the key and the message (RFC 6979), so, as
+  with RSA, one key signs one policy to one signature: every process holding the key hands
+  out the byte-identical URL for the same URL and expiry (browsers cache by the whole URL).
+  Verifiers cannot tell: a deterministic signature is an ordinary ECDSA signature.
 * Policy: ``{"Statement":[{"Resource":R,"Condition":{"DateLessThan":{"AWS:EpochTime":N}}}]}``
   without whitespace. Resource = the URL itself is the canned policy: it is signed, never
   sent; the URL carries ``Expires=N`` and CloudFront rebuilds the policy from the URL.
@@ -290,5 +293,5 @@ def _signing_function(key: PrivateKey, hash_algorithm: HashAlgorithm) -> Callabl
     if isinstance(key, rsa.RSAPrivateKey):
         rsa_key, pkcs1v15 = key, padding.PKCS1v15()
         return lambda message: rsa_key.sign(message, pkcs1v15, digest)
-    ec_key, ecdsa = key, ec.ECDSA(digest)
+    ec_key, ecdsa = key, ec.ECDSA(digest, deterministic_signing=True)
     return lambda message: ec_key.sign(message, ecdsa)

@@ -65,7 +65,20 @@ class ObjectKeys:
 
     def key_for(self, user_id: str) -> str:
         """The avatar's object key for user_id. Raises ValueError for an invalid id."""
-        return f"{self.prefix}{_checked(user_id)}/{AVATAR_NAME}"
+        return self._avatar(_checked(user_id))
+
+    def key_template(self, placeholder: str = "{user_id}") -> str:
+        """The avatar key with `placeholder` where the user id goes (for clients)."""
+        return self._avatar(placeholder)
+
+    def avatar_pattern(self) -> str:
+        """Every avatar key and nothing else under the prefix (not the check's canary, not
+        confirmation markers), with `*` for the user id: a wildcard pattern as CloudFront
+        policies and S3 ARNs read it (user ids have no '/', so only avatars end so)."""
+        return self._avatar("*")
+
+    def _avatar(self, user_id: str) -> str:
+        return f"{self.prefix}{user_id}/{AVATAR_NAME}"
 
     def staging_key(self, user_id: str, upload_id: str) -> str:
         """Where an upload URL for user_id writes in verified mode (upload_id: minted)."""

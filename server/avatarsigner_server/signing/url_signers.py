@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from ..errors import CredentialsUnavailable
@@ -61,6 +62,30 @@ OBJECT_HEADERS: Mapping[str, str] = MappingProxyType(
     }
 )
 _SIGNED_OBJECT_HEADERS = {name.lower(): value for name, value in OBJECT_HEADERS.items()}
+
+
+class DownloadUrls(Protocol):
+    """What the download RPCs sign with: S3 presigned GETs (DownloadSigner) or CloudFront
+    signed URLs (cloudfront_viewers.CloudFrontDownloadSigner). The choice is made once, when
+    the service is built."""
+
+    def sign(self, key: str, *, ttl_seconds: int) -> SignedUrl:
+        """A URL that fetches the object at `key` until `expires_at` (now + ttl or earlier
+        in a reuse window), or a ServiceError."""
+        ...
+
+
+def window_start(now: datetime, window: int, ttl_seconds: int) -> datetime | None:
+    """The signing time everyone shares within a reuse window, or None when reuse is off.
+
+    Windows of `window` seconds start at the Unix epoch. A ttl not longer than the window
+    would hand out URLs that are dead (or nearly) on arrival, so reuse applies only when
+    0 < window < ttl.
+    """
+    if not 0 < window < ttl_seconds:
+        return None
+    second = int(now.timestamp())
+    return datetime.fromtimestamp(second - second % window, UTC)
 
 
 class BucketEndpoint:
@@ -254,12 +279,10 @@ class DownloadSigner(_Signer):
         self._reuse = reuse_seconds
 
     def sign(self, key: str, *, ttl_seconds: int) -> SignedUrl:
-        window = self._reuse
-        if not 0 < window < ttl_seconds:
+        signed_at = window_start(self._clock(), self._reuse, ttl_seconds)
+        if signed_at is None:
             return self._presign(key, ttl_seconds, query=self.OVERRIDES)
-        now = int(self._clock().timestamp())
-        signed_at = datetime.fromtimestamp(now - now % window, UTC)
-        cache_control = f"private, max-age={ttl_seconds - window}"
+        cache_control = f"private, max-age={ttl_seconds - self._reuse}"
         return self._presign(
             key,
             ttl_seconds,

@@ -9,6 +9,8 @@
              (user_id, key, expires_at; a batch of n gives n lines, queued together)
              deletions: one line per DeleteAvatar that ran: reason "deleted" or
              "nothing_to_delete", user_id, keys
+             viewer cookies: one line per set: reason "signed", the pattern they grant
+             (`grant`), expires_at
     denied   one line per refused call: request_id, caller (null when unknown), auth, rpc,
              user_id (when the request names one valid id), code, reason; where the
              caller's refusals are sampled (unidentified callers, per address: see
@@ -109,6 +111,13 @@ class Audit:
         extra = _line(
             call, "allowed", "confirmed", UPLOAD, user_id=user_id, key=key, version=version
         )
+        log.info("allowed", extra=extra)
+
+    def cookies_signed(self, call: Call, grant: str, expires_at: datetime) -> None:
+        """The line for one set of viewer cookies: the URL pattern they grant, until when."""
+        if self._metrics is not None:
+            self._metrics.url_signed("cookies", call.caller or ANONYMOUS)
+        extra = _line(call, "allowed", "signed", grant=grant, expires_at=expires_at.isoformat())
         log.info("allowed", extra=extra)
 
     def deleted(self, call: Call, user_id: str, keys: Sequence[str], had_avatar: bool) -> None:

@@ -3,7 +3,7 @@ server's event loop (see metrics_http for the endpoint's bounds).
 
     avatarsigner_rpcs_total{method, code}                 AvatarSigner calls by final status
     avatarsigner_rpc_duration_seconds{method}             time in the handler (histogram)
-    avatarsigner_urls_signed_total{kind, caller}          kind: upload | download
+    avatarsigner_urls_signed_total{kind, caller}          kind: upload | download | cookies
     avatarsigner_uploads_confirmed_total{caller}          uploads ConfirmUpload published
     avatarsigner_avatars_deleted_total{caller, had_avatar} DeleteAvatar calls that ran
     avatarsigner_denials_total{method, reason}            reason: a fixed word (see audit)
@@ -185,7 +185,8 @@ class Metrics:
         )
         self._urls = Counter(
             "avatarsigner_urls_signed",
-            "Presigned URLs handed out, by kind (upload, download) and caller.",
+            "Presigned URLs (and viewer cookie sets) handed out, by kind (upload, download, "
+            "cookies) and caller.",
             ["kind", "caller"],
             registry=self.registry,
         )

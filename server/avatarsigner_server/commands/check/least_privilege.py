@@ -33,7 +33,7 @@ import base64
 import hashlib
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TextIO
 from urllib.parse import parse_qs, urlsplit
@@ -73,6 +73,11 @@ Each identity must do its one job and nothing else:
                   so is an unsigned PUT of a canary (not publicly writable); no
                   identity can DELETE or LIST; URLs are SigV4 for AWS_REGION on the
                   regional virtual-hosted endpoint; the bucket answers from AWS_REGION
+
+With CLOUDFRONT_URL set, also: the CloudFront key file holds a key CloudFront accepts,
+and a download URL and viewer cookies signed with it verify with its public half. It
+cannot reach CloudFront itself: whether the distribution trusts the key and serves the
+avatars is one SKIP row, never a pass.
 
 Prints a table of PASS / FAIL / SKIP rows; exits 1 when any row fails, 2 on a settings
 error. SKIP marks a check that means nothing for this endpoint (an S3-compatible server at
@@ -151,7 +156,8 @@ class BucketProbe:
     # --- credentials --------------------------------------------------------------------
 
     def credentials(self) -> dict[str, CredentialSource | None]:
-        watcher = build_watcher(self.settings, self.clock)
+        # The S3 identities only: a bad CloudFront key is a row of its own (cloudfront.py).
+        watcher = build_watcher(replace(self.settings, cloudfront=None), self.clock)
         settings = self.settings.identities()
         usable: dict[str, CredentialSource | None] = {}
         for identity, source in watcher.sources.items():
