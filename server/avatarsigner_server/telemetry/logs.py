@@ -8,11 +8,11 @@ How lines reach stderr (`JsonLinesHandler`, one per process, installed by
 `configure_logging`):
 
 - The caller's thread (the event loop) formats the record into its JSON lines and appends
-  them to a bounded buffer of BUFFER_LINES lines, under a lock held for O(1) work. It never
-  writes, flushes or waits on stderr. Formatting happens there, on the caller, on purpose:
-  the line holds the record's fields as they were when it was logged (nothing mutable is
-  kept for later), its size is known for batching, and a line that is going to be dropped
-  is not formatted at all.
+  them to a bounded buffer of BUFFER_LINES lines, under a lock held for a few operations per
+  line. It never writes, flushes or waits on stderr. Formatting happens there, on the
+  caller, on purpose: the line holds the record's fields as they were when it was logged
+  (nothing mutable is kept for later), its size is known for batching, and a line that is
+  going to be dropped is not formatted at all.
 - A writer thread drains the buffer in arrival order, in writes of whole lines of at most
   PIPE_BUF bytes each. Worker processes share the supervisor's stderr; a pipe keeps a write
   of up to PIPE_BUF bytes in one piece, so lines from two workers never splice, while a
@@ -23,7 +23,7 @@ How lines reach stderr (`JsonLinesHandler`, one per process, installed by
   is itself dropped only when no lower line is queued. Lowest first:
 
       other    every line that is not an audit line
-      audit    audit lines other than uploads: downloads, refusals, deletions
+      audit    every other audit line: downloads, viewer cookies, refusals, deletions
       upload   audit lines for uploads (upload URL signed, upload confirmed): dropped last
 
   The counts are the metric `avatarsigner_log_lines_dropped_total{class}`, and once the
@@ -156,7 +156,7 @@ class JsonLinesHandler(logging.Handler):
         with self._cond:
             return self._queued
 
-    # -- the caller's side: O(1) under a lock, never I/O --------------------------------------
+    # -- the caller's side: a short lock, never I/O ------------------------------------------
 
     def emit(self, record: logging.LogRecord) -> None:
         line_class = getattr(record, CLASS, OTHER)
