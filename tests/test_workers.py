@@ -6,6 +6,7 @@ with ordinary gRPC clients; which processes listen on the port is read from /pro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -116,6 +118,19 @@ def test_workers_metrics_ports_must_not_include_the_grpc_port() -> None:
 
 def test_workers_default_to_one() -> None:
     assert load_settings(FAKE_ENV).workers == 1
+
+
+@pytest.mark.parametrize("value", ["0.5", "601", "soon"], ids=["below-two-beats", "high", "word"])
+def test_bad_heartbeat_timeout_is_one_line_naming_the_setting(value: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(FAKE_ENV | {"WORKER_HEARTBEAT_TIMEOUT_SECONDS": value})
+    assert str(raised.value).startswith("WORKER_HEARTBEAT_TIMEOUT_SECONDS: ")
+
+
+def test_heartbeat_timeout_defaults_to_five_seconds() -> None:
+    assert load_settings(FAKE_ENV).worker_heartbeat_timeout_seconds == 5.0
+    env = FAKE_ENV | {"WORKER_HEARTBEAT_TIMEOUT_SECONDS": "2.5"}
+    assert load_settings(env).worker_heartbeat_timeout_seconds == 2.5
 
 
 @pytest.mark.slow
@@ -326,3 +341,140 @@ def test_busy_health_port_fails_loudly_in_workers_mode(port: int) -> None:
         _, stderr = supervisor.communicate(timeout=30)
     assert supervisor.returncode == 2
     assert "HEALTH_PORT" in stderr and "Traceback" not in stderr
+
+
+# --- hung workers ----------------------------------------------------------------------------
+
+HEARTBEAT_TIMEOUT = 2  # seconds; small, so a hang is found quickly and a false alarm shows
+
+
+def _two_workers(port: int) -> set[int]:
+    """Once the supervisor serves on `port`: the PIDs of its two workers."""
+    wait_serving(f"127.0.0.1:{port}", time.monotonic() + 20)
+    deadline = time.monotonic() + 10
+    while len(_listeners(port)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _listeners(port)
+    assert len(workers) == 2
+    return workers
+
+
+def _kill_all(supervisor: subprocess.Popen[str]) -> None:
+    """SIGKILL a supervisor still running and its workers (a stopped process obeys nothing
+    else); the workers first, while they are its children, so no reused PID is hit."""
+    if supervisor.poll() is None:
+        for pid in _children(supervisor.pid):
+            os.kill(pid, signal.SIGKILL)
+    supervisor.kill()
+
+
+@contextlib.contextmanager
+def _two_watched_workers(port: int, log: Path) -> Iterator[subprocess.Popen[str]]:
+    """The supervisor of two workers with a short heartbeat timeout, stderr to `log` (a pipe
+    nobody reads would stall busy workers' logs); killed with its workers if still running."""
+    with log.open("w") as out:
+        supervisor = subprocess.Popen(
+            [sys.executable, "-m", "avatarsigner_server.commands.cli", "serve", "--workers", "2"],
+            env=_env(port, WORKER_HEARTBEAT_TIMEOUT_SECONDS=str(HEARTBEAT_TIMEOUT)),
+            stdin=subprocess.DEVNULL,
+            stderr=out,
+            text=True,
+        )
+        try:
+            yield supervisor
+        finally:
+            _kill_all(supervisor)
+
+
+@pytest.mark.slow
+def test_a_stopped_worker_is_found_killed_and_the_rest_drained_with_status_1(
+    port: int, tmp_path: Path
+) -> None:
+    """SIGSTOP keeps a worker's share of the port (its callers wait out their deadlines);
+    the supervisor notices the silence, SIGKILLs it, drains the other and exits 1."""
+    log = tmp_path / "stderr.log"
+    with _two_watched_workers(port, log) as supervisor:
+        victim = min(_two_workers(port))
+        os.kill(victim, signal.SIGSTOP)
+        # Found within the timeout plus one look; 10 s more for the machine and the drain.
+        supervisor.wait(timeout=HEARTBEAT_TIMEOUT + 10)
+    stderr = log.read_text()
+    assert supervisor.returncode == 1, stderr
+    hung = _log_line(stderr, "worker hung; killing it")
+    assert hung["level"] == "ERROR"
+    assert hung["pid"] == victim
+    assert hung["timeout_seconds"] == HEARTBEAT_TIMEOUT
+    assert float(hung["silent_seconds"]) >= HEARTBEAT_TIMEOUT  # type: ignore[arg-type]  # rounded
+    serving = _log_line(stderr, "workers serving")["pids"]
+    assert isinstance(serving, list) and hung["worker"] == serving.index(victim) + 1
+    died = _log_line(stderr, "worker exited unexpectedly; stopping the others")
+    assert died["worker"] == hung["worker"] and died["status"] == -signal.SIGKILL
+    assert _log_line(stderr, "workers stopped")["clean"] is False
+    messages = [line["msg"] for line in _log_lines(stderr)]
+    assert messages.count("stopped") == 1  # the other worker drained
+    with pytest.raises(ProcessLookupError):
+        os.kill(victim, 0)  # killed and reaped
+
+
+def _busy_calls(port: int, seconds: float) -> int:
+    """Single and batch calls from 8 threads on their own connections for `seconds`
+    (at most 4,000 calls, each must succeed); how many were made."""
+    deadline = time.monotonic() + seconds
+
+    def caller(index: int) -> int:
+        ok = 0
+        options = [("grpc.use_local_subchannel_pool", 1)]  # connections spread over workers
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            stub = pb_grpc.AvatarSignerStub(channel)
+            for call in range(500):
+                if time.monotonic() > deadline:
+                    break
+                if call % 2:
+                    ids = [f"user{index}-{call}-{n}" for n in range(100)]
+                    request = pb.BatchCreateDownloadUrlsRequest(user_ids=ids)
+                    stub.BatchCreateDownloadUrls(request, timeout=5)
+                else:
+                    stub.CreateDownloadUrl(pb.CreateDownloadUrlRequest(user_id="u"), timeout=5)
+                ok += 1
+        return ok
+
+    with ThreadPoolExecutor(8) as pool:
+        return sum(pool.map(caller, range(8)))
+
+
+@pytest.mark.slow
+def test_busy_workers_are_not_taken_for_hung(port: int, tmp_path: Path) -> None:
+    log = tmp_path / "stderr.log"
+    with _two_watched_workers(port, log) as supervisor:
+        _two_workers(port)
+        assert _busy_calls(port, seconds=2 * HEARTBEAT_TIMEOUT) > 0
+        assert supervisor.poll() is None
+        supervisor.send_signal(signal.SIGTERM)
+        supervisor.wait(timeout=20)
+    stderr = log.read_text()
+    assert "worker hung" not in stderr
+    assert supervisor.returncode == 0, stderr
+    assert _log_line(stderr, "workers stopped")["clean"] is True
+
+
+@pytest.mark.slow
+def test_a_paused_pod_is_not_taken_for_a_hung_worker(port: int, tmp_path: Path) -> None:
+    """Every process stopped longer than the timeout (Ctrl-Z, a frozen container), the
+    supervisor resumed a moment before its workers: no worker is killed."""
+    log = tmp_path / "stderr.log"
+    with _two_watched_workers(port, log) as supervisor:
+        workers = _two_workers(port)
+        for pid in (*workers, supervisor.pid):
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(HEARTBEAT_TIMEOUT + 1)
+        os.kill(supervisor.pid, signal.SIGCONT)
+        time.sleep(0.2)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):  # the failure: already killed
+                os.kill(pid, signal.SIGCONT)
+        time.sleep(HEARTBEAT_TIMEOUT)
+        supervisor.send_signal(signal.SIGTERM)  # (nothing, if it has exited already)
+        supervisor.wait(timeout=20)
+    stderr = log.read_text()
+    assert "worker hung" not in stderr
+    assert supervisor.returncode == 0, stderr

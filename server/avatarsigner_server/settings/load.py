@@ -54,6 +54,8 @@ class Settings:
     audit_download_ids: bool = False
     # Server processes sharing GRPC_PORT (SO_REUSEPORT) under one supervisor; 1 = no supervisor.
     workers: int = 1
+    # With workers > 1: a worker whose event loop is silent this long is killed (app.workers).
+    worker_heartbeat_timeout_seconds: float = network.DEFAULT_WORKER_HEARTBEAT_TIMEOUT_SECONDS
     # Download URLs signed at the time rounded down to this window, so callers share one URL
     # per user and window (cache-friendly); 0 = off. Always smaller than download_ttl.default.
     download_url_reuse_seconds: int = 0
@@ -136,6 +138,7 @@ def load(environ: Mapping[str, str]) -> Settings:
         audit_download_ids=env.boolean("AUDIT_DOWNLOAD_IDS", False),
         access=access(env),
         workers=listen.workers,
+        worker_heartbeat_timeout_seconds=listen.worker_heartbeat_timeout_seconds,
         download_url_reuse_seconds=reuse,
         uploads=upload_settings,
         verifier=verifier,

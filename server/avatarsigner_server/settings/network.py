@@ -1,5 +1,5 @@
 """Where the server listens and how many processes serve: GRPC_HOST, METRICS_HOST, the
-ports, WORKERS."""
+ports, WORKERS and how long a silent worker is given (WORKER_HEARTBEAT_TIMEOUT_SECONDS)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,14 @@ DEFAULT_GRPC_HOST = "0.0.0.0"  # noqa: S104 - a service in a pod listens on all 
 DEFAULT_GRPC_PORT = 50051
 DEFAULT_METRICS_PORT = 9464
 MAX_WORKERS = 64
+# With WORKERS > 1 each worker's event loop writes a heartbeat to the supervisor this often
+# (app.workers); a worker silent for longer than WORKER_HEARTBEAT_TIMEOUT_SECONDS is killed.
+# The default timeout leaves room for the pauses of a busy, shared machine (about 1 s seen,
+# worst gap between heartbeats under overload 0.5 s); the minimum is two heartbeats.
+WORKER_HEARTBEAT_SECONDS = 0.5
+DEFAULT_WORKER_HEARTBEAT_TIMEOUT_SECONDS = 5.0
+MIN_WORKER_HEARTBEAT_TIMEOUT_SECONDS = 2 * WORKER_HEARTBEAT_SECONDS
+MAX_WORKER_HEARTBEAT_TIMEOUT_SECONDS = 600.0
 
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -33,6 +41,7 @@ class Listen:
     metrics_port: int
     health_port: int | None
     workers: int
+    worker_heartbeat_timeout_seconds: float = DEFAULT_WORKER_HEARTBEAT_TIMEOUT_SECONDS
 
 
 def _listen_host(env: Env, name: str, default: str) -> str:
@@ -78,7 +87,15 @@ def listen(env: Env) -> Listen:
             "HEALTH_PORT",
             f"must not be one of the metrics ports {metrics_port}-{last_metrics_port}",
         )
+    heartbeat_timeout = env.number(
+        "WORKER_HEARTBEAT_TIMEOUT_SECONDS",
+        DEFAULT_WORKER_HEARTBEAT_TIMEOUT_SECONDS,
+        MIN_WORKER_HEARTBEAT_TIMEOUT_SECONDS,
+        MAX_WORKER_HEARTBEAT_TIMEOUT_SECONDS,
+    )
     grpc_host = _listen_host(env, "GRPC_HOST", DEFAULT_GRPC_HOST)
     # Metrics need no credentials: they may listen elsewhere (e.g. 127.0.0.1 for a sidecar).
     metrics_host = _listen_host(env, "METRICS_HOST", grpc_host)
-    return Listen(grpc_host, metrics_host, grpc_port, metrics_port, health_port, workers)
+    return Listen(
+        grpc_host, metrics_host, grpc_port, metrics_port, health_port, workers, heartbeat_timeout
+    )
