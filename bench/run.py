@@ -723,7 +723,8 @@ def main(argv: list[str] | None = None) -> int:
                     "workers": max(peak_rss_mb(pid) for pid in servers["workers2"].pids()),
                     "supervisor": peak_rss_mb(servers["workers2"].process.pid),
                 }
-                # One audit line per signed URL, each with its expires_at (never the URL).
+                # One audit line per download call (per upload URL), each with its
+                # expires_at (never the URL).
                 results.logged = servers["ours"].log.read_bytes().count(b'"expires_at"')
                 results.cloudfront = measure_cloudfront(workdir, clients, servers["empty"])
             results.replicas = measure_replicas(clients, workdir)
@@ -882,7 +883,7 @@ def analysis(r: Results) -> list[str]:
             "everything the handler does. The same server without the audit line "
             "(LOG_LEVEL=WARNING, a diagnosis, not allowed in production) needs "
             f"{quiet.server_us_per_call:.0f} µs per call and reaches "
-            f"{ratio_of(quiet.rps, empty.rps):.0%} of the ceiling: the one JSON line per URL "
+            f"{ratio_of(quiet.rps, empty.rps):.0%} of the ceiling: the one JSON line per call "
             f"costs {ours.server_us_per_call - quiet.server_us_per_call:.0f} µs of the "
             "difference, and validation, signing, the call context and the response "
             f"{quiet.server_us_per_call - empty.server_us_per_call:.0f} µs. In the server this "
@@ -902,7 +903,7 @@ def analysis(r: Results) -> list[str]:
         f"about {with_log:.0f}x; without any log line it would be about {no_log:.0f}x. "
         "So even with no log line at all the ratio stays below 30x: what bounds it is boto3's "
         "own speed on this machine (the target assumed ~490 µs per URL) plus the "
-        "per-URL response messages; the audit lines of a batch are already one write."
+        "per-URL response messages; a batch's audit line is already one line per call."
     )
     two = r.workers_single["workers2"]
     batch_scaling = ratio_of(r.workers_batch["workers2"].rps, r.workers_batch["workers1"].rps)
@@ -925,7 +926,7 @@ How to read it. Every ratio compares two things measured in the same run, in alt
 rounds (3 of 2 s each, order flipped every round), so noise from other work on the shared
 machine falls on both sides; absolute figures move from run to run, ratios much less.
 "ours" is the production command (`avatar-signer serve`: grpc.aio on uvloop, one JSON audit
-line per URL, here to a file); "empty handler" is that same server (same options,
+line per download call, here to a file); "empty handler" is that same server (same options,
 interceptors, health, reflection, logging) with every AvatarSigner method answering an
 empty message at once, i.e. the gRPC ceiling of this configuration; "boto3-backed" is that
 server with boto3's `generate_presigned_url` behind the download signer.

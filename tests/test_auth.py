@@ -118,7 +118,9 @@ def test_audit_line_per_decision_with_request_id_and_reason(
         "token",
         "CreateDownloadUrl",
     )
-    assert allowed["user_id"] == "alice" and allowed["key"] == "profiles/alice/avatar"
+    # One line for the download call: how many URLs and for how long, not which users.
+    assert (allowed["count"], allowed["ttl_seconds"]) == (1, 300)
+    assert "user_id" not in allowed and "key" not in allowed
     assert allowed["expires_at"].endswith("+00:00")
     assert denied["decision"] == "denied" and denied["request_id"] == "req-2"
     assert (denied["caller"], denied["reason"], denied["code"]) == (

@@ -62,6 +62,7 @@ BAD_SETTINGS = [
     ("grace-word", "SHUTDOWN_GRACE_SECONDS", "soon", "SHUTDOWN_GRACE_SECONDS"),
     ("grace-negative", "SHUTDOWN_GRACE_SECONDS", "-1", "SHUTDOWN_GRACE_SECONDS"),
     ("log-level-unknown", "LOG_LEVEL", "LOUD", "LOG_LEVEL"),
+    ("audit-download-ids-word", "AUDIT_DOWNLOAD_IDS", "some", "AUDIT_DOWNLOAD_IDS"),
     ("grpc-host-with-space", "GRPC_HOST", "bad host", "GRPC_HOST"),
     ("grpc-host-with-port", "GRPC_HOST", "127.0.0.1:50051", "GRPC_HOST"),
     ("health-port-word", "HEALTH_PORT", "probe", "HEALTH_PORT"),
@@ -120,6 +121,7 @@ def test_defaults_follow_the_design() -> None:
     assert settings.key_prefix == "profiles/"
     assert settings.endpoint_url is None
     assert settings.shutdown_grace_seconds == 10.0
+    assert settings.audit_download_ids is False  # one audit line per download call
 
 
 def test_settings_repr_hides_secrets() -> None:

@@ -197,18 +197,50 @@ def test_key_prefix_setting_is_applied() -> None:
     assert response.key == "tenant-1/avatars/bob/avatar"
 
 
-def test_one_audit_line_per_signed_url_without_the_url(
+def _audit_lines(
     stub: pb_grpc.AvatarSignerStub, caplog: pytest.LogCaptureFixture
-) -> None:
+) -> list[dict[str, object]]:
+    """A batch of three downloads (one id twice, ttl 120 s), then an upload: the audit
+    lines they gave, as printed and parsed."""
     caplog.set_level(logging.INFO, logger="avatarsigner.audit")
+    ttl = duration_pb2.Duration(seconds=120)
     ids = ["zed", "amy", "zed"]
-    stub.BatchCreateDownloadUrls(pb.BatchCreateDownloadUrlsRequest(user_ids=ids))
+    stub.BatchCreateDownloadUrls(pb.BatchCreateDownloadUrlsRequest(user_ids=ids, ttl=ttl))
     stub.CreateUploadUrl(
         pb.CreateUploadUrlRequest(user_id="bob", content_type="image/png", content_length=5)
     )
     formatter = observability.JsonFormatter()
     text = "\n".join(formatter.format(r) for r in caplog.records if r.name.endswith("audit"))
-    lines = [json.loads(line) for line in text.splitlines()]
+    assert "X-Amz" not in text and "http" not in text
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_one_audit_line_per_download_call_and_per_upload_url_without_the_url(
+    stub: pb_grpc.AvatarSignerStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    batch, upload = _audit_lines(stub, caplog)
+    assert (batch["rpc"], batch["reason"], batch["count"], batch["ttl_seconds"]) == (
+        "BatchCreateDownloadUrls",
+        "signed",
+        3,
+        120,
+    )
+    assert "user_id" not in batch and "key" not in batch
+    assert str(batch["expires_at"]).endswith("+00:00")
+    assert (upload["rpc"], upload["user_id"]) == ("CreateUploadUrl", "bob")
+    assert str(upload["key"]).startswith("uploads/bob/")
+    assert str(upload["expires_at"]).endswith("+00:00")
+
+
+def test_audit_download_ids_gives_one_line_per_download_url(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = ServerThread(settings_from(FAKE_ENV, AUDIT_DOWNLOAD_IDS="true"))
+    try:
+        with server.channel() as channel:
+            lines = _audit_lines(pb_grpc.AvatarSignerStub(channel), caplog)
+    finally:
+        server.stop()
     assert [(line["rpc"], line["user_id"]) for line in lines] == [
         ("BatchCreateDownloadUrls", "zed"),
         ("BatchCreateDownloadUrls", "amy"),
@@ -216,6 +248,4 @@ def test_one_audit_line_per_signed_url_without_the_url(
         ("CreateUploadUrl", "bob"),
     ]
     assert all(line["key"] == f"profiles/{line['user_id']}/avatar" for line in lines[:3])
-    assert lines[3]["key"].startswith("uploads/bob/")
-    assert all(line["expires_at"].endswith("+00:00") for line in lines)
-    assert "X-Amz" not in text and "http" not in text
+    assert all(str(line["expires_at"]).endswith("+00:00") for line in lines)

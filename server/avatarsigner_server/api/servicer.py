@@ -149,7 +149,9 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
             ttl_seconds=upload.ttl_seconds,
             write_once=self._confirmer is not None,
         )
-        self._audit.signed(call, "upload", ((upload.user_id, key, signed.expires_at),))
+        self._audit.signed(
+            call, "upload", ((upload.user_id, key, signed.expires_at),), upload.ttl_seconds
+        )
         return pb.CreateUploadUrlResponse(
             url=signed.url,
             method=UploadSigner.METHOD,
@@ -272,5 +274,5 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
                     key=key,
                 )
             )
-        self._audit.signed(call, "download", audited)
+        self._audit.signed(call, "download", audited, download.ttl_seconds)
         return results

@@ -298,3 +298,4 @@ async def serve(
     )
     await server.shutdown()
     logs.log.info("stopped")
+    await asyncio.to_thread(logs.flush_logs)  # every line out (bounded: a stalled reader)

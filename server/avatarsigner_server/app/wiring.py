@@ -169,7 +169,7 @@ def build_servicer(
         keys=keys,
         uploads=UploadSigner(credentials["uploader"], endpoint, settings.region, signing_clock),
         downloads=downloads,
-        audit=audit,
+        audit=audit or Audit(download_ids=settings.audit_download_ids),
         upload_gates=upload_gates,
         confirmer=build_confirmer(settings, credentials, clock, tracing),
         remover=build_remover(settings, credentials, clock),
@@ -229,7 +229,7 @@ def build(
     tracing = tracing or Tracing.off()
     metrics = Metrics()
     metrics.watch_credentials(credentials.seconds_left, lambda: dict(credentials.valid))
-    audit = Audit(metrics)
+    audit = Audit(metrics, settings.audit_download_ids)
     store = rate_limit_store(settings, metrics)
     access = AccessControl(settings.access, audit, metrics, store=store, tracing=tracing)
     servicer = build_servicer(

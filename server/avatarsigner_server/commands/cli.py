@@ -242,9 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except (SettingsError, TracingSettingsError) as error:
+        logs.flush_logs()  # the lines logged before it come first
         print(f"avatar-signer: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except server.StartupError as error:
+        logs.flush_logs()
         print(f"avatar-signer: cannot start: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:

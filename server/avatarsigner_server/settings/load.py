@@ -52,6 +52,8 @@ class Settings:
     allowed_content_types: tuple[str, ...] = limits.DEFAULT_CONTENT_TYPES
     shutdown_grace_seconds: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
     log_level: str = "INFO"
+    # Audit one line per download URL (user id, key) rather than one per download call.
+    audit_download_ids: bool = False
     # Server processes sharing GRPC_PORT (SO_REUSEPORT) under one supervisor; 1 = no supervisor.
     workers: int = 1
     # With workers > 1: a worker whose event loop is silent this long is killed (app.workers).
@@ -140,6 +142,7 @@ def load(environ: Mapping[str, str]) -> Settings:
             "SHUTDOWN_GRACE_SECONDS", DEFAULT_SHUTDOWN_GRACE_SECONDS, 0.0, 3600.0
         ),
         log_level=log_level,
+        audit_download_ids=env.boolean("AUDIT_DOWNLOAD_IDS", False),
         access=access(env),
         rate_limit_store=rate_limit_store(env),
         workers=listen.workers,

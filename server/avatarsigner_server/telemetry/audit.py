@@ -1,10 +1,16 @@
 """The audit log: one JSON line per decision, on the `avatarsigner.audit` logger.
 
-    allowed  one line per signed URL (a batch of n gives n lines, written together): request_id,
-             caller, auth, rpc, reason "signed", user_id, key, expires_at; one line per
-             confirmed upload: reason "confirmed", user_id, key, version; one line per
-             deletion: reason "deleted" or "nothing_to_delete", user_id, keys; one line per set
-             of viewer cookies: reason "signed", the pattern they grant (`grant`), expires_at
+    allowed  uploads: one line per signed upload URL: request_id, caller, auth, rpc, reason
+             "signed", user_id, key, expires_at; one line per confirmed upload: reason
+             "confirmed", user_id, key, version
+             downloads: one line per call (CreateDownloadUrl, BatchCreateDownloadUrls):
+             reason "signed", count (URLs signed), ttl_seconds, expires_at (the latest of
+             them); with AUDIT_DOWNLOAD_IDS=true instead one line per URL, as for uploads
+             (user_id, key, expires_at; a batch of n gives n lines, queued together)
+             deletions: one line per DeleteAvatar that ran: reason "deleted" or
+             "nothing_to_delete", user_id, keys
+             viewer cookies: one line per set: reason "signed", the pattern they grant
+             (`grant`), expires_at
     denied   one line per refused call: request_id, caller (null when unknown), auth, rpc,
              user_id (when the request names one valid id), code, reason; where the
              caller's refusals are sampled (unidentified callers, per address: see
@@ -14,6 +20,9 @@ This is the only place that decides what is logged about a signed URL. Never a U
 query string is a bearer credential), a signature, a secret, a bearer token or an end-user
 token; `reason` is a fixed snake_case word, never text from the request. Each decision also
 moves the matching counter in `Metrics` (URLs signed by kind and caller, denials by reason).
+
+Should stderr's reader fall behind, the lines about uploads (upload URLs, confirmations)
+are the last the log drops; the others go first (see `telemetry.logs`).
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from datetime import datetime
 from ..errors import ServiceError
 from ..signing.object_keys import is_valid_user_id
 from .call_context import ANONYMOUS, Call
-from .logs import EACH
+from .logs import AUDIT, CLASS, EACH, UPLOAD
 from .metrics import Metrics
 
 SignedEntry = tuple[str, str, datetime]  # user_id, key, expires_at
@@ -34,9 +43,13 @@ LOGGER_NAME = "avatarsigner.audit"
 log = logging.getLogger(LOGGER_NAME)
 
 
-def _line(call: Call, decision: str, reason: str, **fields: object) -> dict[str, object]:
-    """The fields every audit line has, then the decision's own."""
+def _line(
+    call: Call, decision: str, reason: str, line_class: str = AUDIT, **fields: object
+) -> dict[str, object]:
+    """The fields every audit line has, then the decision's own (line_class: how late the
+    log may drop it, see telemetry.logs; never printed)."""
     return {
+        CLASS: line_class,
         "decision": decision,
         "request_id": call.request_id,
         "caller": call.caller,
@@ -50,17 +63,33 @@ def _line(call: Call, decision: str, reason: str, **fields: object) -> dict[str,
 class Audit:
     """Writes decision lines and counts them."""
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None, download_ids: bool = False) -> None:
+        """download_ids (AUDIT_DOWNLOAD_IDS): one line per download URL, not per call."""
         self._metrics = metrics
+        self._download_ids = download_ids
 
-    def signed(self, call: Call, kind: str, urls: Sequence[SignedEntry]) -> None:
-        """The lines for the URLs one call signed (kind: upload or download), one per URL.
+    def signed(self, call: Call, kind: str, urls: Sequence[SignedEntry], ttl_seconds: int) -> None:
+        """The line(s) for the URLs one call signed (kind: upload or download).
 
-        urls: (user_id, key, expires_at) each. A batch's lines share one log record.
+        urls: (user_id, key, expires_at) each; ttl_seconds: the life the call asked for (or
+        the default). Uploads, and downloads with download_ids: one line per URL (a batch's
+        lines share one log record). Other downloads: one line for the call.
         """
         if self._metrics is not None:
             self._metrics.url_signed(kind, call.caller or ANONYMOUS, len(urls))
         if not log.isEnabledFor(logging.INFO):
+            return
+        if kind == "download" and not self._download_ids:
+            latest = max(expires_at for _, _, expires_at in urls)
+            extra = _line(
+                call,
+                "allowed",
+                "signed",
+                count=len(urls),
+                ttl_seconds=ttl_seconds,
+                expires_at=latest.isoformat(),
+            )
+            log.info("allowed", extra=extra)
             return
         iso: dict[datetime, str] = {}  # a batch's URLs share their expiry: format it once
         each = [
@@ -72,13 +101,16 @@ class Audit:
             }
             for user_id, key, expires_at in urls
         ]
-        log.info("allowed", extra=_line(call, "allowed", "signed", **{EACH: each}))
+        line_class = UPLOAD if kind == "upload" else AUDIT
+        log.info("allowed", extra=_line(call, "allowed", "signed", line_class, **{EACH: each}))
 
     def confirmed(self, call: Call, user_id: str, key: str, version: str) -> None:
         """The line for an upload published by ConfirmUpload (or confirmed again)."""
         if self._metrics is not None:
             self._metrics.upload_confirmed(call.caller or ANONYMOUS)
-        extra = _line(call, "allowed", "confirmed", user_id=user_id, key=key, version=version)
+        extra = _line(
+            call, "allowed", "confirmed", UPLOAD, user_id=user_id, key=key, version=version
+        )
         log.info("allowed", extra=extra)
 
     def cookies_signed(self, call: Call, grant: str, expires_at: datetime) -> None:

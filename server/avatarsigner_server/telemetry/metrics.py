@@ -35,6 +35,10 @@ server's event loop (see metrics_http for the endpoint's bounds).
     avatarsigner_config_loaded_timestamp_seconds{file}    when the version in force loaded
     avatarsigner_config_loaded_info{file, sha256}         1, labelled with that version's
                                                           fingerprint (non-secret files)
+    avatarsigner_log_lines_dropped_total{class}           log lines this process dropped
+                                                          because stderr was not read fast
+                                                          enough; class: upload | audit |
+                                                          other (see telemetry.logs)
     process_*, python_gc_*, python_info                   the usual process metrics
 
 Health and reflection calls are not counted. Every label value comes from a small fixed set
@@ -64,6 +68,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .logs import dropped_lines
 from .metrics_http import MetricsEndpoint
 
 # identity name -> seconds until its current credentials expire (math.inf: never; 0: none)
@@ -181,6 +186,22 @@ class _LoadedFilesCollector(Collector):
         yield info
 
 
+class _DroppedLinesCollector(Collector):
+    """The log lines this process dropped (they are counted by the log handler, per
+    process, so several servers in one process report the same figures)."""
+
+    def collect(self) -> Iterator[Metric]:
+        dropped = CounterMetricFamily(
+            "avatarsigner_log_lines_dropped",
+            "Log lines dropped because stderr was not read fast enough, by class (upload: "
+            "audit lines for uploads, dropped last; audit: other audit lines; other).",
+            labels=["class"],
+        )
+        for line_class, count in dropped_lines().items():
+            dropped.add_metric([line_class], count)
+        yield dropped
+
+
 class Metrics:
     """The service's counters and histograms, and the HTTP endpoint that serves them."""
 
@@ -266,6 +287,7 @@ class Metrics:
         self.registry.register(self._store_reachable)
         self._files = _LoadedFilesCollector()
         self.registry.register(self._files)
+        self.registry.register(_DroppedLinesCollector())
         self._http = MetricsEndpoint(lambda: generate_latest(self.registry), CONTENT_TYPE_LATEST)
         self._per_call: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
         self._per_url: dict[tuple[str, str], Any] = {}
