@@ -23,7 +23,9 @@ What runs (about three minutes, all on 127.0.0.1):
    exported over OTLP/gRPC to a collector in another process that drops them);
 7. ConfirmUpload against a real S3 (SeaweedFS): p50 for a 200 KB and a 5 MiB JPEG vs the
    bare GET + PUT of the same bytes, and peak RSS with 16 confirmations of 5 MiB in flight
-   (bench/confirm.py).
+   (bench/confirm.py);
+8. SIGTERM with 64 callers on 1 and 2 workers: calls in flight at SIGTERM, how many of
+   those sent before it failed, and what calls sent during the drain got (bench/drain.py).
 
 `bench/run.py --only cloudfront` runs just step 5, `bench/run.py --only replicas` just step
 6; each prints its rows (BENCHMARKS.md is written only by the whole run).
@@ -54,6 +56,7 @@ from pathlib import Path
 
 import cloudfront
 import confirm
+import drain
 import grpc
 import shared_limits
 import signing
@@ -92,6 +95,7 @@ TARGETS = {
     "signer": 40.0,
     "single": 0.90,
     "batch": 30.0,
+    "batch_urls": 100_000,  # BatchCreateDownloadUrls URLs/s from one process
     "workers": 1.6,
     "startup": 1.0,
     "rss_mb": 80.0,
@@ -453,9 +457,7 @@ def measure_cloudfront(
     env = cloudfront_env(workdir)
     started: dict[str, Server] = {}
     try:
-        started["no window"] = start_server(
-            "cloudfront", variant_command("real"), workdir, **env
-        )
+        started["no window"] = start_server("cloudfront", variant_command("real"), workdir, **env)
         started["window"] = start_server(
             "cloudfront-window",
             variant_command("real"),
@@ -642,6 +644,7 @@ class Results:
     replicas: Replicas = field(default_factory=Replicas)
     logged: int = 0
     confirm: confirm.ConfirmFigures | None = None
+    drain: list[drain.DrainFigures] = field(default_factory=list)
     took: float = 0.0
     cloudfront: CloudFrontResults | None = None
 
@@ -732,6 +735,8 @@ def main(argv: list[str] | None = None) -> int:
             clients.close()
         print("  ConfirmUpload on a real S3 ...", flush=True)
         results.confirm = confirm.measure(workdir)
+        print("  SIGTERM with calls in flight ...", flush=True)
+        results.drain = drain.measure(workdir)
 
     results.took = time.monotonic() - started
     host["load_after"] = " / ".join(f"{value:.2f}" for value in os.getloadavg())
@@ -780,6 +785,11 @@ def render(r: Results) -> str:
         f"| boto3-backed signer {fmt_int(sdk_batch.rps * BATCH)} URLs/s ({latency(sdk_batch)}) "
         f"| {ratio:.1f}x | ≥ {TARGETS['batch']:.0f}x: {verdict(ratio >= TARGETS['batch'])} |"
     )
+    urls = ours.rps * BATCH
+    rows.append(
+        f"| BatchCreateDownloadUrls({BATCH}): URLs/s from one process | {fmt_int(urls)} URLs/s "
+        f"| — | — | ≥ {fmt_int(TARGETS['batch_urls'])}: {verdict(urls >= TARGETS['batch_urls'])} |"
+    )
     for label, loads, unit, scale in (
         ("CreateDownloadUrl, 64 in flight, 16 connections", r.workers_single, "RPS", 1),
         (f"BatchCreateDownloadUrls({BATCH}), 8 in flight, 8 connections", r.workers_batch,
@@ -808,6 +818,7 @@ def render(r: Results) -> str:
     )
     if r.confirm is not None:
         rows += confirm.rows(r.confirm)
+    rows += drain.rows(r.drain)
     if r.cloudfront is not None:
         rows += cloudfront_rows(r.cloudfront)
     return "\n".join([*rows, "", *summary(r), "", *analysis(r)])
