@@ -20,6 +20,10 @@ How lines reach stderr (`JsonLinesHandler`, one per process, installed by
   of up to PIPE_BUF bytes in one piece, so lines from two workers never splice, while a
   busy process still needs one write per dozen lines or so. (A single line longer than
   PIPE_BUF is written alone.) Only the writer thread waits when stderr's reader is slow.
+  While fewer than LINGER_LINES wait, it lets them gather for up to LINGER_SECONDS
+  (20 ms) before writing: each wake-up of the writer takes the GIL from the event loop, and
+  waking once per line, one line per call, cost a server about 110 µs of CPU per call
+  against about 50 µs with the linger. `flush()` cuts the linger short.
 - When the buffer is full, lines are dropped and counted instead of waiting. Each line has
   a class; a new line evicts the oldest queued line of the lowest class below its own, and
   is itself dropped only when no lower line is queued. Lowest first:
@@ -125,6 +129,13 @@ class JsonFormatter(logging.Formatter):
         )
 
 
+# The writer lets lines gather for up to LINGER_SECONDS while fewer than LINGER_LINES wait,
+# so at a steady trickle (one line per call) it wakes, and takes the GIL from the event
+# loop, a few dozen times a second rather than once per line.
+LINGER_SECONDS = 0.02
+LINGER_LINES = 64
+
+
 class JsonLinesHandler(logging.Handler):
     """Queues each record's lines for a writer thread; never writes or waits on the caller.
 
@@ -146,6 +157,7 @@ class JsonLinesHandler(logging.Handler):
         self._reported = dict.fromkeys(LINE_CLASSES, 0)  # the counts the last notice covered
         self._last_notice = -math.inf
         self._closed = False
+        self._flushing = 0  # callers waiting in flush(): no lingering for them
         self._writer = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._writer.start()
 
@@ -179,6 +191,7 @@ class JsonLinesHandler(logging.Handler):
             return
         lines = [f"{line}\n".encode("utf-8", "replace") for line in text.split("\n")]
         with self._cond:
+            idle = not self._queued  # the writer may be waiting for a first line
             queue = self._queues[line_class]
             for data in lines:
                 if self._queued >= self._capacity and not self._evict_below(line_class):
@@ -187,7 +200,8 @@ class JsonLinesHandler(logging.Handler):
                 self._seq += 1
                 queue.append((self._seq, data))
                 self._queued += 1
-            self._cond.notify()
+            if idle or self._queued >= LINGER_LINES:
+                self._cond.notify()
 
     def _has_room(self, line_class: str) -> bool:
         """A line of this class can be queued (there is room, or a lower line to evict)."""
@@ -219,6 +233,8 @@ class JsonLinesHandler(logging.Handler):
             with self._cond:
                 while not (self._queued or self._unreported() or self._closed):
                     self._cond.wait()
+                if self._queued < LINGER_LINES and not (self._closed or self._flushing):
+                    self._cond.wait(LINGER_SECONDS)  # more lines per write and per wake-up
                 if self._closed and not (self._queued or self._unreported()):
                     return
                 notice = None
@@ -305,14 +321,19 @@ class JsonLinesHandler(logging.Handler):
         seconds (a stalled reader must not hang a shutdown); True if all were."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while (self._queued or self._writing or self._unreported()) and (
-                self._writer.is_alive()
-            ):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            return not (self._queued or self._writing)
+            self._flushing += 1
+            self._cond.notify_all()  # a lingering writer writes now
+            try:
+                while (self._queued or self._writing or self._unreported()) and (
+                    self._writer.is_alive()
+                ):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+                return not (self._queued or self._writing)
+            finally:
+                self._flushing -= 1
 
     def close(self, timeout: float = CLOSE_SECONDS) -> None:
         """Flush (at most `timeout` s), then stop the writer; later records are dropped."""
