@@ -28,7 +28,9 @@ from avatarsigner_server.credentials.sources import StaticCredentials
 from avatarsigner_server.settings import load as load_settings
 from avatarsigner_server.settings.uploads import UploadMode
 from avatarsigner_server.signing.key_pairs import Credentials
+from avatarsigner_server.signing.object_keys import ObjectKeys
 from avatarsigner_server.signing.url_signers import OBJECT_HEADERS, BucketEndpoint, DownloadSigner
+from botocore.exceptions import ClientError
 from conftest import verified_env
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -369,7 +371,15 @@ def test_check_proves_the_three_way_split(verified_s3: VerifiedS3) -> None:
         "bucket answers from AWS_REGION": "SKIP",
     }
     # Every run passes again: the staged canary is a new key each time (write-once URLs).
-    assert {r.check: r.outcome for r in check.run(settings)} == first
+    results = check.run(settings)
+    assert {r.check: r.outcome for r in results} == first
+    # The verifier's DELETE removed the avatar canary, and the table says so.
+    canary = ObjectKeys(settings.key_prefix).canary_key()
+    with pytest.raises(ClientError):
+        s3.client("s3").head_object(Bucket=s3.bucket, Key=canary)
+    table = io.StringIO()
+    check.render(settings, results, table)
+    assert f"The verifier deleted the canary {canary} again" in table.getvalue()
 
 
 @pytest.mark.parametrize(

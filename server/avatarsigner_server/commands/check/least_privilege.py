@@ -398,10 +398,7 @@ class BucketProbe:
 
     def cannot_delete(self, identity: str, source: CredentialSource) -> None:
         name = f"{identity} cannot DELETE"
-        replies = [
-            self.raw("DELETE", source, place.key, ())
-            for place in self.workplaces(identity)
-        ]
+        replies = [self.raw("DELETE", source, place.key, ()) for place in self.workplaces(identity)]
         allowed = [reply for reply in replies if reply.allowed]
         if allowed:
             self.add(name, FAIL, advice.can_delete(identity, allowed[0]))
@@ -578,6 +575,18 @@ def run(settings: Settings, clock: Clock = utc_now) -> list[Result]:
     return probe.results
 
 
+def _canaries_left(settings: Settings) -> str:
+    """What the run leaves in the bucket."""
+    canary = ObjectKeys(settings.key_prefix).canary_key()
+    if settings.uploads.verified:
+        return (
+            f"The verifier deleted the canary {canary} again, as DeleteAvatar does; the "
+            "staged test uploads stay until the bucket's lifecycle rule expires them "
+            "(no identity may delete them)."
+        )
+    return f"The canary {canary} stays in the bucket: no identity may delete it."
+
+
 def render(settings: Settings, results: Sequence[Result], out: TextIO) -> None:
     """The table, with a header naming what was checked and a one-line verdict."""
     where = BucketEndpoint(settings.bucket, settings.region, settings.endpoint_url).origin
@@ -585,8 +594,7 @@ def render(settings: Settings, results: Sequence[Result], out: TextIO) -> None:
     render_table(
         f"avatar-signer check: bucket {settings.bucket}, AWS_REGION {settings.region}, "
         f"endpoint {where} ({kind}), {settings.uploads.mode} uploads",
-        f"The canary {ObjectKeys(settings.key_prefix).canary_key()} stays in the bucket: "
-        "no identity may delete it.",
+        _canaries_left(settings),
         results,
         out,
     )
