@@ -113,7 +113,7 @@ class AvatarSignerServicer:
         staged before the deletion can no longer be confirmed (FAILED_PRECONDITION, reason
         DELETED). Where end-user tokens are on, the token must name the user unless the
         caller may delete for account deletion. In direct mode it answers FAILED_PRECONDITION
-        (reason DIRECT_MODE): the original design has no identity that may delete.
+        (reason DIRECT_MODE): direct mode has no identity that may delete.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -96,7 +96,7 @@ class AvatarSignerStub:
     staged before the deletion can no longer be confirmed (FAILED_PRECONDITION, reason
     DELETED). Where end-user tokens are on, the token must name the user unless the
     caller may delete for account deletion. In direct mode it answers FAILED_PRECONDITION
-    (reason DIRECT_MODE): the original design has no identity that may delete.
+    (reason DIRECT_MODE): direct mode has no identity that may delete.
     """
     CreateDownloadUrl: _grpc.UnaryUnaryMultiCallable[_avatar_signer_pb2.CreateDownloadUrlRequest, _avatar_signer_pb2.CreateDownloadUrlResponse]
     """Returns a presigned GET URL for one user's avatar: an S3 presigned URL, or, when the
@@ -152,7 +152,7 @@ class AvatarSignerAsyncStub(AvatarSignerStub):
     staged before the deletion can no longer be confirmed (FAILED_PRECONDITION, reason
     DELETED). Where end-user tokens are on, the token must name the user unless the
     caller may delete for account deletion. In direct mode it answers FAILED_PRECONDITION
-    (reason DIRECT_MODE): the original design has no identity that may delete.
+    (reason DIRECT_MODE): direct mode has no identity that may delete.
     """
     CreateDownloadUrl: _aio.UnaryUnaryMultiCallable[_avatar_signer_pb2.CreateDownloadUrlRequest, _avatar_signer_pb2.CreateDownloadUrlResponse]  # type: ignore[assignment]
     """Returns a presigned GET URL for one user's avatar: an S3 presigned URL, or, when the
@@ -223,7 +223,7 @@ class AvatarSignerServicer(metaclass=_abc_1.ABCMeta):
         staged before the deletion can no longer be confirmed (FAILED_PRECONDITION, reason
         DELETED). Where end-user tokens are on, the token must name the user unless the
         caller may delete for account deletion. In direct mode it answers FAILED_PRECONDITION
-        (reason DIRECT_MODE): the original design has no identity that may delete.
+        (reason DIRECT_MODE): direct mode has no identity that may delete.
         """
 
     @_abc_1.abstractmethod
