@@ -3,8 +3,9 @@
 Direct mode's IAM statements and the CORS rule are compared with the reference JSON they
 were specified with, copied verbatim below: the same actions, narrowed to the key prefix
 and to presigned requests no older than they may live, so any other drift from it fails
-here. Verified mode's three identities are prefix-scoped; the test S3 (dev/seaweed_s3.py) creates its identities from
-these very documents, so the s3 tests (test_check, test_verified_uploads) judge them.
+here. Verified mode's three identities are prefix-scoped; the test S3 (dev/seaweed_s3.py)
+creates its identities from these very documents, so the s3 tests (test_check,
+test_verified_uploads) judge them.
 """
 
 from __future__ import annotations
