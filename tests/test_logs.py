@@ -446,3 +446,48 @@ def test_a_stalled_log_reader_stops_no_call_and_no_health_check() -> None:
     ]
     assert len(uploads) == load.uploads_ok > 0
     assert [line["msg"] for line in parsed].count("stopped") == 2
+
+
+@pytest.mark.slow
+def test_a_stalled_log_reader_at_shutdown_costs_one_close_wait_not_a_killed_worker() -> None:
+    """stderr stops being read with lines still queued, then SIGTERM: each process gives its
+    log CLOSE_SECONDS once (not once per flush at exit), so both workers exit in time, within
+    SHUTDOWN_GRACE_SECONDS plus the supervisor's slack, and the supervisor exits 0."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in FAKE_ENV and k != WORKER_ENV}
+    env |= FAKE_ENV | {
+        "GRPC_PORT": str(port),
+        "WORKERS": "2",
+        "AUDIT_DOWNLOAD_IDS": "true",  # one line per URL: far more than the pipe holds
+        "SHUTDOWN_GRACE_SECONDS": "1",  # a worker is killed 11.5 s after the signal
+    }
+    read_fd, write_fd = os.pipe()
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "avatarsigner_server.commands.cli", "serve"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=write_fd,
+    )
+    os.close(write_fd)
+    reader = _PausableReader(read_fd)
+    try:
+        wait_serving(f"127.0.0.1:{port}", time.monotonic() + 30)
+        deadline = time.monotonic() + 20
+        while reader.text().count('"msg": "serving"') < 2:
+            assert time.monotonic() < deadline, reader.text()
+            time.sleep(0.05)
+        reader.pause()
+        request = pb.BatchCreateDownloadUrlsRequest(user_ids=[f"user{i}" for i in range(BATCH)])
+        for _ in range(4):  # on connections of their own: both workers log
+            with _channel(f"127.0.0.1:{port}") as channel:
+                pb_grpc.AvatarSignerStub(channel).BatchCreateDownloadUrls(request, timeout=10)
+        supervisor.send_signal(signal.SIGTERM)
+        supervisor.wait(40)
+    finally:
+        supervisor.kill()
+        supervisor.wait(30)
+        reader.resume()
+        reader.wait_eof(30)
+        os.close(read_fd)
+    assert supervisor.returncode == 0, reader.text()[-2000:]

@@ -38,7 +38,9 @@ How lines reach stderr (`JsonLinesHandler`, one per process, installed by
 - `flush()` waits until everything queued is written, for at most CLOSE_SECONDS (a stalled
   reader must not hang a shutdown). The server flushes after it has stopped, and
   `logging.shutdown()` flushes at every normal interpreter exit, so a normal exit loses no
-  line.
+  line. Once a flush has given up, later ones (logging.shutdown's flush, then close) return
+  at once until the writer gets a write through: a process exits CLOSE_SECONDS after its
+  stderr stalled, not once per flush.
 """
 
 from __future__ import annotations
@@ -158,6 +160,8 @@ class JsonLinesHandler(logging.Handler):
         self._last_notice = -math.inf
         self._closed = False
         self._flushing = 0  # callers waiting in flush(): no lingering for them
+        self._writes = 0  # writes the writer has finished
+        self._gave_up_at = -1  # _writes when a flush timed out with a write in progress
         self._writer = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._writer.start()
 
@@ -255,6 +259,7 @@ class JsonLinesHandler(logging.Handler):
                 lost = bool(batch)
             with self._cond:
                 self._writing = 0
+                self._writes += 1
                 if lost:  # stderr is gone (closed, broken): nothing more can be said
                     for line_class, count in classes.items():
                         self._dropped[line_class] += count
@@ -318,9 +323,12 @@ class JsonLinesHandler(logging.Handler):
 
     def flush(self, timeout: float = CLOSE_SECONDS) -> bool:  # type: ignore[override]
         """Wait until every queued line (and the drop notice) is written, at most `timeout`
-        seconds (a stalled reader must not hang a shutdown); True if all were."""
+        seconds (a stalled reader must not hang a shutdown); True if all were. After a
+        flush timed out, returns False at once while the writer is still in that write."""
         deadline = time.monotonic() + timeout
         with self._cond:
+            if self._writing and self._gave_up_at == self._writes:
+                return False  # still stuck where the last flush gave up: no second wait
             self._flushing += 1
             self._cond.notify_all()  # a lingering writer writes now
             try:
@@ -329,6 +337,8 @@ class JsonLinesHandler(logging.Handler):
                 ):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
+                        if self._writing:
+                            self._gave_up_at = self._writes
                         return False
                     self._cond.wait(remaining)
                 return not (self._queued or self._writing)
