@@ -910,6 +910,71 @@ def test_a_revoked_key_in_force_shows_in_health_and_metrics(
     assert any("S3 refuses the reader's key pair in force" in w for w in credential_log.text())
 
 
+def test_a_revoked_key_replaced_by_a_rotated_one_serves_again_at_once(
+    tmp_path: Path, local_s3: Any
+) -> None:
+    """The reader's key is revoked, S3 refuses it (NOT_SERVING), and the Secret is rotated
+    to a new key: once S3 has accepted the new pair and it is in force, health says SERVING
+    and avatarsigner_credentials_valid is 1 again, without waiting for the next probe (an
+    hour away here)."""
+    import time
+
+    from conftest import s3_env
+    from test_metrics import scrape
+
+    s3, uploader, _ = local_s3
+    policy = seaweed_s3.reader_policy(s3.bucket)
+    doomed = s3.create_identity(f"avatar-reader-doomed-{uuid.uuid4().hex[:8]}", policy)
+    fresh = s3.create_identity(f"avatar-reader-fresh-{uuid.uuid4().hex[:8]}", policy)
+    leaks.remember(doomed.secret_access_key)
+    leaks.remember(fresh.secret_access_key)
+    volume = SecretVolume(
+        tmp_path / "reader",
+        {"access-key-id": doomed.access_key_id, "secret-access-key": doomed.secret_access_key},
+    )
+    env = s3_env(s3, uploader, doomed)
+    del env["S3_READ_KEY"], env["S3_READ_SECRET"]
+    env["S3_READ_KEY_FILE"] = str(volume.path("access-key-id"))
+    env["S3_READ_SECRET_FILE"] = str(volume.path("secret-access-key"))
+    server = ServerThread(settings_from(env, CREDENTIALS_PROBE_SECONDS="3600"))
+    valid = ("avatarsigner_credentials_valid", (("identity", "reader"),))
+
+    def health_within(seconds: float, wanted: int) -> set[int]:
+        """Health of "" and the service once both are `wanted`, or when time is up."""
+        deadline = time.monotonic() + seconds
+        with server.channel() as channel:
+            while (status := _health(channel)) != {wanted} and time.monotonic() < deadline:
+                time.sleep(0.1)
+        return status
+
+    serving = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    try:
+        assert health_within(5, serving) == {serving}
+        s3.client("iam").delete_access_key(UserName=doomed.name, AccessKeyId=doomed.access_key_id)
+        server.server.credentials.probe()  # the probe of the hour, now
+        assert health_within(10, not_serving) == {not_serving}
+        volume.update(
+            {"access-key-id": fresh.access_key_id, "secret-access-key": fresh.secret_access_key}
+        )
+        with server.channel() as channel:
+            stub = pb_grpc.AvatarSignerStub(channel)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # adopted once stable and accepted by S3
+                current = server.server.credentials["reader"].current()
+                if current is not None and current.access_key_id == fresh.access_key_id:
+                    break
+                time.sleep(0.1)
+            after = health_within(5, serving)
+            metric = scrape(server.server.metrics_port)[valid]
+            url = stub.CreateDownloadUrl(pb.CreateDownloadUrlRequest(user_id="alice")).url
+    finally:
+        server.stop()
+    assert _key_id(url) == fresh.access_key_id
+    assert after == {serving}
+    assert metric == 1
+
+
 def test_rotation_never_makes_two_identities_one(tmp_path: Path) -> None:
     """The start-up rule holds after rotation: a reader rotated to the uploader's key id is
     refused (whatever S3 would say) and the reader's pair stays."""

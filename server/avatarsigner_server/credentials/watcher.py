@@ -16,7 +16,9 @@ With a `prover` (one signed request to S3, from the storage layer), two more rul
 * every `probe_seconds` (CREDENTIALS_PROBE_SECONDS; 0: never) the pair in force is put to
   S3; a pair S3 refuses (a deliberate
   revocation) makes its identity unusable: health NOT_SERVING, the metric
-  avatarsigner_credentials_valid 0, a WARNING, until S3 accepts it again. No answer from
+  avatarsigner_credentials_valid 0, a WARNING, until S3 accepts it again or another pair
+  takes its place (a rotated pair, proven by S3 before it is adopted; a renewed role
+  session). The refusal is about that one pair, never about the identity. No answer from
   S3 changes nothing.
 """
 
@@ -146,8 +148,8 @@ class CredentialWatcher:
         self._probe_seconds = probe_seconds
         self._probed_at = time.monotonic()  # the first probe comes one period after start
         self._usable: dict[str, bool] = {}
-        # identity -> whether S3 last accepted the pair in force (True until it refuses it)
-        self.valid: dict[str, bool] = dict.fromkeys(self.sources, True)
+        # identity -> the pair S3 last refused for it (in force, or replaced since)
+        self._refused: dict[str, Credentials] = {}
         for identity, source in self.sources.items():
             if isinstance(source, FileCredentials) and prover is not None:
                 source.vet = self._vetting(identity)
@@ -166,6 +168,15 @@ class CredentialWatcher:
 
         return vet
 
+    @property
+    def valid(self) -> dict[str, bool]:
+        """identity -> False while its pair in force is one S3 refused."""
+        return {identity: not self._refused_in_force(identity) for identity in self.sources}
+
+    def _refused_in_force(self, identity: str) -> bool:
+        refused = self._refused.get(identity)
+        return refused is not None and refused == self.sources[identity].current()
+
     def probe(self) -> None:
         """Blocking: put each identity's pair in force to S3 and remember the verdicts."""
         if self._prover is None:
@@ -179,7 +190,8 @@ class CredentialWatcher:
             if proof.verdict is Verdict.UNKNOWN:
                 continue
             valid = proof.verdict is Verdict.VALID
-            if valid != self.valid[identity]:
+            refused_before = self._refused.get(identity) == creds
+            if valid == refused_before:  # S3 changed its mind about this pair
                 if valid:
                     log.info("S3 accepts the %s's key pair again", identity)
                 else:
@@ -190,7 +202,10 @@ class CredentialWatcher:
                         proof.detail,
                         extra={"identity": identity, "key_id": creds.access_key_id},
                     )
-            self.valid[identity] = valid
+            if valid:
+                self._refused.pop(identity, None)
+            else:
+                self._refused[identity] = creds
 
     def __getitem__(self, identity: str) -> ManagedSource:
         return self.sources[identity]
@@ -211,7 +226,7 @@ class CredentialWatcher:
         for identity, source in self.sources.items():
             creds = source.current()
             needed = self._needed.get(identity, timedelta(0))
-            usable = covers(creds, now + needed) and self.valid[identity]
+            usable = covers(creds, now + needed) and not self._refused_in_force(identity)
             if usable != self._usable.get(identity, True):
                 if usable:
                     log.info("%s credentials usable again", identity)
