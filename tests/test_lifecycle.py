@@ -162,3 +162,31 @@ def test_health_port_serves_only_health_in_plaintext_and_follows_the_drain() -> 
         assert in_flight.result(timeout=10).key == "profiles/alice/avatar"
         done.result(timeout=15)
     server.stop()
+
+
+def test_a_clients_health_watch_does_not_hold_the_shutdown_for_the_whole_grace() -> None:
+    """A client that checks health itself keeps a Watch stream open, which never ends by
+    itself: once no call is in a handler the server stops, the Watch having seen
+    NOT_SERVING, rather than waiting out SHUTDOWN_GRACE_SECONDS for it."""
+    server = ServerThread(settings_from(FAKE_ENV))
+    seen: list[object] = []
+    with server.channel() as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+
+        def follow() -> None:
+            try:
+                seen.extend(reply.status for reply in watch)
+            except grpc.RpcError as error:
+                seen.append(error.code())
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        done = server.shutdown_async(grace=60)
+        done.result(timeout=20)  # well before the grace: nothing was in a handler
+        follower.join(10)
+    server.stop()
+    assert seen[0] == health_pb2.HealthCheckResponse.SERVING
+    assert health_pb2.HealthCheckResponse.NOT_SERVING in seen

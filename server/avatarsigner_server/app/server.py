@@ -11,7 +11,9 @@ sequence:
               SHUTDOWN_DRAIN_SECONDS; then refuse new calls UNAVAILABLE with a retry
               pushback for REFUSE_SECONDS, which empties gRPC's queue of received calls
               (see app.gate); wait for the calls in handlers, then stop within what is left
-              of SHUTDOWN_GRACE_SECONDS, return. A call the server received ends OK or
+              of SHUTDOWN_GRACE_SECONDS (once none is left, streams that never end by
+              themselves, a client's health Watch, get IDLE_STOP_SECONDS), return. A call
+              the server received ends OK or
               UNAVAILABLE, never CANCELLED (docs/operating.md, "Shutdown: the drain"). Last,
               close the shared rate-limit store's connections and export the spans still
               buffered.
@@ -54,6 +56,9 @@ HEALTH_SERVICES = ("", SERVICE_NAME)
 REFUSE_SECONDS = 0.5
 # A refused call is retried by the client no sooner than this: after the port has closed.
 PUSHBACK_SECONDS = 1.0
+# Once no call is in a handler, what stop() still waits for are streams nobody ends (the
+# health Watch of a client that checks health itself): this long, then they are cut.
+IDLE_STOP_SECONDS = 1.0
 # Clients may send keepalive pings this often, also on connections without calls.
 CLIENT_PING_SECONDS = 10
 # How often the callers, JWKS and TLS files are checked for changes (see reload()).
@@ -216,8 +221,9 @@ class AvatarSignerServer:
             self.gate.refuse(PUSHBACK_SECONDS)
         loop = asyncio.get_running_loop()
         waited_from = loop.time()
-        await self.gate.wait_idle(grace)
-        await self._server.stop(max(0.0, grace - (loop.time() - waited_from)))
+        idle = await self.gate.wait_idle(grace)
+        left = max(0.0, grace - (loop.time() - waited_from))
+        await self._server.stop(min(left, IDLE_STOP_SECONDS) if idle else left)
         self._service.close()
         if self._health_server is not None:  # probes saw NOT_SERVING throughout the drain
             await self._health_server.stop(0)
