@@ -171,6 +171,25 @@ def test_error_ignores_undecodable_details() -> None:
     assert (error.code, error.field_violations) == (grpc.StatusCode.INVALID_ARGUMENT, ())
 
 
+@pytest.mark.parametrize("count", ["\u00b2", "9" * 5000], ids=["superscript-digit", "huge"])
+def test_error_ignores_a_violation_count_that_is_no_number(count: str) -> None:
+    """A count the server (or anyone on the way) got wrong leaves the error decodable."""
+    bad_request = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=f"user_ids[{i}]", description="bad")
+            for i in range(2)
+        ]
+    )
+    info = error_details_pb2.ErrorInfo(reason="INVALID", metadata={"count": count})
+    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="invalid request")
+    status.details.add().Pack(bad_request)
+    status.details.add().Pack(info)
+    error = AvatarSignerError.from_status(rpc_status.to_status(status))
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert error.violation_count == 2
+    assert str(error).endswith("user_ids[1]: bad")
+
+
 def test_error_line_stays_short_for_a_batch_of_bad_ids() -> None:
     status = _bad_request_status(*((f"user_ids[{i}]", "must match") for i in range(1000)))
     error = AvatarSignerError.from_status(status)

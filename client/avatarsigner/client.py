@@ -270,8 +270,10 @@ def _decode(
                 violations.extend((v.field, v.description) for v in bad_request.field_violations)
             elif detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
                 reason = info.reason
-                if info.metadata.get("count", "").isdigit():
-                    count = int(info.metadata["count"])
+                count_text = info.metadata.get("count", "")
+                # ASCII digits only, and few: int() refuses "²" and numbers of 4,300+ digits.
+                if count_text.isascii() and count_text.isdigit() and len(count_text) <= 9:
+                    count = int(count_text)
     return AvatarSignerError(code, message or "", violations, reason, count)
 
 
