@@ -167,6 +167,38 @@ def test_the_shipped_retry_policy_retries_a_refusal_on_another_server() -> None:
         running.stop()
 
 
+def test_a_slow_call_in_flight_does_not_send_retries_back_to_the_draining_server() -> None:
+    """Replica A drains while one of its calls is still in a handler. A client on a
+    connection to A (kube-proxy, pick_first) is refused once; its retry, after the pushback,
+    must reach replica B: A closes its port and connections after the refusing phase instead
+    of keeping them open, refusing every retry, until its slow call is done."""
+    from test_lifecycle import SlowDownloads
+
+    slow = SlowDownloads(delay=8.0)
+    first = ServerThread(settings_from(), interceptors=[slow])
+    second = ServerThread(settings_from())
+    try:
+        with first.channel() as channel:
+            in_flight = pb_grpc.AvatarSignerStub(channel).CreateDownloadUrl.future(
+                pb.CreateDownloadUrlRequest(user_id="alice"), timeout=30
+            )
+            assert slow.started.wait(5)
+            target = f"ipv4:127.0.0.1:{first.port},127.0.0.1:{second.port}"
+            with AvatarSignerClient(target, timeout=20) as client:
+                assert client.health() == "SERVING"  # connected, to the first address
+                done = first.shutdown_async(grace=30, drain=0.1)
+                time.sleep(0.3)  # refusing now
+                assert client.create_download_url("bob").url  # retried, answered by B
+            metrics = scrape(first.server.metrics_port)  # while A waits for its slow call
+            assert in_flight.result(timeout=20).key == "profiles/alice/avatar"
+            done.result(timeout=30)
+        shed = (("method", "CreateDownloadUrl"), ("reason", "draining"))
+        assert metrics[("avatarsigner_calls_shed_total", shed)] == 1  # the retry went to B
+    finally:
+        second.stop()
+        first.stop()
+
+
 # -- shedding calls whose callers gave up -----------------------------------------------
 
 

@@ -10,8 +10,9 @@ sequence:
               health-checking balancers move traffic away); keep serving every call for
               SHUTDOWN_DRAIN_SECONDS; then refuse new calls UNAVAILABLE with a retry
               pushback for REFUSE_SECONDS, which empties gRPC's queue of received calls
-              (see app.gate); wait for the calls in handlers, then stop within what is left
-              of SHUTDOWN_GRACE_SECONDS (once none is left, streams that never end by
+              (see app.gate); then stop: the port closes and connections get a GOAWAY
+              (retries go to other replicas) while the calls in handlers finish within
+              SHUTDOWN_GRACE_SECONDS (once none is left, streams that never end by
               themselves, a client's health Watch, get IDLE_STOP_SECONDS), return. A call
               the server received ends OK or
               UNAVAILABLE, never CANCELLED (docs/operating.md, "Shutdown: the drain"). Last,
@@ -219,11 +220,13 @@ class AvatarSignerServer:
             await asyncio.sleep(REFUSE_SECONDS)
         else:
             self.gate.refuse(PUSHBACK_SECONDS)
-        loop = asyncio.get_running_loop()
-        waited_from = loop.time()
-        idle = await self.gate.wait_idle(grace)
-        left = max(0.0, grace - (loop.time() - waited_from))
-        await self._server.stop(min(left, IDLE_STOP_SECONDS) if idle else left)
+        # Close the port and send GOAWAY now, not once the calls in handlers are done: a
+        # refused call's retry, after the pushback, must find another replica rather than
+        # this one, still refusing on the open connection while a slow call finishes.
+        stopping = asyncio.ensure_future(self._server.stop(grace))
+        if await self.gate.wait_idle(grace):
+            await self._server.stop(IDLE_STOP_SECONDS)  # the most restrictive grace wins
+        await stopping
         self._service.close()
         if self._health_server is not None:  # probes saw NOT_SERVING throughout the drain
             await self._health_server.stop(0)
