@@ -14,10 +14,9 @@ sequence:
               (retries go to other replicas) while the calls in handlers finish within
               SHUTDOWN_GRACE_SECONDS (once none is left, streams that never end by
               themselves, a client's health Watch, get IDLE_STOP_SECONDS), return. A call
-              the server received ends OK or
-              UNAVAILABLE, never CANCELLED (docs/operating.md, "Shutdown: the drain"). Last,
-              close the shared rate-limit store's connections and export the spans still
-              buffered.
+              the server received ends OK or UNAVAILABLE, never CANCELLED
+              (docs/operating.md, "Shutdown: the drain"). Last, close the shared
+              rate-limit store's connections and export the spans still buffered.
 
 Connections are closed after GRPC_MAX_CONNECTION_AGE_SECONDS (a GOAWAY, so clients
 reconnect and spread over replicas; calls on it get the age grace) and pinged when quiet
