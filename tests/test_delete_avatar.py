@@ -14,6 +14,7 @@ import io
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from guarded import caller, write_callers
 from PIL import Image
+from s3_relay import S3Relay
 from s3http import request
 from servers import ServerThread, settings_from
 
@@ -141,6 +143,52 @@ def test_no_upload_made_before_the_deletion_brings_the_picture_back(
     fresh = _stage(verified_stub, user, _png((13, 13)))
     assert _confirm(verified_stub, user, fresh).width == 13  # type: ignore[attr-defined]
     assert _shown(verified_stub, user) == 200
+
+
+def _delete_while_publishing(
+    relay: S3Relay, stub: pb_grpc.AvatarSignerStub, user: str, upload_id: str
+) -> grpc.RpcError:
+    """Confirm the upload, holding its write of the avatar until DeleteAvatar has run from
+    start to end; what the confirmation answered (a refusal, or the test fails)."""
+    publish = relay.hold("PUT", f"/profiles/{user}/avatar")
+    with ThreadPoolExecutor(1) as pool:
+        confirming = pool.submit(_confirm, stub, user, upload_id)
+        assert publish.arrived.wait(30), "the confirmation never tried to publish"
+        assert _delete(stub, user).deleted is False  # nothing published yet
+        publish.release()
+        with pytest.raises(grpc.RpcError) as refused:
+            confirming.result(60)
+    return refused.value
+
+
+@pytest.fixture
+def relayed(verified_s3: VerifiedS3) -> Iterator[tuple[S3Relay, pb_grpc.AvatarSignerStub]]:
+    """Verified mode whose every S3 request goes through a relay that can hold one."""
+    relay = S3Relay(verified_s3[0].endpoint_url)
+    running = ServerThread(settings_from(verified_env(*verified_s3), S3_ENDPOINT_URL=relay.url))
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            yield relay, pb_grpc.AvatarSignerStub(channel)
+    finally:
+        running.stop()
+        relay.close()
+
+
+def test_a_confirmation_racing_a_deletion_does_not_bring_the_picture_back(
+    relayed: tuple[S3Relay, pb_grpc.AvatarSignerStub],
+) -> None:
+    """ConfirmUpload has found no tombstone and is about to publish when DeleteAvatar runs
+    from start to end (tombstone, delete); the publication lands after it."""
+    relay, stub = relayed
+    user = _user()
+    upload_id = _stage(stub, user, _png())
+    refused = _delete_while_publishing(relay, stub, user, upload_id)
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert _reason(refused) == "DELETED"
+    assert _shown(stub, user) in (403, 404)
+    with pytest.raises(grpc.RpcError) as again:  # and a repeat is refused too
+        _confirm(stub, user, upload_id)
+    assert _reason(again.value) == "DELETED"
 
 
 def test_direct_mode_answers_what_to_configure(s3_stub: pb_grpc.AvatarSignerStub) -> None:
@@ -310,3 +358,26 @@ def test_check_and_deletion_say_when_old_versions_would_stay(
     assert done.deleted and done.old_versions_remain
     on = {r.check: r.outcome for r in check.run(load_settings(env | {"DELETE_OLD_VERSIONS": "1"}))}
     assert on["deleted avatars leave no old version"] == "PASS"
+
+
+def test_on_a_versioned_bucket_a_racing_confirmation_leaves_no_version(
+    versioned_bucket: tuple[seaweed_s3.LocalS3, dict[str, str]],
+) -> None:
+    """As above, where every write is a version: the one the late confirmation wrote goes."""
+    s3, env = versioned_bucket
+    relay = S3Relay(s3.endpoint_url)
+    running = ServerThread(
+        settings_from(env, S3_ENDPOINT_URL=relay.url, DELETE_OLD_VERSIONS="true")
+    )
+    user = _user()
+    key = f"profiles/{user}/avatar"
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            stub = pb_grpc.AvatarSignerStub(channel)
+            refused = _delete_while_publishing(relay, stub, user, _stage(stub, user, _png()))
+    finally:
+        running.stop()
+        relay.close()
+    assert _reason(refused) == "DELETED"
+    left = s3.client("s3").list_object_versions(Bucket=env["S3_BUCKET"], Prefix=key)
+    assert not left.get("Versions"), left.get("Versions")

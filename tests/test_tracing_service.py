@@ -372,6 +372,7 @@ def test_confirm_uploads_s3_calls_are_steps_of_its_span(
         "confirm.read_staged",
         "confirm.verify_image",
         "confirm.write_avatar",
+        "confirm.recheck_tombstone",
         "confirm.write_marker",
     ]
     assert children_of(exporter, second) == ["confirm.read_tombstone", "confirm.read_marker"]

@@ -17,7 +17,13 @@
        the headers it chose (type, checksum, and the fixed OBJECT_HEADERS every avatar
        object carries: inline, no content coding, private caching) and nothing the
        uploader sent
-    7. the verifier writes the marker (the answer, as JSON); then the answer
+    7. deleted meanwhile? The reader looks for the tombstone again: a DeleteAvatar that
+       ran entirely between step 1 and the write (its tombstone, then its delete) did not
+       see this avatar, so the verifier takes back what it wrote (the version it wrote;
+       on an unversioned bucket the key, unless another upload replaced it since) and
+       the answer is DELETED. A deletion whose tombstone comes later than this look
+       deletes the avatar itself: either way the picture stays deleted
+    8. the verifier writes the marker (the answer, as JSON); then the answer
 
 "Last confirmation wins": confirming an older upload after a newer one publishes the
 older. Confirming the same upload again is answered from its marker. A confirmation that
@@ -34,7 +40,8 @@ until its thread finishes, so a slow decode never lets more run than the limit.
 
 Traced, each step is a child span of the RPC's (`confirm.read_tombstone`,
 `confirm.read_marker`, `confirm.read_staged`, `confirm.verify_image`, `confirm.write_avatar`,
-`confirm.write_marker`): the worker thread runs in a copy of the call's context.
+`confirm.recheck_tombstone`, `confirm.write_marker`): the worker thread runs in a copy of
+the call's context.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ from ..signing.object_keys import ObjectKeys
 from ..signing.upload_ids import UploadTicket
 from ..signing.url_signers import OBJECT_HEADERS
 from ..storage.objects import ObjectStore, unavailable
+from ..storage.s3_http import Reply
 from ..telemetry.tracing import Tracing
 from .images import SUPPORTED_CONTENT_TYPES, Limits, Metadata, Reason, Refusal, verify_image
 from .removal import read_tombstone
@@ -131,6 +139,10 @@ def _refused(refusal: Refusal) -> UploadRefused | Overloaded:
     return UploadRefused(refusal.reason.value, f"upload refused: {refusal.detail}")
 
 
+def _deleted() -> UploadRefused:
+    return UploadRefused(
+        "DELETED", "the user's avatar was deleted after this upload was made; upload again"
+    )
 
 
 class Confirmer:
@@ -202,12 +214,8 @@ class Confirmer:
         upload_id = ticket.upload_id
         step = self._tracing.step
         with step("confirm.read_tombstone"):
-            deleted_at = read_tombstone(self._reader, self._keys, user_id)
-        if deleted_at is not None and ticket.minted_at_ms <= deleted_at:
-            raise UploadRefused(
-                "DELETED",
-                "the user's avatar was deleted after this upload was made; upload again",
-            )
+            if self._deleted_since(user_id, ticket):
+                raise _deleted()
         marker_key = self._keys.confirmed_key(user_id, upload_id)
         with step("confirm.read_marker"):
             earlier = self._earlier(marker_key)
@@ -268,6 +276,10 @@ class Confirmer:
             )
         if not 200 <= published.status < 300:
             raise unavailable("write of the avatar", published)
+        with step("confirm.recheck_tombstone"):
+            if self._deleted_since(user_id, ticket):
+                self._withdraw(key, published)
+                raise _deleted()
         with step("confirm.write_marker"):
             marked = self._verifier.put(
                 marker_key, confirmation.to_json(), {"Content-Type": "application/json"}
@@ -279,6 +291,35 @@ class Confirmer:
                 extra={"s3_status": marked.status, "s3_code": marked.code},
             )
         return confirmation
+
+    def _deleted_since(self, user_id: str, ticket: UploadTicket) -> bool:
+        """Whether the user's avatar was deleted at or after this upload was minted."""
+        deleted_at = read_tombstone(self._reader, self._keys, user_id)
+        return deleted_at is not None and ticket.minted_at_ms <= deleted_at
+
+    def _withdraw(self, key: str, published: Reply) -> None:
+        """Take back the avatar this confirmation wrote after a deletion had passed."""
+        version = published.headers.get("x-amz-version-id")
+        if version:  # exactly what was written; a later upload's version stays
+            gone = self._verifier.delete(key, version)
+            if gone.status in (200, 204, 404):
+                return
+            # Not allowed to delete versions (DELETE_OLD_VERSIONS off): a delete marker.
+        else:
+            current = self._reader.head(key)
+            if current.status in (403, 404):
+                return  # gone already
+            written = published.headers.get("etag")
+            if current.status == 200 and current.headers.get("etag") != written:
+                return  # another upload, confirmed since, is the avatar now
+        gone = self._verifier.delete(key)
+        if gone.status not in (200, 204):
+            log.error(
+                "an avatar published after its deletion could not be taken back; "
+                "delete it again",
+                extra={"s3_status": gone.status, "s3_code": gone.code},
+            )
+            raise unavailable("delete of an avatar published after its deletion", gone)
 
     def _earlier(self, marker_key: str) -> Confirmation | None:
         """The answer given when this upload was confirmed before, or None."""

@@ -5,7 +5,9 @@
        milliseconds, the upload ids' own resolution). ConfirmUpload
        refuses any upload minted at or before it (reason DELETED), so a staged upload, or
        one confirmed before, cannot republish the picture. Written first: a confirmation
-       racing this deletion either sees it or finishes before the delete below.
+       racing this deletion looks for it again after writing the avatar, and takes the
+       avatar back when it is there; when it is not there yet, that write came before
+       the delete below.
     3. the verifier deletes the avatar's key (a signed request of its own: no URL is ever
        signed for DELETE)
     4. on a versioned bucket (S3 answers the delete with a delete marker) the old versions
