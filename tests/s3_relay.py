@@ -6,12 +6,17 @@ relay's address verify as they would directly. `hold(method, path_suffix)` makes
 matching request wait until the test releases it: the test can then run something else
 against the real S3 between, say, a read and a write of the service. Each `hold` catches
 one request; every other request goes straight through.
+
+`stall(method, path_suffix)` is S3 hanging on every matching request until released, the
+way a stuck proxy does: the answer's status line comes at once and then a header line a
+second, so no client read timeout ever fires. Released, they are answered 503.
 """
 
 from __future__ import annotations
 
 import http.client
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -19,11 +24,12 @@ WAIT_SECONDS = 30.0
 
 
 class Hold:
-    """One request held: `arrived` is set when it is; `release()` lets it go on."""
+    """Requests held: `arrived` is set when one is; `release()` lets them go on."""
 
-    def __init__(self, method: str, path_suffix: str) -> None:
+    def __init__(self, method: str, path_suffix: str, stall: bool) -> None:
         self.method = method
         self.path_suffix = path_suffix
+        self.stall = stall
         self.arrived = threading.Event()
         self._released = threading.Event()
 
@@ -34,6 +40,20 @@ class Hold:
         self.arrived.set()
         if not self._released.wait(WAIT_SECONDS):
             raise AssertionError("a held S3 request was never released")
+
+    def trickle(self, handler: BaseHTTPRequestHandler) -> None:
+        """Answer so slowly that the answer never ends before the release."""
+        self.arrived.set()
+        handler.send_response_only(503, "Slow Down")
+        handler.flush_headers()
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not self._released.wait(1.0) and time.monotonic() < deadline:
+            handler.wfile.write(b"x-still-thinking: 1\r\n")
+            handler.wfile.flush()
+        handler.send_header("Content-Length", "0")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.close_connection = True
 
 
 class S3Relay:
@@ -66,7 +86,13 @@ class S3Relay:
 
     def hold(self, method: str, path_suffix: str) -> Hold:
         """Hold the next `method` request whose path (without the query) ends so."""
-        hold = Hold(method, path_suffix)
+        return self._add(Hold(method, path_suffix, stall=False))
+
+    def stall(self, method: str, path_suffix: str) -> Hold:
+        """Hang every `method` request whose path ends so, until released."""
+        return self._add(Hold(method, path_suffix, stall=True))
+
+    def _add(self, hold: Hold) -> Hold:
         with self._lock:
             self._holds.append(hold)
         return hold
@@ -83,7 +109,8 @@ class S3Relay:
         with self._lock:
             for hold in self._holds:
                 if hold.method == method and path.endswith(hold.path_suffix):
-                    self._holds.remove(hold)
+                    if not hold.stall:
+                        self._holds.remove(hold)
                     return hold
         return None
 
@@ -91,6 +118,9 @@ class S3Relay:
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else None
         hold = self._held(handler.command, urlsplit(handler.path).path)
+        if hold is not None and hold.stall:
+            hold.trickle(handler)
+            return
         if hold is not None:
             hold.wait_to_go()
         upstream = http.client.HTTPConnection(*self._upstream, timeout=30)

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -381,3 +382,53 @@ def test_on_a_versioned_bucket_a_racing_confirmation_leaves_no_version(
     assert _reason(refused) == "DELETED"
     left = s3.client("s3").list_object_versions(Bucket=env["S3_BUCKET"], Prefix=key)
     assert not left.get("Versions"), left.get("Versions")
+
+
+def test_deletions_stalled_on_s3_leave_the_rest_of_the_server_working(
+    verified_s3: VerifiedS3, tmp_path: Path
+) -> None:
+    """S3 hangs on the deletions' requests while many are asked for: they hold threads of
+    their own, a few at most, and the others are refused BUSY; the server's own work in
+    threads goes on (here: a right taken from a caller in the callers file takes effect)."""
+    profile = caller("profile-service", ["DeleteAvatar", "CreateDownloadUrl"])
+    path = write_callers(tmp_path / "callers.toml", [profile])
+    relay = S3Relay(verified_s3[0].endpoint_url)
+    env = verified_env(*verified_s3) | {"CALLERS_FILE": str(path), "S3_ENDPOINT_URL": relay.url}
+    running = ServerThread(settings_from(env))
+    stalled = relay.stall("HEAD", "/avatar")
+    try:
+        with grpc.insecure_channel(running.target) as channel, ThreadPoolExecutor(16) as pool:
+            stub = pb_grpc.AvatarSignerStub(channel)
+
+            def delete(user: str) -> grpc.StatusCode:
+                try:
+                    stub.DeleteAvatar(
+                        pb.DeleteAvatarRequest(user_id=user), timeout=4, metadata=profile.metadata()
+                    )
+                except grpc.RpcError as error:
+                    return error.code()
+                return grpc.StatusCode.OK
+
+            deletions = [pool.submit(delete, _user()) for _ in range(16)]
+            codes = [deletion.result(30) for deletion in deletions]
+            assert stalled.arrived.is_set()
+            write_callers(path, [replace(profile, allow=("DeleteAvatar",))])
+            deadline = time.monotonic() + 20  # the files are looked at every 5 s
+            while True:
+                try:
+                    stub.CreateDownloadUrl(
+                        pb.CreateDownloadUrlRequest(user_id="alice"),
+                        timeout=5,
+                        metadata=profile.metadata(),
+                    )
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+                    break
+                assert time.monotonic() < deadline, "the callers file was never reloaded"
+                time.sleep(0.2)
+    finally:
+        stalled.release()
+        running.stop()
+        relay.close()
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+    assert set(codes) <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}

@@ -30,13 +30,14 @@ older. Confirming the same upload again is answered from its marker. A confirmat
 runs out of time (DEADLINE_EXCEEDED) may still finish in the background; confirming again
 tells.
 
-Cost bounds. Steps 1-7 run in a worker thread, at most `concurrency` at once per process
+Cost bounds. Steps 1-8 run in a worker thread, at most `concurrency` at once per process
 (`CONFIRM_CONCURRENCY`, default 2: one decode per core); each holds the staged bytes, the
 rebuilt copy and the decoded image (see images.py: up to about 16 bytes per pixel for
 WebP), so memory is bounded by concurrency x (2 x MAX_UPLOAD_BYTES + 16 x
 MAX_IMAGE_PIXELS). A confirmation waits for a slot at most until its deadline
 (RESOURCE_EXHAUSTED, reason BUSY); a running one that outlives its deadline keeps its slot
-until its thread finishes, so a slow decode never lets more run than the limit.
+until its thread finishes, so a slow decode never lets more run than the limit
+(threads.py).
 
 Traced, each step is a child span of the RPC's (`confirm.read_tombstone`,
 `confirm.read_marker`, `confirm.read_staged`, `confirm.verify_image`, `confirm.write_avatar`,
@@ -46,17 +47,15 @@ the call's context.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextvars
+import functools
 import hashlib
 import json
 import logging
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from ..errors import DeadlineExceeded, Overloaded, UploadRefused
+from ..errors import Overloaded, UploadRefused
 from ..settings import SettingsError
 from ..settings.uploads import UploadSettings
 from ..signing.object_keys import ObjectKeys
@@ -67,6 +66,7 @@ from ..storage.s3_http import Reply
 from ..telemetry.tracing import Tracing
 from .images import SUPPORTED_CONTENT_TYPES, Limits, Metadata, Reason, Refusal, verify_image
 from .removal import read_tombstone
+from .threads import BoundedThreads
 
 log = logging.getLogger("avatarsigner.verification")
 
@@ -167,8 +167,7 @@ class Confirmer:
         self._limits = limits
         self._max_upload_bytes = max_upload_bytes
         self._timeout = timeout_seconds
-        self._slots = asyncio.Semaphore(concurrency)
-        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="confirm")
+        self._threads = BoundedThreads(concurrency, "confirm")
 
     async def confirm(
         self, user_id: str, ticket: UploadTicket, time_left: float | None = None
@@ -176,37 +175,15 @@ class Confirmer:
         """The confirmation, or a ServiceError: UploadRefused, Overloaded, Unavailable,
         DeadlineExceeded. `time_left`: the caller's deadline, in seconds from now."""
         budget = self._timeout if time_left is None else min(self._timeout, time_left)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            # Give up waiting for a slot a little before the deadline, so the caller hears
-            # BUSY (worth a retry elsewhere) rather than a bare deadline.
-            await asyncio.wait_for(self._slots.acquire(), budget - min(0.25, budget / 4))
-        except TimeoutError:
-            raise Overloaded(
-                "BUSY", "too many uploads are being verified right now; retry shortly"
-            ) from None
-        try:
-            # In a copy of this call's context: the steps' spans are children of the RPC's.
-            context = contextvars.copy_context()
-            work = loop.run_in_executor(
-                self._executor, context.run, self._confirm, user_id, ticket
-            )
-        except BaseException:
-            self._slots.release()
-            raise
-        work.add_done_callback(lambda _: self._slots.release())
-        try:
-            return await asyncio.wait_for(
-                asyncio.shield(work), max(0.0, budget - (loop.time() - started))
-            )
-        except TimeoutError:
-            raise DeadlineExceeded(
-                "verifying the upload took too long; confirm it again to learn the outcome"
-            ) from None
+        return await self._threads.run(
+            budget,
+            functools.partial(self._confirm, user_id, ticket),
+            busy="too many uploads are being verified right now; retry shortly",
+            late="verifying the upload took too long; confirm it again to learn the outcome",
+        )
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._threads.close()
 
     # --- the steps, in a worker thread ----------------------------------------------------
 

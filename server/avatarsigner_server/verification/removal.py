@@ -14,6 +14,11 @@
        remain unless DELETE_OLD_VERSIONS is on; then the verifier lists the key's versions
        and deletes each, delete markers included
 
+Steps 1-4 run in a worker thread of the remover's own, at most DELETE_CONCURRENCY at once
+per process (threads.py): a deletion waits for one until shortly before its deadline
+(RESOURCE_EXHAUSTED, reason BUSY), so an S3 that stops answering holds that many threads
+and no more, and never the threads the rest of the server works in.
+
 Staged uploads of the user are not deleted: no identity may list or delete `uploads/*`.
 They can no longer be confirmed (step 2), nobody can read them, and the lifecycle rule
 removes them within a day. Tombstones live beside the markers and expire with them, after
@@ -22,7 +27,7 @@ every staged upload they speak of is gone.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -30,10 +35,15 @@ from dataclasses import dataclass
 
 from ..signing.object_keys import ObjectKeys
 from ..storage.objects import ObjectStore, unavailable
+from .threads import BoundedThreads
 
 log = logging.getLogger("avatarsigner.verification")
 
 Clock = Callable[[], float]  # Unix seconds, as time.time
+# Deletions at once per process: each is a few S3 requests (no decoding), mostly waiting.
+DELETE_CONCURRENCY = 4
+# How long a deletion may take without a deadline of the caller's.
+DELETE_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -78,10 +88,22 @@ class Remover:
         self._reader = reader
         self._delete_old_versions = delete_old_versions
         self._clock = clock
+        self._threads = BoundedThreads(DELETE_CONCURRENCY, "delete")
 
-    async def remove(self, user_id: str) -> Removal:
-        """Removal, or Unavailable when S3 did not answer as it must."""
-        return await asyncio.to_thread(self._remove, user_id)
+    async def remove(self, user_id: str, time_left: float | None = None) -> Removal:
+        """Removal, or a ServiceError: Unavailable when S3 did not answer as it must,
+        Overloaded (BUSY), DeadlineExceeded. `time_left`: the caller's deadline, in
+        seconds from now."""
+        budget = DELETE_TIMEOUT_SECONDS
+        return await self._threads.run(
+            budget if time_left is None else min(budget, time_left),
+            functools.partial(self._remove, user_id),
+            busy="too many avatars are being deleted right now; retry shortly",
+            late="deleting the avatar took too long; delete it again to be sure it is gone",
+        )
+
+    def close(self) -> None:
+        self._threads.close()
 
     def _remove(self, user_id: str) -> Removal:
         key = self._keys.key_for(user_id)
