@@ -432,3 +432,29 @@ def test_deletions_stalled_on_s3_leave_the_rest_of_the_server_working(
         relay.close()
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
     assert set(codes) <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def test_more_old_versions_than_one_listing_holds_are_all_deleted(
+    versioned_bucket: tuple[seaweed_s3.LocalS3, dict[str, str]],
+) -> None:
+    """S3 lists at most 1000 versions per answer: a user who changed their avatar more
+    often than that keeps none of them after a deletion."""
+    s3, env = versioned_bucket
+    user = _user()
+    key = f"profiles/{user}/avatar"
+    admin = s3.client("s3")
+    with ThreadPoolExecutor(8) as pool:  # what 1003 confirmed uploads leave behind
+        list(pool.map(lambda _: admin.put_object(Bucket=env["S3_BUCKET"], Key=key, Body=b"x"),
+                      range(1003)))  # fmt: skip
+    running = ServerThread(settings_from(env, DELETE_OLD_VERSIONS="true"))
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            done = pb_grpc.AvatarSignerStub(channel).DeleteAvatar(
+                pb.DeleteAvatarRequest(user_id=user), timeout=120
+            )
+    finally:
+        running.stop()
+    assert done.deleted and not done.old_versions_remain
+    left = admin.list_object_versions(Bucket=env["S3_BUCKET"], Prefix=key)
+    assert len(left.get("Versions", [])) == 0
+    assert len(done.removed_keys) == 1 + 1003

@@ -127,13 +127,17 @@ class Remover:
             return Removal(exists, tuple(removed), old_versions_remain=False)
         if not self._delete_old_versions:
             return Removal(exists, tuple(removed), old_versions_remain=True)
-        listing, versions = self._verifier.versions(key)
-        if listing.status != 200:
-            raise unavailable("list of the avatar's versions", listing)
-        for version in versions:
-            reply = self._verifier.delete(key, version.version_id)
-            if reply.status not in (200, 204):
-                raise unavailable("delete of an old version", reply)
-            if not version.delete_marker:
-                removed.append(f"{key}?versionId={version.version_id}")
-        return Removal(exists, tuple(removed), old_versions_remain=False)
+        page = None
+        while True:  # S3 lists at most 1000 versions per answer
+            listing = self._verifier.versions(key, page)
+            if listing.reply.status != 200:
+                raise unavailable("list of the avatar's versions", listing.reply)
+            for version in listing.versions:
+                reply = self._verifier.delete(key, version.version_id)
+                if reply.status not in (200, 204):
+                    raise unavailable("delete of an old version", reply)
+                if not version.delete_marker:
+                    removed.append(f"{key}?versionId={version.version_id}")
+            if listing.next_page is None:
+                return Removal(exists, tuple(removed), old_versions_remain=False)
+            page = listing.next_page
