@@ -458,3 +458,33 @@ def test_more_old_versions_than_one_listing_holds_are_all_deleted(
     left = admin.list_object_versions(Bucket=env["S3_BUCKET"], Prefix=key)
     assert len(left.get("Versions", [])) == 0
     assert len(done.removed_keys) == 1 + 1003
+
+
+def test_a_user_who_uses_up_their_uploads_cannot_hold_off_account_deletion(
+    verified_s3: VerifiedS3, tmp_path: Path
+) -> None:
+    """The user's own bucket (uploads and deletions) is theirs to use up; the caller that
+    erases closed accounts is bounded by its own per-caller limit, not by it."""
+    profile = caller("profile-service", ["CreateUploadUrl", "DeleteAvatar"])
+    eraser = caller("account-deletion", ["DeleteAvatar"], account_deletion=True)
+    path = write_callers(tmp_path / "callers.toml", [profile, eraser])
+    env = verified_env(*verified_s3) | JWT_ENV | {"CALLERS_FILE": str(path)}
+    running = ServerThread(
+        settings_from(env, UPLOADS_PER_USER_PER_SECOND="0.001", UPLOADS_PER_USER_BURST="2")
+    )
+    user = _user()
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            stub = pb_grpc.AvatarSignerStub(channel)
+            as_user = profile.metadata(**{"x-end-user-token": _token(user)})
+            upload = pb.CreateUploadUrlRequest(
+                user_id=user, content_type="image/png", content_length=100
+            )
+            for _ in range(2):
+                stub.CreateUploadUrl(upload, metadata=as_user)
+            with pytest.raises(grpc.RpcError) as limited:  # the user's bucket is empty
+                _delete(stub, user, metadata=as_user)
+            assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert _delete(stub, user, metadata=eraser.metadata()).deleted is False
+    finally:
+        running.stop()
