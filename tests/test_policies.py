@@ -1,10 +1,11 @@
 """`avatar-signer policies`: the documents the security model rests on, as one JSON object.
 
-Direct mode's IAM statements and the CORS rule are compared with the original design's own
-JSON, copied verbatim below: the same actions, narrowed to the key prefix and to presigned
-requests no older than they may live, so any other drift from it fails here. Verified mode's three
-identities are prefix-scoped; the test S3 (dev/seaweed_s3.py) creates its identities from
-these very documents, so the s3 tests (test_check, test_verified_uploads) judge them.
+Direct mode's IAM statements and the CORS rule are compared with the reference JSON they
+were specified with, copied verbatim below: the same actions, narrowed to the key prefix
+and to presigned requests no older than they may live, so any other drift from it fails
+here. Verified mode's three identities are prefix-scoped; the test S3 (dev/seaweed_s3.py)
+creates its identities from these very documents, so the s3 tests (test_check,
+test_verified_uploads) judge them.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def _printed(*args: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def printed() -> dict[str, Any]:
-    """Direct mode: the original two-identity design."""
+    """Direct mode: two identities, no verifier."""
     return _printed("--mode", "direct")
 
 
@@ -187,7 +188,7 @@ def _presigned_only(max_life: int) -> dict[str, Any]:
 
 
 def _narrowed(original: str, prefix: str, max_life: int) -> dict[str, Any]:
-    """The original statement on <bucket>/<prefix>* only, for presigned requests only."""
+    """The reference statement on <bucket>/<prefix>* only, for presigned requests only."""
     statement = json.loads(original)
     statement["Resource"] = statement["Resource"].replace("/*", f"/{prefix}*")
     statement["Condition"] = _presigned_only(max_life)
@@ -290,7 +291,7 @@ def test_cors_allows_put_and_get_from_the_origins_with_upload_headers_only(
     assert rule["AllowedOrigins"] == original_rule["AllowedOrigins"]
     assert sorted(rule["AllowedMethods"]) == sorted(original_rule["AllowedMethods"])
     assert rule["MaxAgeSeconds"] == original_rule["MaxAgeSeconds"]
-    # Not the original "*": exactly the signed headers a page sets (tests/test_cors_rules.py
+    # Not the reference rule's "*": exactly the signed headers a page sets (tests/test_cors_rules.py
     # derives them from the upload signer; the browser sets Content-Length itself).
     assert rule["AllowedHeaders"] == [
         "content-type",

@@ -114,8 +114,7 @@ class AvatarSignerServicer:
         DELETED). Where end-user tokens are on, the token must name the user unless the
         caller may delete for account deletion. RESOURCE_EXHAUSTED (reason BUSY: too many
         deletions at once) and DEADLINE_EXCEEDED are worth a retry. In direct mode it answers
-        FAILED_PRECONDITION (reason DIRECT_MODE): the original design has no identity that
-        may delete.
+        FAILED_PRECONDITION (reason DIRECT_MODE): direct mode has no identity that may delete.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

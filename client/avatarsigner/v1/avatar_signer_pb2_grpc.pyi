@@ -97,8 +97,7 @@ class AvatarSignerStub:
     DELETED). Where end-user tokens are on, the token must name the user unless the
     caller may delete for account deletion. RESOURCE_EXHAUSTED (reason BUSY: too many
     deletions at once) and DEADLINE_EXCEEDED are worth a retry. In direct mode it answers
-    FAILED_PRECONDITION (reason DIRECT_MODE): the original design has no identity that
-    may delete.
+    FAILED_PRECONDITION (reason DIRECT_MODE): direct mode has no identity that may delete.
     """
     CreateDownloadUrl: _grpc.UnaryUnaryMultiCallable[_avatar_signer_pb2.CreateDownloadUrlRequest, _avatar_signer_pb2.CreateDownloadUrlResponse]
     """Returns a presigned GET URL for one user's avatar: an S3 presigned URL, or, when the
@@ -155,8 +154,7 @@ class AvatarSignerAsyncStub(AvatarSignerStub):
     DELETED). Where end-user tokens are on, the token must name the user unless the
     caller may delete for account deletion. RESOURCE_EXHAUSTED (reason BUSY: too many
     deletions at once) and DEADLINE_EXCEEDED are worth a retry. In direct mode it answers
-    FAILED_PRECONDITION (reason DIRECT_MODE): the original design has no identity that
-    may delete.
+    FAILED_PRECONDITION (reason DIRECT_MODE): direct mode has no identity that may delete.
     """
     CreateDownloadUrl: _aio.UnaryUnaryMultiCallable[_avatar_signer_pb2.CreateDownloadUrlRequest, _avatar_signer_pb2.CreateDownloadUrlResponse]  # type: ignore[assignment]
     """Returns a presigned GET URL for one user's avatar: an S3 presigned URL, or, when the
@@ -228,8 +226,7 @@ class AvatarSignerServicer(metaclass=_abc_1.ABCMeta):
         DELETED). Where end-user tokens are on, the token must name the user unless the
         caller may delete for account deletion. RESOURCE_EXHAUSTED (reason BUSY: too many
         deletions at once) and DEADLINE_EXCEEDED are worth a retry. In direct mode it answers
-        FAILED_PRECONDITION (reason DIRECT_MODE): the original design has no identity that
-        may delete.
+        FAILED_PRECONDITION (reason DIRECT_MODE): direct mode has no identity that may delete.
         """
 
     @_abc_1.abstractmethod

@@ -49,6 +49,14 @@ Handler = Callable[["AvatarSignerService", Req, grpc.aio.ServicerContext], Await
 UserGate = Callable[[Call, str], Awaitable[None] | None]
 
 
+async def _pass_gates(gates: Sequence[UserGate], call: Call, user_id: str) -> None:
+    """Each gate in turn; a refusal raises. A gate that decides at once costs no await."""
+    for gate in gates:
+        pending = gate(call, user_id)
+        if pending is not None:
+            await pending
+
+
 def _handled(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     @functools.wraps(handler)
     async def wrapper(
@@ -127,10 +135,7 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
     ) -> pb.CreateUploadUrlResponse:
         upload = validation.upload(request, self._limits)
         call = call_context.current("CreateUploadUrl")
-        for gate in self._upload_gates:
-            pending = gate(call, upload.user_id)
-            if pending is not None:
-                await pending
+        await _pass_gates(self._upload_gates, call, upload.user_id)
         upload_id = ""
         if self._confirmer is None:
             key = self._keys.key_for(upload.user_id)
@@ -205,10 +210,7 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
                 "S3_VERIFY_* credentials) to delete avatars",
             )
         call = call_context.current("DeleteAvatar")
-        for gate in self._delete_gates:
-            pending = gate(call, user_id)
-            if pending is not None:
-                await pending
+        await _pass_gates(self._delete_gates, call, user_id)
         removal = await self._remover.remove(user_id, context.time_remaining())
         self._audit.deleted(call, user_id, removal.removed_keys, removal.deleted)
         return pb.DeleteAvatarResponse(

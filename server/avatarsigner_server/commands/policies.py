@@ -66,7 +66,7 @@ from ..signing.url_signers import UploadSigner
 from ..storage.objects import DEFAULT_EXPIRES_IN
 
 VERSION = "2012-10-17"
-CORS_MAX_AGE_SECONDS = 3000  # the original design's value
+CORS_MAX_AGE_SECONDS = 3000  # browsers cache a preflight this long (or their own cap)
 STAGED_UPLOAD_DAYS = 1
 # Markers and tombstones outlive the staged uploads they speak of (a repeated confirmation
 # finds its marker; an upload staged before a deletion finds the tombstone).

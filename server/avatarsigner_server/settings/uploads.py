@@ -3,7 +3,7 @@
     verified (the default)  an upload URL writes a staging object once; ConfirmUpload
                             verifies it with a third identity (the verifier) and publishes
                             exactly the verified bytes
-    direct                  the original two-identity design: the upload URL writes the
+    direct                  two identities, no verifier: the upload URL writes the
                             avatar itself, which readers see at once; no verifier, no
                             ConfirmUpload. It gives up every check on the bytes (any bytes
                             of the signed type and length become the avatar), metadata
