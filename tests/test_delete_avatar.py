@@ -14,6 +14,8 @@ import io
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from guarded import caller, write_callers
 from PIL import Image
+from s3_relay import S3Relay
 from s3http import request
 from servers import ServerThread, settings_from
 
@@ -141,6 +144,52 @@ def test_no_upload_made_before_the_deletion_brings_the_picture_back(
     fresh = _stage(verified_stub, user, _png((13, 13)))
     assert _confirm(verified_stub, user, fresh).width == 13  # type: ignore[attr-defined]
     assert _shown(verified_stub, user) == 200
+
+
+def _delete_while_publishing(
+    relay: S3Relay, stub: pb_grpc.AvatarSignerStub, user: str, upload_id: str
+) -> grpc.RpcError:
+    """Confirm the upload, holding its write of the avatar until DeleteAvatar has run from
+    start to end; what the confirmation answered (a refusal, or the test fails)."""
+    publish = relay.hold("PUT", f"/profiles/{user}/avatar")
+    with ThreadPoolExecutor(1) as pool:
+        confirming = pool.submit(_confirm, stub, user, upload_id)
+        assert publish.arrived.wait(30), "the confirmation never tried to publish"
+        assert _delete(stub, user).deleted is False  # nothing published yet
+        publish.release()
+        with pytest.raises(grpc.RpcError) as refused:
+            confirming.result(60)
+    return refused.value
+
+
+@pytest.fixture
+def relayed(verified_s3: VerifiedS3) -> Iterator[tuple[S3Relay, pb_grpc.AvatarSignerStub]]:
+    """Verified mode whose every S3 request goes through a relay that can hold one."""
+    relay = S3Relay(verified_s3[0].endpoint_url)
+    running = ServerThread(settings_from(verified_env(*verified_s3), S3_ENDPOINT_URL=relay.url))
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            yield relay, pb_grpc.AvatarSignerStub(channel)
+    finally:
+        running.stop()
+        relay.close()
+
+
+def test_a_confirmation_racing_a_deletion_does_not_bring_the_picture_back(
+    relayed: tuple[S3Relay, pb_grpc.AvatarSignerStub],
+) -> None:
+    """ConfirmUpload has found no tombstone and is about to publish when DeleteAvatar runs
+    from start to end (tombstone, delete); the publication lands after it."""
+    relay, stub = relayed
+    user = _user()
+    upload_id = _stage(stub, user, _png())
+    refused = _delete_while_publishing(relay, stub, user, upload_id)
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert _reason(refused) == "DELETED"
+    assert _shown(stub, user) in (403, 404)
+    with pytest.raises(grpc.RpcError) as again:  # and a repeat is refused too
+        _confirm(stub, user, upload_id)
+    assert _reason(again.value) == "DELETED"
 
 
 def test_direct_mode_answers_what_to_configure(s3_stub: pb_grpc.AvatarSignerStub) -> None:
@@ -310,3 +359,132 @@ def test_check_and_deletion_say_when_old_versions_would_stay(
     assert done.deleted and done.old_versions_remain
     on = {r.check: r.outcome for r in check.run(load_settings(env | {"DELETE_OLD_VERSIONS": "1"}))}
     assert on["deleted avatars leave no old version"] == "PASS"
+
+
+def test_on_a_versioned_bucket_a_racing_confirmation_leaves_no_version(
+    versioned_bucket: tuple[seaweed_s3.LocalS3, dict[str, str]],
+) -> None:
+    """As above, where every write is a version: the one the late confirmation wrote goes."""
+    s3, env = versioned_bucket
+    relay = S3Relay(s3.endpoint_url)
+    running = ServerThread(
+        settings_from(env, S3_ENDPOINT_URL=relay.url, DELETE_OLD_VERSIONS="true")
+    )
+    user = _user()
+    key = f"profiles/{user}/avatar"
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            stub = pb_grpc.AvatarSignerStub(channel)
+            refused = _delete_while_publishing(relay, stub, user, _stage(stub, user, _png()))
+    finally:
+        running.stop()
+        relay.close()
+    assert _reason(refused) == "DELETED"
+    left = s3.client("s3").list_object_versions(Bucket=env["S3_BUCKET"], Prefix=key)
+    assert not left.get("Versions"), left.get("Versions")
+
+
+def test_deletions_stalled_on_s3_leave_the_rest_of_the_server_working(
+    verified_s3: VerifiedS3, tmp_path: Path
+) -> None:
+    """S3 hangs on the deletions' requests while many are asked for: they hold threads of
+    their own, a few at most, and the others are refused BUSY; the server's own work in
+    threads goes on (here: a right taken from a caller in the callers file takes effect)."""
+    profile = caller("profile-service", ["DeleteAvatar", "CreateDownloadUrl"])
+    path = write_callers(tmp_path / "callers.toml", [profile])
+    relay = S3Relay(verified_s3[0].endpoint_url)
+    env = verified_env(*verified_s3) | {"CALLERS_FILE": str(path), "S3_ENDPOINT_URL": relay.url}
+    running = ServerThread(settings_from(env))
+    stalled = relay.stall("HEAD", "/avatar")
+    try:
+        with grpc.insecure_channel(running.target) as channel, ThreadPoolExecutor(16) as pool:
+            stub = pb_grpc.AvatarSignerStub(channel)
+
+            def delete(user: str) -> grpc.StatusCode:
+                try:
+                    stub.DeleteAvatar(
+                        pb.DeleteAvatarRequest(user_id=user), timeout=4, metadata=profile.metadata()
+                    )
+                except grpc.RpcError as error:
+                    return error.code()
+                return grpc.StatusCode.OK
+
+            deletions = [pool.submit(delete, _user()) for _ in range(16)]
+            codes = [deletion.result(30) for deletion in deletions]
+            assert stalled.arrived.is_set()
+            write_callers(path, [replace(profile, allow=("DeleteAvatar",))])
+            deadline = time.monotonic() + 20  # the files are looked at every 5 s
+            while True:
+                try:
+                    stub.CreateDownloadUrl(
+                        pb.CreateDownloadUrlRequest(user_id="alice"),
+                        timeout=5,
+                        metadata=profile.metadata(),
+                    )
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+                    break
+                assert time.monotonic() < deadline, "the callers file was never reloaded"
+                time.sleep(0.2)
+    finally:
+        stalled.release()
+        running.stop()
+        relay.close()
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+    assert set(codes) <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def test_more_old_versions_than_one_listing_holds_are_all_deleted(
+    versioned_bucket: tuple[seaweed_s3.LocalS3, dict[str, str]],
+) -> None:
+    """S3 lists at most 1000 versions per answer: a user who changed their avatar more
+    often than that keeps none of them after a deletion."""
+    s3, env = versioned_bucket
+    user = _user()
+    key = f"profiles/{user}/avatar"
+    admin = s3.client("s3")
+    with ThreadPoolExecutor(8) as pool:  # what 1003 confirmed uploads leave behind
+        list(pool.map(lambda _: admin.put_object(Bucket=env["S3_BUCKET"], Key=key, Body=b"x"),
+                      range(1003)))  # fmt: skip
+    running = ServerThread(settings_from(env, DELETE_OLD_VERSIONS="true"))
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            done = pb_grpc.AvatarSignerStub(channel).DeleteAvatar(
+                pb.DeleteAvatarRequest(user_id=user), timeout=120
+            )
+    finally:
+        running.stop()
+    assert done.deleted and not done.old_versions_remain
+    left = admin.list_object_versions(Bucket=env["S3_BUCKET"], Prefix=key)
+    assert len(left.get("Versions", [])) == 0
+    assert len(done.removed_keys) == 1 + 1003
+
+
+def test_a_user_who_uses_up_their_uploads_cannot_hold_off_account_deletion(
+    verified_s3: VerifiedS3, tmp_path: Path
+) -> None:
+    """The user's own bucket (uploads and deletions) is theirs to use up; the caller that
+    erases closed accounts is bounded by its own per-caller limit, not by it."""
+    profile = caller("profile-service", ["CreateUploadUrl", "DeleteAvatar"])
+    eraser = caller("account-deletion", ["DeleteAvatar"], account_deletion=True)
+    path = write_callers(tmp_path / "callers.toml", [profile, eraser])
+    env = verified_env(*verified_s3) | JWT_ENV | {"CALLERS_FILE": str(path)}
+    running = ServerThread(
+        settings_from(env, UPLOADS_PER_USER_PER_SECOND="0.001", UPLOADS_PER_USER_BURST="2")
+    )
+    user = _user()
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            stub = pb_grpc.AvatarSignerStub(channel)
+            as_user = profile.metadata(**{"x-end-user-token": _token(user)})
+            upload = pb.CreateUploadUrlRequest(
+                user_id=user, content_type="image/png", content_length=100
+            )
+            for _ in range(2):
+                stub.CreateUploadUrl(upload, metadata=as_user)
+            with pytest.raises(grpc.RpcError) as limited:  # the user's bucket is empty
+                _delete(stub, user, metadata=as_user)
+            assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert _delete(stub, user, metadata=eraser.metadata()).deleted is False
+    finally:
+        running.stop()

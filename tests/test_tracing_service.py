@@ -26,6 +26,8 @@ import leaks
 import pytest
 from avatarsigner import AvatarSignerClient, AvatarSignerError, upload_bytes
 from avatarsigner._propagation import trace_metadata
+from avatarsigner.v1 import avatar_signer_pb2 as pb
+from avatarsigner.v1 import avatar_signer_pb2_grpc as pb_grpc
 from avatarsigner_server.telemetry.tracing import ATTRIBUTES, Tracing
 from conftest import verified_env
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -372,6 +374,7 @@ def test_confirm_uploads_s3_calls_are_steps_of_its_span(
         "confirm.read_staged",
         "confirm.verify_image",
         "confirm.write_avatar",
+        "confirm.recheck_tombstone",
         "confirm.write_marker",
     ]
     assert children_of(exporter, second) == ["confirm.read_tombstone", "confirm.read_marker"]
@@ -456,3 +459,34 @@ def test_serve_with_otel_variables_logs_trace_ids_and_exports_on_drain(tmp_path:
     assert '"service.name": "avatars-test"' in stdout
     assert url not in stdout and url.split("?", 1)[1] not in stdout
     assert leaks.find(stdout.splitlines()) == [] and leaks.find(stderr.splitlines()) == []
+
+
+def test_an_unknown_caller_chooses_neither_the_trace_nor_whether_it_is_sampled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator samples new traces at a ratio (here 0); a caller's sampled traceparent
+    is continued once the caller is known, never before: refusals of unknown callers
+    would otherwise all be recorded, in traces of their choosing."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    exporter = InMemorySpanExporter()
+    settings = settings_from(CALLERS_FILE=str(write_callers(tmp_path / "callers.toml", [FEED])))
+    running = ServerThread(settings, tracing=Tracing.exporting_to(exporter))
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parent = ("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01")  # sampled
+    ask = pb.CreateDownloadUrlRequest(user_id=USER)
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            stub = pb_grpc.AvatarSignerStub(channel)
+            for unknown in ((parent,), (parent, ("authorization", f"Bearer {new_token()}"))):
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.CreateDownloadUrl(ask, metadata=unknown, timeout=15)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            stub.CreateDownloadUrl(ask, metadata=(parent, *FEED.metadata()), timeout=15)
+    finally:
+        running.stop()  # every span has ended
+    spans = server_spans(exporter)
+    assert [(span.attributes or {}).get("avatarsigner.caller") for span in spans] == [
+        "feed-service"
+    ]
+    assert spans[0].context is not None and spans[0].context.trace_id == int(trace_id, 16)

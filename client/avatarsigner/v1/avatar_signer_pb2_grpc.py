@@ -112,8 +112,9 @@ class AvatarSignerServicer:
         for DELETE). Idempotent: deleting again is fine and answers deleted=false. Uploads
         staged before the deletion can no longer be confirmed (FAILED_PRECONDITION, reason
         DELETED). Where end-user tokens are on, the token must name the user unless the
-        caller may delete for account deletion. In direct mode it answers FAILED_PRECONDITION
-        (reason DIRECT_MODE): direct mode has no identity that may delete.
+        caller may delete for account deletion. RESOURCE_EXHAUSTED (reason BUSY: too many
+        deletions at once) and DEADLINE_EXCEEDED are worth a retry. In direct mode it answers
+        FAILED_PRECONDITION (reason DIRECT_MODE): direct mode has no identity that may delete.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

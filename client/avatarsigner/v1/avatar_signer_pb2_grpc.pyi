@@ -95,8 +95,9 @@ class AvatarSignerStub:
     for DELETE). Idempotent: deleting again is fine and answers deleted=false. Uploads
     staged before the deletion can no longer be confirmed (FAILED_PRECONDITION, reason
     DELETED). Where end-user tokens are on, the token must name the user unless the
-    caller may delete for account deletion. In direct mode it answers FAILED_PRECONDITION
-    (reason DIRECT_MODE): direct mode has no identity that may delete.
+    caller may delete for account deletion. RESOURCE_EXHAUSTED (reason BUSY: too many
+    deletions at once) and DEADLINE_EXCEEDED are worth a retry. In direct mode it answers
+    FAILED_PRECONDITION (reason DIRECT_MODE): direct mode has no identity that may delete.
     """
     CreateDownloadUrl: _grpc.UnaryUnaryMultiCallable[_avatar_signer_pb2.CreateDownloadUrlRequest, _avatar_signer_pb2.CreateDownloadUrlResponse]
     """Returns a presigned GET URL for one user's avatar: an S3 presigned URL, or, when the
@@ -151,8 +152,9 @@ class AvatarSignerAsyncStub(AvatarSignerStub):
     for DELETE). Idempotent: deleting again is fine and answers deleted=false. Uploads
     staged before the deletion can no longer be confirmed (FAILED_PRECONDITION, reason
     DELETED). Where end-user tokens are on, the token must name the user unless the
-    caller may delete for account deletion. In direct mode it answers FAILED_PRECONDITION
-    (reason DIRECT_MODE): direct mode has no identity that may delete.
+    caller may delete for account deletion. RESOURCE_EXHAUSTED (reason BUSY: too many
+    deletions at once) and DEADLINE_EXCEEDED are worth a retry. In direct mode it answers
+    FAILED_PRECONDITION (reason DIRECT_MODE): direct mode has no identity that may delete.
     """
     CreateDownloadUrl: _aio.UnaryUnaryMultiCallable[_avatar_signer_pb2.CreateDownloadUrlRequest, _avatar_signer_pb2.CreateDownloadUrlResponse]  # type: ignore[assignment]
     """Returns a presigned GET URL for one user's avatar: an S3 presigned URL, or, when the
@@ -222,8 +224,9 @@ class AvatarSignerServicer(metaclass=_abc_1.ABCMeta):
         for DELETE). Idempotent: deleting again is fine and answers deleted=false. Uploads
         staged before the deletion can no longer be confirmed (FAILED_PRECONDITION, reason
         DELETED). Where end-user tokens are on, the token must name the user unless the
-        caller may delete for account deletion. In direct mode it answers FAILED_PRECONDITION
-        (reason DIRECT_MODE): direct mode has no identity that may delete.
+        caller may delete for account deletion. RESOURCE_EXHAUSTED (reason BUSY: too many
+        deletions at once) and DEADLINE_EXCEEDED are worth a retry. In direct mode it answers
+        FAILED_PRECONDITION (reason DIRECT_MODE): direct mode has no identity that may delete.
         """
 
     @_abc_1.abstractmethod

@@ -30,7 +30,7 @@ from ..telemetry.tracing import Tracing
 from .callers import CallersFile
 from .end_users import EndUserVerifier
 from .guard import CallGuard
-from .rate_limits import Limiter, RateLimiter
+from .rate_limits import Admission, Limiter, RateLimiter
 from .reloading import FileReloader
 
 if TYPE_CHECKING:  # imported only with a store: the Redis client costs ~20 MB per process
@@ -96,15 +96,17 @@ class AccessControl:
             gates.append(_step(tracing, "upload_check.end_user_token", self.end_users.admit_upload))
         gates.append(_step(tracing, "upload_check.rate_limit_user", self.limiter.admit_upload_user))
         self.upload_gates: tuple[UserGate, ...] = tuple(gates)
-        # The same for deletions, but a caller that runs account deletion needs no
-        # end-user token; the user's bucket is the same one (an avatar change is one).
+        # The same for deletions (the user's bucket is the same one: an avatar change is
+        # one), but a caller that runs account deletion needs no end-user token and does
+        # not take from the user's bucket, which the user can empty at will: only its own
+        # per-caller limit bounds it.
         deletion: list[UserGate] = []
         if self.end_users is not None:
             deletion.append(
                 _step(tracing, "delete_check.end_user_token", self.end_users.admit_deletion)
             )
         deletion.append(
-            _step(tracing, "delete_check.rate_limit_user", self.limiter.admit_upload_user)
+            _step(tracing, "delete_check.rate_limit_user", _users_own(self.limiter))
         )
         self.delete_gates: tuple[UserGate, ...] = tuple(deletion)
 
@@ -152,6 +154,17 @@ class AccessControl:
             if self.store is None
             else f"shared: {self.store.address} (failure {self.store.failure})",
         }
+
+
+def _users_own(limiter: Limiter) -> UserGate:
+    """The per-user limit for deletions: none for a caller that runs account deletion."""
+
+    def gate(call: Call, user_id: str) -> Admission:
+        if call.account_deletion:
+            return None
+        return limiter.admit_upload_user(call, user_id)
+
+    return gate
 
 
 def _step(tracing: Tracing, name: str, gate: UserGate) -> UserGate:

@@ -35,7 +35,8 @@ every call is counted by method and final status code, with its latency. Without
 file every caller is allowed as "anonymous" (local development; start-up warns).
 
 Each call is one SERVER span (telemetry.tracing; a shared do-nothing span when tracing is
-off) continuing the caller's `traceparent`: its caller and how it proved itself once known,
+off) continuing the caller's `traceparent` once the caller is known (an unidentified caller
+does not choose the trace, nor whether it is sampled): its caller and how it proved itself,
 the URLs it asks for, and its final status code with the refusal's reason word.
 """
 
@@ -247,12 +248,14 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
             code: grpc.StatusCode | None = None
             metadata, repeated = _metadata(context)
             request_id = call_context.request_id({} if repeated else metadata)
-            with self._tracing.rpc(SERVICE_NAME, rpc, metadata, request_id) as span:
+            who = self._who(repeated, metadata, context)
+            # Only a known caller's trace context is continued: an unknown one would choose
+            # the trace its refusals' spans join, and whether they are sampled at all.
+            propagated = {} if isinstance(who, ServiceError) else metadata
+            with self._tracing.rpc(SERVICE_NAME, rpc, propagated, request_id) as span:
                 try:
                     unknown = Call(request_id, rpc, metadata=metadata)
-                    call, request = await self._admitted(
-                        unknown, repeated, raw, parse, context, span
-                    )
+                    call, request = await self._admitted(unknown, who, raw, parse, context, span)
                     token = call_context.enter(call)
                     try:
                         return await inner(request, context)
@@ -269,10 +272,20 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
 
         return guarded
 
+    def _who(
+        self, repeated: str | None, metadata: Mapping[str, str], context: grpc.aio.ServicerContext
+    ) -> tuple[Caller | None, str] | ServiceError:
+        """(the caller, how it proved itself), or why it is refused as unauthenticated."""
+        try:
+            _refuse_repeated(repeated)
+            return self._identify(metadata, context)
+        except ServiceError as error:
+            return error
+
     async def _admitted(
         self,
         call: Call,
-        repeated: str | None,
+        who: tuple[Caller | None, str] | ServiceError,
         raw: bytes,
         parse: Deserializer | None,
         context: grpc.aio.ServicerContext,
@@ -283,8 +296,9 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
         refusal is audited, said on the span, and the call aborted (raises)."""
         request: Any = None
         try:
-            _refuse_repeated(repeated)
-            caller, how = self._identify(call.metadata, context)
+            if isinstance(who, ServiceError):
+                raise who
+            caller, how = who
             name = ANONYMOUS if caller is None else caller.name
             call = Call(
                 call.request_id,

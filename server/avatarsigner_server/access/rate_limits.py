@@ -1,5 +1,6 @@
 """Rate limits as token buckets: per caller for each kind of RPC, per user for changes to
-an avatar (upload URLs and deletions share one bucket per user).
+an avatar (upload URLs and deletions share one bucket per user; deletions by a caller that
+runs account deletion take from no user's bucket).
 
 A bucket holds at most `burst` tokens and gains `rate` tokens per second; a call takes its
 cost (1, or one per URL for a batch) or is refused with the time until enough tokens are

@@ -122,9 +122,12 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
         self._cached_copies = duration_pb2.Duration(seconds=cached_copies_seconds)
 
     def close(self) -> None:
-        """Release what the handlers hold beyond a call (the confirmations' threads)."""
+        """Release what the handlers hold beyond a call (confirmations' and deletions'
+        threads)."""
         if self._confirmer is not None:
             self._confirmer.close()
+        if self._remover is not None:
+            self._remover.close()
 
     @_handled
     async def CreateUploadUrl(
@@ -208,7 +211,7 @@ class AvatarSignerService(pb_grpc.AvatarSignerServicer):
             )
         call = call_context.current("DeleteAvatar")
         await _pass_gates(self._delete_gates, call, user_id)
-        removal = await self._remover.remove(user_id)
+        removal = await self._remover.remove(user_id, context.time_remaining())
         self._audit.deleted(call, user_id, removal.removed_keys, removal.deleted)
         return pb.DeleteAvatarResponse(
             deleted=removal.deleted,

@@ -45,6 +45,16 @@ class ObjectVersion:
     delete_marker: bool
 
 
+@dataclass(frozen=True)
+class VersionPage:
+    """One answer of ListObjectVersions (S3 gives at most 1000 versions in one): the
+    versions of the key in it and, when there are more, where the next answer starts."""
+
+    reply: Reply
+    versions: list[ObjectVersion]
+    next_page: tuple[str, str] | None = None  # (key marker, version id marker)
+
+
 class ObjectStore:
     """GET and PUT of single objects as one identity."""
 
@@ -106,21 +116,28 @@ class ObjectStore:
         query = () if version_id is None else (("versionId", version_id),)
         return send("DELETE", self._url("DELETE", key, {}, query), timeout=self._timeout)
 
-    def versions(self, key: str) -> tuple[Reply, list[ObjectVersion]]:
-        """Every version and delete marker of exactly `key` (a versioned bucket's
-        ListObjectVersions, by prefix, filtered to the key); the reply says if refused."""
-        query = (("prefix", key), ("versions", ""))
+    def versions(self, key: str, page: tuple[str, str] | None = None) -> VersionPage:
+        """The versions and delete markers of exactly `key` (a versioned bucket's
+        ListObjectVersions, by prefix, filtered to the key), from the start or from a
+        page's `next_page`; the reply says if refused."""
+        query: tuple[tuple[str, str], ...] = (("prefix", key), ("versions", ""))
+        if page is not None:
+            query += (("key-marker", page[0]), ("version-id-marker", page[1]))
         reply = send(
             "GET", self._url("GET", "", {}, query), max_body=1 << 20, timeout=self._timeout
         )
         found: list[ObjectVersion] = []
         if reply.status != 200:
-            return reply, found
+            return VersionPage(reply, found)
+        fields: dict[str, str] = {}
         for element in ElementTree.fromstring(reply.body):  # noqa: S314 - our bucket's XML
             kind = _S3_NAMESPACE.sub("", element.tag)
             if kind not in ("Version", "DeleteMarker"):
+                fields[kind] = element.text or ""
                 continue
-            fields = {_S3_NAMESPACE.sub("", child.tag): child.text or "" for child in element}
-            if fields.get("Key") == key and fields.get("VersionId"):
-                found.append(ObjectVersion(key, fields["VersionId"], kind == "DeleteMarker"))
-        return reply, found
+            entry = {_S3_NAMESPACE.sub("", child.tag): child.text or "" for child in element}
+            if entry.get("Key") == key and entry.get("VersionId"):
+                found.append(ObjectVersion(key, entry["VersionId"], kind == "DeleteMarker"))
+        markers = (fields.get("NextKeyMarker", ""), fields.get("NextVersionIdMarker", ""))
+        more = fields.get("IsTruncated") == "true" and all(markers)
+        return VersionPage(reply, found, markers if more else None)

@@ -17,48 +17,56 @@
        the headers it chose (type, checksum, and the fixed OBJECT_HEADERS every avatar
        object carries: inline, no content coding, private caching) and nothing the
        uploader sent
-    7. the verifier writes the marker (the answer, as JSON); then the answer
+    7. deleted meanwhile? The reader looks for the tombstone again: a DeleteAvatar that
+       ran entirely between step 1 and the write (its tombstone, then its delete) did not
+       see this avatar, so the verifier takes back what it wrote (the version it wrote;
+       on an unversioned bucket the key, unless another upload replaced it since) and
+       the answer is DELETED. A deletion whose tombstone comes later than this look
+       deletes the avatar itself: either way the picture stays deleted
+    8. the verifier writes the marker (the answer, as JSON); then the answer
 
 "Last confirmation wins": confirming an older upload after a newer one publishes the
 older. Confirming the same upload again is answered from its marker. A confirmation that
 runs out of time (DEADLINE_EXCEEDED) may still finish in the background; confirming again
 tells.
 
-Cost bounds. Steps 1-7 run in a worker thread, at most `concurrency` at once per process
+Cost bounds. Steps 1-8 run in a worker thread, at most `concurrency` at once per process
 (`CONFIRM_CONCURRENCY`, default 2: one decode per core); each holds the staged bytes, the
 rebuilt copy and the decoded image (see images.py: up to about 16 bytes per pixel for
 WebP), so memory is bounded by concurrency x (2 x MAX_UPLOAD_BYTES + 16 x
 MAX_IMAGE_PIXELS). A confirmation waits for a slot at most until its deadline
 (RESOURCE_EXHAUSTED, reason BUSY); a running one that outlives its deadline keeps its slot
-until its thread finishes, so a slow decode never lets more run than the limit.
+until its thread finishes, so a slow decode never lets more run than the limit
+(threads.py).
 
 Traced, each step is a child span of the RPC's (`confirm.read_tombstone`,
 `confirm.read_marker`, `confirm.read_staged`, `confirm.verify_image`, `confirm.write_avatar`,
-`confirm.write_marker`): the worker thread runs in a copy of the call's context.
+`confirm.recheck_tombstone`, `confirm.write_marker`): the worker thread runs in a copy of
+the call's context.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextvars
+import functools
 import hashlib
 import json
 import logging
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from ..errors import DeadlineExceeded, Overloaded, UploadRefused
+from ..errors import Overloaded, UploadRefused
 from ..settings import SettingsError
 from ..settings.uploads import UploadSettings
 from ..signing.object_keys import ObjectKeys
 from ..signing.upload_ids import UploadTicket
 from ..signing.url_signers import OBJECT_HEADERS
 from ..storage.objects import ObjectStore, unavailable
+from ..storage.s3_http import Reply
 from ..telemetry.tracing import Tracing
 from .images import SUPPORTED_CONTENT_TYPES, Limits, Metadata, Reason, Refusal, verify_image
 from .removal import read_tombstone
+from .threads import BoundedThreads
 
 log = logging.getLogger("avatarsigner.verification")
 
@@ -131,6 +139,10 @@ def _refused(refusal: Refusal) -> UploadRefused | Overloaded:
     return UploadRefused(refusal.reason.value, f"upload refused: {refusal.detail}")
 
 
+def _deleted() -> UploadRefused:
+    return UploadRefused(
+        "DELETED", "the user's avatar was deleted after this upload was made; upload again"
+    )
 
 
 class Confirmer:
@@ -155,8 +167,7 @@ class Confirmer:
         self._limits = limits
         self._max_upload_bytes = max_upload_bytes
         self._timeout = timeout_seconds
-        self._slots = asyncio.Semaphore(concurrency)
-        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="confirm")
+        self._threads = BoundedThreads(concurrency, "confirm")
 
     async def confirm(
         self, user_id: str, ticket: UploadTicket, time_left: float | None = None
@@ -164,37 +175,15 @@ class Confirmer:
         """The confirmation, or a ServiceError: UploadRefused, Overloaded, Unavailable,
         DeadlineExceeded. `time_left`: the caller's deadline, in seconds from now."""
         budget = self._timeout if time_left is None else min(self._timeout, time_left)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            # Give up waiting for a slot a little before the deadline, so the caller hears
-            # BUSY (worth a retry elsewhere) rather than a bare deadline.
-            await asyncio.wait_for(self._slots.acquire(), budget - min(0.25, budget / 4))
-        except TimeoutError:
-            raise Overloaded(
-                "BUSY", "too many uploads are being verified right now; retry shortly"
-            ) from None
-        try:
-            # In a copy of this call's context: the steps' spans are children of the RPC's.
-            context = contextvars.copy_context()
-            work = loop.run_in_executor(
-                self._executor, context.run, self._confirm, user_id, ticket
-            )
-        except BaseException:
-            self._slots.release()
-            raise
-        work.add_done_callback(lambda _: self._slots.release())
-        try:
-            return await asyncio.wait_for(
-                asyncio.shield(work), max(0.0, budget - (loop.time() - started))
-            )
-        except TimeoutError:
-            raise DeadlineExceeded(
-                "verifying the upload took too long; confirm it again to learn the outcome"
-            ) from None
+        return await self._threads.run(
+            budget,
+            functools.partial(self._confirm, user_id, ticket),
+            busy="too many uploads are being verified right now; retry shortly",
+            late="verifying the upload took too long; confirm it again to learn the outcome",
+        )
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._threads.close()
 
     # --- the steps, in a worker thread ----------------------------------------------------
 
@@ -202,12 +191,8 @@ class Confirmer:
         upload_id = ticket.upload_id
         step = self._tracing.step
         with step("confirm.read_tombstone"):
-            deleted_at = read_tombstone(self._reader, self._keys, user_id)
-        if deleted_at is not None and ticket.minted_at_ms <= deleted_at:
-            raise UploadRefused(
-                "DELETED",
-                "the user's avatar was deleted after this upload was made; upload again",
-            )
+            if self._deleted_since(user_id, ticket):
+                raise _deleted()
         marker_key = self._keys.confirmed_key(user_id, upload_id)
         with step("confirm.read_marker"):
             earlier = self._earlier(marker_key)
@@ -268,6 +253,10 @@ class Confirmer:
             )
         if not 200 <= published.status < 300:
             raise unavailable("write of the avatar", published)
+        with step("confirm.recheck_tombstone"):
+            if self._deleted_since(user_id, ticket):
+                self._withdraw(key, published)
+                raise _deleted()
         with step("confirm.write_marker"):
             marked = self._verifier.put(
                 marker_key, confirmation.to_json(), {"Content-Type": "application/json"}
@@ -279,6 +268,35 @@ class Confirmer:
                 extra={"s3_status": marked.status, "s3_code": marked.code},
             )
         return confirmation
+
+    def _deleted_since(self, user_id: str, ticket: UploadTicket) -> bool:
+        """Whether the user's avatar was deleted at or after this upload was minted."""
+        deleted_at = read_tombstone(self._reader, self._keys, user_id)
+        return deleted_at is not None and ticket.minted_at_ms <= deleted_at
+
+    def _withdraw(self, key: str, published: Reply) -> None:
+        """Take back the avatar this confirmation wrote after a deletion had passed."""
+        version = published.headers.get("x-amz-version-id")
+        if version:  # exactly what was written; a later upload's version stays
+            gone = self._verifier.delete(key, version)
+            if gone.status in (200, 204, 404):
+                return
+            # Not allowed to delete versions (DELETE_OLD_VERSIONS off): a delete marker.
+        else:
+            current = self._reader.head(key)
+            if current.status in (403, 404):
+                return  # gone already
+            written = published.headers.get("etag")
+            if current.status == 200 and current.headers.get("etag") != written:
+                return  # another upload, confirmed since, is the avatar now
+        gone = self._verifier.delete(key)
+        if gone.status not in (200, 204):
+            log.error(
+                "an avatar published after its deletion could not be taken back; "
+                "delete it again",
+                extra={"s3_status": gone.status, "s3_code": gone.code},
+            )
+            raise unavailable("delete of an avatar published after its deletion", gone)
 
     def _earlier(self, marker_key: str) -> Confirmation | None:
         """The answer given when this upload was confirmed before, or None."""

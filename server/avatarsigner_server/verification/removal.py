@@ -5,12 +5,19 @@
        milliseconds, the upload ids' own resolution). ConfirmUpload
        refuses any upload minted at or before it (reason DELETED), so a staged upload, or
        one confirmed before, cannot republish the picture. Written first: a confirmation
-       racing this deletion either sees it or finishes before the delete below.
+       racing this deletion looks for it again after writing the avatar, and takes the
+       avatar back when it is there; when it is not there yet, that write came before
+       the delete below.
     3. the verifier deletes the avatar's key (a signed request of its own: no URL is ever
        signed for DELETE)
     4. on a versioned bucket (S3 answers the delete with a delete marker) the old versions
        remain unless DELETE_OLD_VERSIONS is on; then the verifier lists the key's versions
        and deletes each, delete markers included
+
+Steps 1-4 run in a worker thread of the remover's own, at most DELETE_CONCURRENCY at once
+per process (threads.py): a deletion waits for one until shortly before its deadline
+(RESOURCE_EXHAUSTED, reason BUSY), so an S3 that stops answering holds that many threads
+and no more, and never the threads the rest of the server works in.
 
 Staged uploads of the user are not deleted: no identity may list or delete `uploads/*`.
 They can no longer be confirmed (step 2), nobody can read them, and the lifecycle rule
@@ -20,7 +27,7 @@ every staged upload they speak of is gone.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -28,10 +35,15 @@ from dataclasses import dataclass
 
 from ..signing.object_keys import ObjectKeys
 from ..storage.objects import ObjectStore, unavailable
+from .threads import BoundedThreads
 
 log = logging.getLogger("avatarsigner.verification")
 
 Clock = Callable[[], float]  # Unix seconds, as time.time
+# Deletions at once per process: each is a few S3 requests (no decoding), mostly waiting.
+DELETE_CONCURRENCY = 4
+# How long a deletion may take without a deadline of the caller's.
+DELETE_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -76,10 +88,22 @@ class Remover:
         self._reader = reader
         self._delete_old_versions = delete_old_versions
         self._clock = clock
+        self._threads = BoundedThreads(DELETE_CONCURRENCY, "delete")
 
-    async def remove(self, user_id: str) -> Removal:
-        """Removal, or Unavailable when S3 did not answer as it must."""
-        return await asyncio.to_thread(self._remove, user_id)
+    async def remove(self, user_id: str, time_left: float | None = None) -> Removal:
+        """Removal, or a ServiceError: Unavailable when S3 did not answer as it must,
+        Overloaded (BUSY), DeadlineExceeded. `time_left`: the caller's deadline, in
+        seconds from now."""
+        budget = DELETE_TIMEOUT_SECONDS
+        return await self._threads.run(
+            budget if time_left is None else min(budget, time_left),
+            functools.partial(self._remove, user_id),
+            busy="too many avatars are being deleted right now; retry shortly",
+            late="deleting the avatar took too long; delete it again to be sure it is gone",
+        )
+
+    def close(self) -> None:
+        self._threads.close()
 
     def _remove(self, user_id: str) -> Removal:
         key = self._keys.key_for(user_id)
@@ -103,13 +127,17 @@ class Remover:
             return Removal(exists, tuple(removed), old_versions_remain=False)
         if not self._delete_old_versions:
             return Removal(exists, tuple(removed), old_versions_remain=True)
-        listing, versions = self._verifier.versions(key)
-        if listing.status != 200:
-            raise unavailable("list of the avatar's versions", listing)
-        for version in versions:
-            reply = self._verifier.delete(key, version.version_id)
-            if reply.status not in (200, 204):
-                raise unavailable("delete of an old version", reply)
-            if not version.delete_marker:
-                removed.append(f"{key}?versionId={version.version_id}")
-        return Removal(exists, tuple(removed), old_versions_remain=False)
+        page = None
+        while True:  # S3 lists at most 1000 versions per answer
+            listing = self._verifier.versions(key, page)
+            if listing.reply.status != 200:
+                raise unavailable("list of the avatar's versions", listing.reply)
+            for version in listing.versions:
+                reply = self._verifier.delete(key, version.version_id)
+                if reply.status not in (200, 204):
+                    raise unavailable("delete of an old version", reply)
+                if not version.delete_marker:
+                    removed.append(f"{key}?versionId={version.version_id}")
+            if listing.next_page is None:
+                return Removal(exists, tuple(removed), old_versions_remain=False)
+            page = listing.next_page
