@@ -167,6 +167,7 @@ def test_the_shipped_retry_policy_retries_a_refusal_on_another_server() -> None:
         running.stop()
 
 
+@pytest.mark.slow  # the slow call must outlast a client's retries: 8 s
 def test_a_slow_call_in_flight_does_not_send_retries_back_to_the_draining_server() -> None:
     """Replica A drains while one of its calls is still in a handler. A client on a
     connection to A (kube-proxy, pick_first) is refused once; its retry, after the pushback,
