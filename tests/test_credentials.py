@@ -395,21 +395,12 @@ def _key_id(url: str) -> str:
     return parse_qs(urlsplit(url).query)["X-Amz-Credential"][0].split("/")[0]
 
 
-@pytest.mark.slow  # waits out real file rotations
-def test_server_switches_to_rotated_files_without_a_failed_call(
-    tmp_path: Path, credential_log: Captured, local_s3: Any
-) -> None:
-    """On the real S3, which proves each rotated pair before it is adopted."""
-    import threading
-    import time
-
+def _reader_from_files(
+    tmp_path: Path, s3: Any, uploader: Any, reader: Any
+) -> tuple[SecretVolume, dict[str, str]]:
+    """The real S3's settings with the reader's pair in a Secret volume: (volume, env)."""
     from conftest import s3_env
 
-    s3, uploader, reader = local_s3
-    rotated = s3.create_identity(
-        f"avatar-reader-next-{uuid.uuid4().hex[:8]}", seaweed_s3.reader_policy(s3.bucket)
-    )
-    # The reader's Secret volume (downloads: no per-user rate limit to get in the way).
     volume = SecretVolume(
         tmp_path / "reader",
         {"access-key-id": reader.access_key_id, "secret-access-key": reader.secret_access_key},
@@ -418,6 +409,23 @@ def test_server_switches_to_rotated_files_without_a_failed_call(
     del env["S3_READ_KEY"], env["S3_READ_SECRET"]
     env["S3_READ_KEY_FILE"] = str(volume.path("access-key-id"))
     env["S3_READ_SECRET_FILE"] = str(volume.path("secret-access-key"))
+    return volume, env
+
+
+@pytest.mark.slow  # waits out real file rotations
+def test_server_switches_to_rotated_files_without_a_failed_call(
+    tmp_path: Path, credential_log: Captured, local_s3: Any
+) -> None:
+    """On the real S3, which proves each rotated pair before it is adopted."""
+    import threading
+    import time
+
+    s3, uploader, reader = local_s3
+    rotated = s3.create_identity(
+        f"avatar-reader-next-{uuid.uuid4().hex[:8]}", seaweed_s3.reader_policy(s3.bucket)
+    )
+    # The reader's Secret volume (downloads: no per-user rate limit to get in the way).
+    volume, env = _reader_from_files(tmp_path, s3, uploader, reader)
     server = ServerThread(settings_from(env))
     calls: list[Call] = []
     stop = threading.Event()
@@ -815,7 +823,6 @@ def test_rotated_key_files_sign_urls_the_real_s3_accepts(tmp_path: Path, local_s
     """Rotation from one real reader key to another: S3 accepts the URLs before and after."""
     import time
 
-    from conftest import s3_env
     from s3http import request
 
     s3, uploader, reader = local_s3
@@ -831,14 +838,7 @@ def test_rotated_key_files_sign_urls_the_real_s3_accepts(tmp_path: Path, local_s
     ).sign(key, content_type="image/png", content_length=4, checksum_sha256=None, ttl_seconds=60)
     assert request("PUT", put.url, b"\x89PNG", dict(put.headers)).status == 200
 
-    volume = SecretVolume(
-        tmp_path / "reader",
-        {"access-key-id": reader.access_key_id, "secret-access-key": reader.secret_access_key},
-    )
-    env = s3_env(s3, uploader, reader)
-    del env["S3_READ_KEY"], env["S3_READ_SECRET"]
-    env["S3_READ_KEY_FILE"] = str(volume.path("access-key-id"))
-    env["S3_READ_SECRET_FILE"] = str(volume.path("secret-access-key"))
+    volume, env = _reader_from_files(tmp_path, s3, uploader, reader)
     server = ServerThread(settings_from(env))
     user = key.split("/")[1]
     try:
@@ -919,7 +919,6 @@ def test_a_revoked_key_replaced_by_a_rotated_one_serves_again_at_once(
     hour away here)."""
     import time
 
-    from conftest import s3_env
     from test_metrics import scrape
 
     s3, uploader, _ = local_s3
@@ -928,14 +927,7 @@ def test_a_revoked_key_replaced_by_a_rotated_one_serves_again_at_once(
     fresh = s3.create_identity(f"avatar-reader-fresh-{uuid.uuid4().hex[:8]}", policy)
     leaks.remember(doomed.secret_access_key)
     leaks.remember(fresh.secret_access_key)
-    volume = SecretVolume(
-        tmp_path / "reader",
-        {"access-key-id": doomed.access_key_id, "secret-access-key": doomed.secret_access_key},
-    )
-    env = s3_env(s3, uploader, doomed)
-    del env["S3_READ_KEY"], env["S3_READ_SECRET"]
-    env["S3_READ_KEY_FILE"] = str(volume.path("access-key-id"))
-    env["S3_READ_SECRET_FILE"] = str(volume.path("secret-access-key"))
+    volume, env = _reader_from_files(tmp_path, s3, uploader, doomed)
     server = ServerThread(settings_from(env, CREDENTIALS_PROBE_SECONDS="3600"))
     valid = ("avatarsigner_credentials_valid", (("identity", "reader"),))
 

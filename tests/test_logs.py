@@ -364,36 +364,42 @@ def _scrape_dropped(address: str) -> dict[str, float]:
     }
 
 
-@pytest.mark.slow
-def test_a_stalled_log_reader_stops_no_call_and_no_health_check() -> None:
-    port, health_port = free_port(), free_port()
+def _two_workers_on_a_pipe(port: int, **settings: str) -> tuple[subprocess.Popen[bytes], int]:
+    """`serve` with two workers on `port` (AUDIT_DOWNLOAD_IDS=true: one line per URL, enough
+    to fill any buffer), its stderr a pipe: (the supervisor, the pipe's read end)."""
     env = {k: v for k, v in os.environ.items() if k not in FAKE_ENV and k != WORKER_ENV}
-    env |= FAKE_ENV | {
-        "GRPC_PORT": str(port),
-        "HEALTH_PORT": str(health_port),
-        "METRICS_PORT": "0",
-        "WORKERS": "2",
-        "AUDIT_DOWNLOAD_IDS": "true",  # one line per URL: enough lines to fill the buffers
-        "SHUTDOWN_GRACE_SECONDS": "3",
-    }
-    target, health_target = f"127.0.0.1:{port}", f"127.0.0.1:{health_port}"
+    env |= FAKE_ENV | {"GRPC_PORT": str(port), "WORKERS": "2", "AUDIT_DOWNLOAD_IDS": "true"}
     read_fd, write_fd = os.pipe()
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "avatarsigner_server.commands.cli", "serve"],
-        env=env,
+        env=env | settings,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=write_fd,
     )
     os.close(write_fd)
+    return supervisor, read_fd
+
+
+def _wait_until_both_serve(target: str, reader: _PausableReader) -> None:
+    wait_serving(target, time.monotonic() + 30)
+    deadline = time.monotonic() + 20
+    while reader.text().count('"msg": "serving"') < 2:
+        assert time.monotonic() < deadline, reader.text()
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_stalled_log_reader_stops_no_call_and_no_health_check() -> None:
+    port, health_port = free_port(), free_port()
+    supervisor, read_fd = _two_workers_on_a_pipe(
+        port, HEALTH_PORT=str(health_port), METRICS_PORT="0", SHUTDOWN_GRACE_SECONDS="3"
+    )
+    target, health_target = f"127.0.0.1:{port}", f"127.0.0.1:{health_port}"
     reader = _PausableReader(read_fd)
     probes: list[tuple[bool, bool, float]] = []
     try:
-        wait_serving(target, time.monotonic() + 30)
-        deadline = time.monotonic() + 20
-        while reader.text().count('"msg": "serving"') < 2:
-            assert time.monotonic() < deadline, reader.text()
-            time.sleep(0.05)
+        _wait_until_both_serve(target, reader)
         metrics = [
             json.loads(line)["metrics_address"]
             for line in reader.text().splitlines()
@@ -454,29 +460,11 @@ def test_a_stalled_log_reader_at_shutdown_costs_one_close_wait_not_a_killed_work
     log CLOSE_SECONDS once (not once per flush at exit), so both workers exit in time, within
     SHUTDOWN_GRACE_SECONDS plus the supervisor's slack, and the supervisor exits 0."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in FAKE_ENV and k != WORKER_ENV}
-    env |= FAKE_ENV | {
-        "GRPC_PORT": str(port),
-        "WORKERS": "2",
-        "AUDIT_DOWNLOAD_IDS": "true",  # one line per URL: far more than the pipe holds
-        "SHUTDOWN_GRACE_SECONDS": "1",  # a worker is killed 11.5 s after the signal
-    }
-    read_fd, write_fd = os.pipe()
-    supervisor = subprocess.Popen(
-        [sys.executable, "-m", "avatarsigner_server.commands.cli", "serve"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=write_fd,
-    )
-    os.close(write_fd)
+    # A worker is killed SHUTDOWN_GRACE_SECONDS + 10.5 s (11.5 s) after the signal.
+    supervisor, read_fd = _two_workers_on_a_pipe(port, SHUTDOWN_GRACE_SECONDS="1")
     reader = _PausableReader(read_fd)
     try:
-        wait_serving(f"127.0.0.1:{port}", time.monotonic() + 30)
-        deadline = time.monotonic() + 20
-        while reader.text().count('"msg": "serving"') < 2:
-            assert time.monotonic() < deadline, reader.text()
-            time.sleep(0.05)
+        _wait_until_both_serve(f"127.0.0.1:{port}", reader)
         reader.pause()
         request = pb.BatchCreateDownloadUrlsRequest(user_ids=[f"user{i}" for i in range(BATCH)])
         for _ in range(4):  # on connections of their own: both workers log
