@@ -9,7 +9,7 @@ keepalive, and shedding calls whose callers have given up.
     GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS  30   calls on an aged connection get this long to
                                                 finish; at least CONFIRM_TIMEOUT_SECONDS
     GRPC_KEEPALIVE_SECONDS                 60   the server pings a connection quiet this long;
-                                                0 = never
+                                                0 = gRPC's default (2 h)
     GRPC_KEEPALIVE_TIMEOUT_SECONDS         20   ... and closes it when no answer comes in time
     CALL_MIN_TIME_LEFT_MS                  30   a call with less time than this left of its
                                                 deadline when its handler starts is refused
